@@ -1,0 +1,249 @@
+"""Proto3 JSON in and out: the only place that knows base64, camelCase and wire enums.
+
+Input follows the proto3 JSON mapping as a transcoder applies it: camelCase or the
+snake_case proto name, bytes as standard or URL-safe base64 (padding optional), enums by
+name or number, int64 as a number or a string; unknown fields are rejected. Output uses
+camelCase, standard padded base64, enum names, RFC 3339 UTC timestamps with ``Z``,
+durations as ``"<seconds>s"``, and leaves out default-valued fields.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import orjson
+
+from kms_hsm.domain.model import Key, KeyVersion
+from kms_hsm.errors import InvalidArgument
+
+E = TypeVar("E", bound=enum.IntEnum)
+_B64_CHARS = re.compile(rb"[A-Za-z0-9+/_-]*={0,2}\Z")
+_DURATION = re.compile(r"(-?)(\d{1,12})(?:\.(\d{1,9}))?s\Z")
+_CAMEL = re.compile(r"_([a-z])")
+
+
+def camel(name: str) -> str:
+    """snake_case -> lowerCamelCase."""
+    return _CAMEL.sub(lambda m: m.group(1).upper(), name)
+
+
+class FieldError(InvalidArgument):
+    """A bad request field; ``field`` is its JSON name."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {problem}")
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object; empty body means ``{}``."""
+    if not raw.strip():
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidArgument("request body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidArgument("request body must be a JSON object")
+    return value
+
+
+class Fields:
+    """Typed, named access to the fields of one request message."""
+
+    def __init__(self, data: dict[str, Any], names: Iterable[str]) -> None:
+        allowed = {}
+        for name in names:
+            allowed[name] = name
+            allowed[_snake(name)] = name
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            canonical = allowed.get(key)
+            if canonical is None:
+                raise FieldError(key, "unknown field")
+            if canonical in values:
+                raise FieldError(canonical, "given twice")
+            values[canonical] = value
+        self._values = values
+
+    def _get(self, name: str, required: bool) -> Any:
+        value = self._values.get(name)
+        if value is None and required:
+            raise FieldError(name, "is required")
+        return value
+
+    def string(self, name: str, *, required: bool = False, max_len: int | None = None) -> str:
+        """A string field ("" when absent)."""
+        value = self._get(name, required)
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise FieldError(name, "must be a string")
+        if required and not value:
+            raise FieldError(name, "is required")
+        if max_len is not None and len(value) > max_len:
+            raise FieldError(name, f"must be at most {max_len} characters")
+        return value
+
+    def bytes_(self, name: str, *, required: bool = False, max_len: int | None = None) -> bytes:
+        """A base64 bytes field (b"" when absent)."""
+        value = self._get(name, required)
+        if value is None:
+            return b""
+        if not isinstance(value, str):
+            raise FieldError(name, "must be a base64 string")
+        decoded = decode_base64(name, value)
+        if required and not decoded:
+            raise FieldError(name, "is required")
+        if max_len is not None and len(decoded) > max_len:
+            raise FieldError(name, f"must be at most {max_len} bytes")
+        return decoded
+
+    def boolean(self, name: str) -> bool:
+        """A bool field (False when absent)."""
+        value = self._get(name, False)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise FieldError(name, "must be true or false")
+        return value
+
+    def enum(self, name: str, enum_type: type[E], *, required: bool = False) -> E:
+        """An enum field by name or number (the zero value when absent)."""
+        value = self._get(name, required)
+        if value is None:
+            return enum_type(0)
+        try:
+            if isinstance(value, str):
+                return enum_type[value]
+            if isinstance(value, int) and not isinstance(value, bool):
+                return enum_type(value)
+        except (KeyError, ValueError):
+            pass
+        names = ", ".join(m.name for m in enum_type)
+        raise FieldError(name, f"must be one of {names}")
+
+    def labels(self, name: str) -> dict[str, str]:
+        """A map<string,string> field."""
+        value = self._get(name, False)
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise FieldError(name, "must be an object of string values")
+        return dict(value)
+
+    def duration(self, name: str) -> timedelta | None:
+        """A google.protobuf.Duration field ("86400s"), None when absent."""
+        value = self._get(name, False)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise FieldError(name, 'must be a duration string such as "86400s"')
+        return parse_duration(name, value)
+
+    def present(self, name: str) -> bool:
+        """True when the field was sent (even as its default value)."""
+        return name in self._values
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
+
+
+def decode_base64(field: str, value: str) -> bytes:
+    """Standard or URL-safe base64, padding optional, as proto3 JSON parsers accept."""
+    raw = value.encode("ascii", "replace")
+    if not _B64_CHARS.match(raw):
+        raise FieldError(field, "is not valid base64")
+    raw = raw.replace(b"-", b"+").replace(b"_", b"/").rstrip(b"=")
+    raw += b"=" * (-len(raw) % 4)
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise FieldError(field, "is not valid base64") from None
+
+
+def parse_duration(field: str, value: str) -> timedelta:
+    """A proto3 JSON Duration: decimal seconds with an ``s`` suffix."""
+    match = _DURATION.match(value)
+    if not match:
+        raise FieldError(field, 'must be a duration string such as "86400s"')
+    sign, seconds, fraction = match.groups()
+    micros = int((fraction or "0").ljust(9, "0")[:6])
+    delta = timedelta(seconds=int(seconds), microseconds=micros)
+    return -delta if sign else delta
+
+
+def b64(data: bytes) -> str:
+    """Standard padded base64."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def timestamp(value: datetime) -> str:
+    """RFC 3339 in UTC with ``Z`` and 0, 3 or 6 fractional digits."""
+    value = value.astimezone(UTC)
+    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    if value.microsecond:
+        frac = f"{value.microsecond:06d}"
+        text += "." + (frac[:3] if frac.endswith("000") else frac)
+    return text + "Z"
+
+
+def duration(value: timedelta) -> str:
+    """``"<seconds>s"``, with a fraction only when there is one."""
+    total = value.total_seconds()
+    return f"{int(total)}s" if total == int(total) else f"{total:.6f}".rstrip("0") + "s"
+
+
+def compact(message: dict[str, Any]) -> dict[str, Any]:
+    """Leave out default-valued fields, as proto3 JSON printers do."""
+    return {k: v for k, v in message.items() if v not in (None, "", False, 0, {}, [])}
+
+
+def version_json(version: KeyVersion) -> dict[str, Any]:
+    """``SymmetricKeyVersion``."""
+    return compact(
+        {
+            "id": version.id,
+            "keyId": version.key_id,
+            "status": version.status.name,
+            "algorithm": version.algorithm.name,
+            "createdAt": timestamp(version.created_at),
+            "primary": version.primary,
+            "destroyAt": timestamp(version.destroy_at) if version.destroy_at else None,
+            "hostedByHsm": version.hosted_by_hsm,
+        }
+    )
+
+
+def key_json(key: Key) -> dict[str, Any]:
+    """``SymmetricKey``."""
+    return compact(
+        {
+            "id": key.id,
+            "folderId": key.folder_id,
+            "createdAt": timestamp(key.created_at),
+            "name": key.name,
+            "description": key.description,
+            "labels": key.labels,
+            "status": key.status.name,
+            "primaryVersion": version_json(key.primary_version) if key.primary_version else None,
+            "defaultAlgorithm": key.default_algorithm.name,
+            "rotatedAt": timestamp(key.rotated_at) if key.rotated_at else None,
+            "rotationPeriod": duration(key.rotation_period) if key.rotation_period else None,
+            "deletionProtection": key.deletion_protection,
+        }
+    )
+
+
+def dumps(message: dict[str, Any]) -> bytes:
+    """Serialize a JSON message."""
+    return orjson.dumps(message)

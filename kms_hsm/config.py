@@ -1,0 +1,98 @@
+"""Settings: one object, read from the environment when a process starts, passed down."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kms_hsm.errors import InvalidArgument
+
+DEFAULT_PKCS11_LIBRARY = "/usr/lib/softhsm/libsofthsm2.so"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; environment names are ``KMS_HSM_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="KMS_HSM_", extra="ignore")
+
+    data_dir: Path = Path("./.kms-hsm")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    pkcs11_library: str = DEFAULT_PKCS11_LIBRARY
+    token_label: str = "kms-hsm"  # noqa: S105 - a label, not a secret
+    pin: SecretStr | None = None
+    pin_file: Path | None = None
+    database_url: str | None = None
+    pool_size: int = Field(default=8, ge=1, le=256)
+    # How long start-up keeps retrying to find the token and log in before giving up.
+    hsm_startup_timeout: float = Field(default=20.0, ge=0)
+    # Software key material is cached decrypted in process memory for this long.
+    material_cache_ttl: float = Field(default=300.0, ge=0)
+    material_cache_size: int = Field(default=10_000, ge=0)
+    log_level: str = "INFO"
+
+    @property
+    def embedded_token(self) -> bool:
+        """True when no PIN is configured: the service runs its own SoftHSM2 token."""
+        return self.pin is None and self.pin_file is None
+
+    @property
+    def softhsm_conf(self) -> Path:
+        """SoftHSM2 config of the embedded token."""
+        return self.data_dir.resolve() / "softhsm2.conf"
+
+    @property
+    def admin_token_file(self) -> Path:
+        """Where the first admin bearer token is written (0600) on first start."""
+        return self.data_dir.resolve() / "admin-token"
+
+    @property
+    def effective_pin_file(self) -> Path | None:
+        """The PIN file in use: the configured one, or the embedded token's user-pin."""
+        if self.pin_file is not None:
+            return self.pin_file
+        if self.pin is None:
+            return self.data_dir.resolve() / "user-pin"
+        return None
+
+    def effective_database_url(self) -> str:
+        """The configured database URL, or SQLite in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir.resolve() / 'kms.db'}"
+
+    def read_pin(self) -> str:
+        """The user PIN, from KMS_HSM_PIN or a 0600 file; never logged."""
+        if self.pin is not None:
+            return self.pin.get_secret_value()
+        path = self.effective_pin_file
+        assert path is not None
+        return read_secret_file(path, "PIN file")
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """Read a secret from a file that only its owner may read (mode 0600 or stricter)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InvalidArgument(f"{what} {path} does not exist") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise InvalidArgument(f"{what} {path} must not be readable by group or others (chmod 600)")
+    value = path.read_text(encoding="utf-8").strip()
+    if not value:
+        raise InvalidArgument(f"{what} {path} is empty")
+    return value
+
+
+def write_secret_file(path: Path, value: str) -> None:
+    """Create ``path`` with mode 0600 and write ``value``; never widens an existing file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(value + "\n")
+    os.chmod(path, 0o600)

@@ -1,0 +1,224 @@
+"""Every operation the service runs inside the HSM, with explicit mechanisms only.
+
+Token objects made here:
+
+* one AES-256 key per ``AES_256_HSM`` version, ``CKA_ID`` = the version id: persistent,
+  private, sensitive, never extractable (so ``CKA_NEVER_EXTRACTABLE``), usable for
+  encrypt/decrypt (AES-GCM) and wrap/unwrap (AES-KWP) and nothing else;
+* the root key (``CKA_ID`` = ``ROOT_KEY_PREFIX`` + its id), with the same attributes, that
+  encrypts software key material.
+
+Data keys with spec ``AES_256_HSM`` on an HSM version are born by ``C_GenerateKey`` as
+session objects and wrapped by ``C_WrapKey`` (CKM_AES_KEY_WRAP_PAD) under the version key.
+SoftHSM2 offers no wrap mechanism that takes AAD (softhsm-facts.md Q4), so the aadContext
+is bound by a second in-token call: an AES-GCM tag over ``aad || wrapped key`` under the
+same version key (GMAC: GCM with an empty plaintext). Why this over the alternatives
+measured in softhsm-facts.md:
+
+* ``C_DeriveKey`` of a per-context KEK needs ``CKA_DERIVE`` on the version key, and SoftHSM2
+  lets a PIN holder derive *non-sensitive* keys from it (an AES-ECB oracle on the version
+  key); it is also the slowest path (~1.4k ops/s raw).
+* KWP + AES-CMAC needs a second token object per version (twice the objects).
+* KWP's own integrity check is 64 bits; the GCM tag gives 128 bits and covers the header,
+  key id and context as well. Unwrapping happens only after the tag verifies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11.mechanisms import GCMParams
+
+from kms_hsm.crypto.pkcs11.sessions import PooledSession, SessionManager
+from kms_hsm.errors import InvalidArgument
+
+NONCE_BYTES = 12
+ROOT_KEY_PREFIX = b"kms-hsm:root:"
+
+_KEY_CAPABILITIES = (
+    MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT | MechanismFlag.WRAP | MechanismFlag.UNWRAP
+)
+_TOKEN_KEY_TEMPLATE = {
+    Attribute.TOKEN: True,
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,
+    Attribute.MODIFIABLE: False,
+    Attribute.SIGN: False,
+    Attribute.VERIFY: False,
+    Attribute.DERIVE: False,
+}
+# Data keys must leave the token (the caller gets the plaintext), so they are readable
+# session objects that live only between C_GenerateKey/C_UnwrapKey and C_DestroyObject.
+_DATA_KEY_TEMPLATE = {
+    Attribute.TOKEN: False,
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: False,
+    Attribute.EXTRACTABLE: True,
+    Attribute.ENCRYPT: False,
+    Attribute.DECRYPT: False,
+    Attribute.WRAP: False,
+    Attribute.UNWRAP: False,
+    Attribute.SIGN: False,
+    Attribute.VERIFY: False,
+    Attribute.DERIVE: False,
+}
+
+
+def _check_nonce(nonce: bytes) -> None:
+    if len(nonce) != NONCE_BYTES:
+        raise InvalidArgument("nonce must be 12 bytes")
+
+
+class HsmCrypto:
+    """Key generation, AES-GCM and data-key wrapping in the token."""
+
+    def __init__(self, sessions: SessionManager) -> None:
+        self._sessions = sessions
+
+    def generate_key(self, object_id: bytes) -> None:
+        """Create a persistent, sensitive, never-extractable AES-256 key with ``CKA_ID``."""
+
+        def op(pooled: PooledSession) -> None:
+            pooled.session.generate_key(
+                KeyType.AES,
+                256,
+                id=object_id,
+                label=object_id.decode("ascii", "replace"),
+                store=True,
+                capabilities=_KEY_CAPABILITIES,
+                template=_TOKEN_KEY_TEMPLATE,
+            )
+
+        self._sessions.run(op)
+
+    def destroy_key(self, object_id: bytes) -> bool:
+        """Destroy every token object with ``CKA_ID``; False when there was none."""
+
+        def op(pooled: PooledSession) -> bool:
+            pooled.keys.pop(object_id, None)
+            found = list(
+                pooled.session.get_objects(
+                    {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.ID: object_id}
+                )
+            )
+            for obj in found:
+                obj.destroy()
+            return bool(found)
+
+        return self._sessions.run(op)
+
+    def find_key_ids(self, prefix: bytes = b"") -> list[bytes]:
+        """The ``CKA_ID`` of every secret key in the token that starts with ``prefix``."""
+
+        def op(pooled: PooledSession) -> list[bytes]:
+            ids = []
+            for obj in pooled.session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}):
+                object_id = bytes(obj[Attribute.ID])
+                if object_id.startswith(prefix):
+                    ids.append(object_id)
+            return ids
+
+        return self._sessions.run(op)
+
+    def key_attributes(self, object_id: bytes, attributes: list[Attribute]) -> dict[Any, Any]:
+        """Read non-secret attributes of a token key (for tests and `hsm check`)."""
+
+        def op(pooled: PooledSession) -> dict[Any, Any]:
+            key = pooled.key(object_id)
+            return {attribute: key[attribute] for attribute in attributes}
+
+        return self._sessions.run(op)
+
+    def encrypt(self, object_id: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """AES-GCM under the token key: returns ciphertext || 16-byte tag."""
+        _check_nonce(nonce)
+        params = GCMParams(nonce, aad, 128)
+
+        def op(pooled: PooledSession) -> bytes:
+            out: bytes = pooled.key(object_id).encrypt(
+                plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=params
+            )
+            return out
+
+        return self._sessions.run(op)
+
+    def decrypt(self, object_id: bytes, nonce: bytes, sealed: bytes, aad: bytes) -> bytes:
+        """Open ciphertext || tag; any authentication failure is ``DecryptionFailed``."""
+        _check_nonce(nonce)
+        params = GCMParams(nonce, aad, 128)
+
+        def op(pooled: PooledSession) -> bytes:
+            out: bytes = pooled.key(object_id).decrypt(
+                sealed, mechanism=Mechanism.AES_GCM, mechanism_param=params
+            )
+            return out
+
+        return self._sessions.run(op, decrypting=True)
+
+    def generate_wrapped_data_key(
+        self, object_id: bytes, key_bytes: int, nonce: bytes, aad: bytes, *, want_plaintext: bool
+    ) -> tuple[bytes, bytes, bytes]:
+        """Born-in-token data key, wrapped and bound to ``aad`` (see the module docstring).
+
+        Returns:
+            (plaintext data key or b"" when not wanted, binding tag, wrapped key).
+        """
+        _check_nonce(nonce)
+        if key_bytes not in (16, 24, 32):
+            raise InvalidArgument("data key length must be 16, 24 or 32 bytes")
+
+        def op(pooled: PooledSession) -> tuple[bytes, bytes, bytes]:
+            version_key = pooled.key(object_id)
+            data_key = pooled.session.generate_key(
+                KeyType.AES, key_bytes * 8, template=_DATA_KEY_TEMPLATE
+            )
+            try:
+                wrapped = version_key.wrap_key(data_key, mechanism=Mechanism.AES_KEY_WRAP_PAD)
+                plaintext = bytes(data_key[Attribute.VALUE]) if want_plaintext else b""
+            finally:
+                data_key.destroy()
+            tag = version_key.encrypt(
+                b"",
+                mechanism=Mechanism.AES_GCM,
+                mechanism_param=GCMParams(nonce, aad + wrapped, 128),
+            )
+            return plaintext, bytes(tag), bytes(wrapped)
+
+        return self._sessions.run(op)
+
+    def unwrap_data_key(
+        self, object_id: bytes, nonce: bytes, tag: bytes, wrapped: bytes, aad: bytes
+    ) -> bytes:
+        """Verify the binding tag in the token, then unwrap and return the data key."""
+        _check_nonce(nonce)
+
+        def op(pooled: PooledSession) -> bytes:
+            version_key = pooled.key(object_id)
+            version_key.decrypt(
+                tag,
+                mechanism=Mechanism.AES_GCM,
+                mechanism_param=GCMParams(nonce, aad + wrapped, 128),
+            )
+            data_key = version_key.unwrap_key(
+                ObjectClass.SECRET_KEY,
+                KeyType.AES,
+                wrapped,
+                mechanism=Mechanism.AES_KEY_WRAP_PAD,
+                template=_DATA_KEY_TEMPLATE,
+            )
+            try:
+                return bytes(data_key[Attribute.VALUE])
+            finally:
+                data_key.destroy()
+
+        return self._sessions.run(op, decrypting=True)
+
+    def random(self, n: int) -> bytes:
+        """``n`` bytes from the token's RNG (C_GenerateRandom)."""
+
+        def op(pooled: PooledSession) -> bytes:
+            return bytes(pooled.session.generate_random(n * 8))
+
+        return self._sessions.run(op)

@@ -1,0 +1,339 @@
+"""The PKCS#11 session manager: login, a bounded session pool, handle caches, recovery.
+
+Facts it is built on (shared/design/softhsm-facts.md, measured on SoftHSM2 2.6.1):
+
+* Login belongs to the process, not the session, and closing the logged-in session logs
+  every session out. One *anchor* session logs in at start and lives until shutdown;
+  pooled sessions are opened without a PIN and inherit the login.
+* Looking a key up by attribute costs ~300 us, so every pooled session caches the key
+  objects it has found (a python-pkcs11 key object is bound to one session).
+* After the device goes away every call fails until ``C_Finalize`` + ``C_Initialize``.
+  A device-class failure makes the manager reinitialise once (new module load, new
+  login, empty caches, a new *generation*) and retry the call once; otherwise the caller
+  gets ``BackendUnavailable``. While the token stays unreachable, reinit attempts are
+  spaced out so that requests fail fast instead of queueing behind them.
+* The manager must be created in the process that uses it (after any fork): nothing here
+  runs at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import exceptions as p11
+from pkcs11.mechanisms import GCMParams
+
+from kms_hsm.crypto.pkcs11 import library
+from kms_hsm.crypto.pkcs11.errors import FailureKind, failure_kind, to_kms_error
+from kms_hsm.errors import BackendUnavailable, FailedPrecondition, InvalidArgument, KmsError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class KeyMaterialMissing(FailedPrecondition):
+    """The token holds no object for a version that the database says exists."""
+
+    default_message = "the key version's material is not present in the HSM"
+
+
+@dataclass
+class PooledSession:
+    """One open session and the key objects found through it."""
+
+    session: Any
+    generation: int
+    keys: dict[bytes, Any] = field(default_factory=dict)
+
+    def key(self, object_id: bytes) -> Any:
+        """The secret key with ``CKA_ID == object_id``, cached per session."""
+        found = self.keys.get(object_id)
+        if found is None:
+            found = self.session.get_key(
+                object_class=ObjectClass.SECRET_KEY, key_type=KeyType.AES, id=object_id
+            )
+            self.keys[object_id] = found
+        return found
+
+
+@dataclass
+class SessionStats:
+    """Counters for metrics and tests."""
+
+    sessions_opened: int = 0
+    reinitializations: int = 0
+    failed_reinitializations: int = 0
+    retries: int = 0
+
+
+class SessionManager:
+    """Owns the PKCS#11 module, the login anchor and a bounded pool of sessions.
+
+    Thread-safe: FastAPI's threadpool, the scheduler and test threads share one manager.
+    """
+
+    def __init__(
+        self,
+        module_path: str,
+        token_label: str,
+        pin: str,
+        *,
+        pool_size: int = 8,
+        lease_timeout: float = 10.0,
+        startup_timeout: float = 20.0,
+        reinit_interval: float = 0.5,
+    ) -> None:
+        if pool_size < 1:
+            raise InvalidArgument("pool_size must be at least 1")
+        self._module_path = module_path
+        self._token_label = token_label
+        self._pin = pin
+        self._pool_size = pool_size
+        self._lease_timeout = lease_timeout
+        self._startup_timeout = startup_timeout
+        self._reinit_interval = reinit_interval
+        self._lock = threading.Lock()
+        self._idle: queue.LifoQueue[PooledSession] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(pool_size)
+        self._inflight = 0
+        self._quiesce = threading.Condition(self._lock)
+        self._reinitializing = False
+        self._generation = 0
+        self._up = False
+        self._last_failed_reinit = 0.0
+        self._lib: Any = None
+        self._token: Any = None
+        self._anchor: Any = None
+        self.stats = SessionStats()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Load the module, find the token, log in and self-test; retry until the deadline.
+
+        Raises:
+            BackendUnavailable: the token could not be reached before ``startup_timeout``.
+        """
+        deadline = time.monotonic() + self._startup_timeout
+        delay = 0.1
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self._lock:
+                    self._open_locked()
+                log.info(
+                    "HSM ready: token '%s' via %s (attempt %d)",
+                    self._token_label,
+                    self._module_path,
+                    attempt,
+                )
+                return
+            except _FatalLogin as exc:
+                raise BackendUnavailable(
+                    f"HSM login to token '{self._token_label}' failed: {exc}"
+                ) from None
+            except (p11.PKCS11Error, library.ModuleError) as exc:
+                self._close_quietly()
+                if time.monotonic() + delay > deadline:
+                    raise BackendUnavailable(
+                        f"HSM not reachable: token '{self._token_label}' via "
+                        f"{self._module_path} after {attempt} attempts "
+                        f"({type(exc).__name__}: {exc})"
+                    ) from None
+                log.warning(
+                    "HSM not ready (attempt %d: %s: %s); retrying in %.1fs",
+                    attempt,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def close(self) -> None:
+        """Close every session, log out and finalise the module."""
+        with self._lock:
+            self._up = False
+            self._close_quietly()
+
+    @property
+    def generation(self) -> int:
+        """Increases by one at every successful (re)initialisation."""
+        return self._generation
+
+    def _open_locked(self) -> None:
+        self._lib = library.load(self._module_path)
+        self._token = self._lib.get_token(token_label=self._token_label)
+        try:
+            self._anchor = self._token.open(rw=True, user_pin=self._pin)
+        except p11.UserAlreadyLoggedIn:
+            self._anchor = self._token.open(rw=True)
+        except (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange, p11.PinLocked) as exc:
+            raise _FatalLogin(type(exc).__name__) from None
+        self._self_test(self._anchor)
+        self._generation += 1
+        self._up = True
+        self._idle = queue.LifoQueue()
+
+    @staticmethod
+    def _self_test(session: Any) -> None:
+        """Refuse a token whose RNG returns zeros or whose AES-GCM does not round-trip."""
+        sample = session.generate_random(256)
+        if sample == bytes(len(sample)):
+            raise p11.DeviceError("token RNG returned all zeros")
+        key = session.generate_key(KeyType.AES, 256, template=_SESSION_KEY_TEMPLATE)
+        try:
+            params = GCMParams(bytes(12), b"self-test", 128)
+            sealed = key.encrypt(b"kms-hsm", mechanism=Mechanism.AES_GCM, mechanism_param=params)
+            opened = key.decrypt(sealed, mechanism=Mechanism.AES_GCM, mechanism_param=params)
+            if opened != b"kms-hsm":
+                raise p11.DeviceError("AES-GCM self-test failed")
+        finally:
+            key.destroy()
+
+    def _close_quietly(self) -> None:
+        while True:
+            try:
+                pooled = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            with contextlib.suppress(Exception):
+                pooled.session.close()
+        if self._anchor is not None:
+            with contextlib.suppress(Exception):
+                self._anchor.close()
+        self._anchor = None
+        self._token = None
+        self._lib = None
+        with contextlib.suppress(Exception):
+            library.finalize_module(self._module_path)
+
+    def _reinitialize(self, seen_generation: int) -> None:
+        """Finalise and reopen everything, unless another thread already did."""
+        with self._lock:
+            if self._generation != seen_generation and self._up:
+                return
+            now = time.monotonic()
+            if not self._up and now - self._last_failed_reinit < self._reinit_interval:
+                raise BackendUnavailable(log_detail="HSM down; waiting before the next reinit")
+            self._reinitializing = True
+            try:
+                # Never finalise under a call in flight: SoftHSM frees state those calls use.
+                self._quiesce.wait_for(lambda: self._inflight == 0, timeout=10.0)
+                self._up = False
+                self._close_quietly()
+                try:
+                    self._open_locked()
+                except (p11.PKCS11Error, library.ModuleError, _FatalLogin) as exc:
+                    self._close_quietly()
+                    self._last_failed_reinit = time.monotonic()
+                    self.stats.failed_reinitializations += 1
+                    log.warning("HSM reinitialisation failed: %s: %s", type(exc).__name__, exc)
+                    raise BackendUnavailable(log_detail=f"reinit failed: {exc}") from None
+                self.stats.reinitializations += 1
+                log.warning("HSM reinitialised (generation %d)", self._generation)
+            finally:
+                self._reinitializing = False
+                self._quiesce.notify_all()
+
+    # ----------------------------------------------------------------- leasing
+
+    @contextlib.contextmanager
+    def _lease(self) -> Iterator[PooledSession]:
+        if not self._slots.acquire(timeout=self._lease_timeout):
+            raise BackendUnavailable(log_detail="no PKCS#11 session free within the lease timeout")
+        try:
+            with self._lock:
+                if self._reinitializing:
+                    self._quiesce.wait_for(lambda: not self._reinitializing, timeout=10.0)
+                if not self._up:
+                    generation = self._generation
+                    pooled = None
+                else:
+                    generation = self._generation
+                    try:
+                        pooled = self._idle.get_nowait()
+                    except queue.Empty:
+                        pooled = None
+                self._inflight += 1
+            try:
+                if not self._up:
+                    raise p11.DeviceRemoved("HSM is down")
+                if pooled is None:
+                    pooled = PooledSession(self._token.open(rw=True), generation)
+                    self.stats.sessions_opened += 1
+                keep = True
+                try:
+                    yield pooled
+                except p11.PKCS11Error as exc:
+                    kind = failure_kind(exc, decrypting=True)
+                    if kind is FailureKind.DEVICE:
+                        keep = False
+                    elif kind is FailureKind.OBJECT:
+                        pooled.keys.clear()
+                    raise
+                finally:
+                    if keep and pooled.generation == self._generation:
+                        self._idle.put(pooled)
+            finally:
+                with self._lock:
+                    self._inflight -= 1
+                    if self._inflight == 0:
+                        self._quiesce.notify_all()
+        finally:
+            self._slots.release()
+
+    def run(self, operation: Callable[[PooledSession], T], *, decrypting: bool = False) -> T:
+        """Run ``operation`` on a leased session, recovering from device and handle faults.
+
+        Args:
+            operation: does the PKCS#11 calls; may run twice, so it must not have other
+                side effects before its last call succeeds.
+            decrypting: the call authenticates caller data, so a ``GeneralError`` means
+                "tag mismatch" (``DecryptionFailed``) rather than a device fault.
+
+        Raises:
+            DecryptionFailed, KeyMaterialMissing, BackendUnavailable.
+        """
+        for attempt in (1, 2):
+            generation = self._generation
+            try:
+                with self._lease() as pooled:
+                    return operation(pooled)
+            except KmsError:
+                raise
+            except p11.PKCS11Error as exc:
+                kind = failure_kind(exc, decrypting=decrypting)
+                if kind is FailureKind.INPUT:
+                    raise to_kms_error(exc, decrypting=decrypting) from None
+                if attempt == 2:
+                    if isinstance(exc, p11.NoSuchKey):
+                        raise KeyMaterialMissing(log_detail=str(exc)) from None
+                    raise to_kms_error(exc, decrypting=decrypting) from None
+                self.stats.retries += 1
+                if kind is FailureKind.DEVICE:
+                    log.warning("PKCS#11 device fault (%s); reinitialising", type(exc).__name__)
+                    self._reinitialize(generation)
+        raise AssertionError("unreachable")
+
+
+class _FatalLogin(Exception):
+    """A PIN problem: retrying would only burn PIN attempts."""
+
+
+_SESSION_KEY_TEMPLATE = {
+    Attribute.TOKEN: False,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,
+    Attribute.PRIVATE: True,
+}

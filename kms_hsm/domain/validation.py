@@ -1,0 +1,68 @@
+"""Field rules of the Yandex KMS v1 contract, checked again behind the API schemas."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from kms_hsm.domain.model import SUPPORTED_ALGORITHMS, Algorithm
+from kms_hsm.errors import InvalidArgument
+
+MAX_ID = 50
+MAX_NAME = 100
+MAX_DESCRIPTION = 1024
+MAX_LABELS = 64
+MAX_PLAINTEXT = 32768
+MAX_AAD = 8192
+_LABEL_KEY = re.compile(r"[a-z][-_0-9a-z]{0,62}\Z")
+_LABEL_VALUE = re.compile(r"[-_0-9a-z]{0,63}\Z")
+
+
+def check_id(field: str, value: str, *, required: bool = True) -> str:
+    """An id field: required unless told otherwise, at most 50 characters."""
+    if required and not value:
+        raise InvalidArgument(f"{field} is required")
+    if len(value) > MAX_ID:
+        raise InvalidArgument(f"{field} must be at most {MAX_ID} characters")
+    return value
+
+
+def check_bytes(field: str, value: bytes | None, limit: int) -> bytes:
+    """A bytes field of at most ``limit`` bytes; None means empty."""
+    value = value or b""
+    if len(value) > limit:
+        raise InvalidArgument(f"{field} must be at most {limit} bytes")
+    return value
+
+
+def check_key_fields(name: str, description: str, labels: dict[str, str]) -> None:
+    """Name, description and labels as the contract limits them."""
+    if len(name) > MAX_NAME:
+        raise InvalidArgument(f"name must be at most {MAX_NAME} characters")
+    if len(description) > MAX_DESCRIPTION:
+        raise InvalidArgument(f"description must be at most {MAX_DESCRIPTION} characters")
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument(f"labels must have at most {MAX_LABELS} entries")
+    for k, v in labels.items():
+        if not _LABEL_KEY.match(k):
+            raise InvalidArgument(f"labels key {k!r} must match [a-z][-_0-9a-z]* (at most 63)")
+        if not _LABEL_VALUE.match(v):
+            raise InvalidArgument(f"labels value for {k!r} must match [-_0-9a-z]* (at most 63)")
+
+
+def check_algorithm(field: str, algorithm: Algorithm) -> Algorithm:
+    """An algorithm this service can create versions with."""
+    if algorithm not in SUPPORTED_ALGORITHMS:
+        raise InvalidArgument(
+            f"{field} must be one of " + ", ".join(a.name for a in sorted(SUPPORTED_ALGORITHMS))
+        )
+    return algorithm
+
+
+def check_rotation_period(period: timedelta | None) -> timedelta | None:
+    """A positive whole number of seconds, or None for no automatic rotation."""
+    if period is None:
+        return None
+    if period <= timedelta(0) or period.microseconds:
+        raise InvalidArgument("rotationPeriod must be a positive whole number of seconds")
+    return period

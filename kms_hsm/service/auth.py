@@ -1,0 +1,99 @@
+"""Principals and bearer tokens: issue, authenticate.
+
+A token is ``kmsh1_`` + 43 base64url characters (256 random bits). Only its SHA-256 is
+stored; the token itself is shown once, when it is issued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from kms_hsm.domain.ids import PRINCIPAL_PREFIX, new_id
+from kms_hsm.errors import Unauthenticated
+from kms_hsm.service.keys import Clock, utc_now
+from kms_hsm.store import repository
+from kms_hsm.store.tables import PrincipalRow, TokenRow
+
+TOKEN_PREFIX = "kmsh1_"  # noqa: S105 - a format marker, not a secret
+_MAX_TOKEN_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling."""
+
+    id: str
+    name: str
+
+
+def token_hash(token: str) -> str:
+    """SHA-256 hex of a token string; what the database keeps."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class AuthService:
+    """Issues tokens and turns a presented token into a ``Principal``."""
+
+    def __init__(self, db: sessionmaker[Session], clock: Clock = utc_now) -> None:
+        self._db = db
+        self._clock = clock
+
+    def has_principals(self) -> bool:
+        """True once any principal exists."""
+        with self._db() as session:
+            return session.scalars(select(PrincipalRow.id).limit(1)).first() is not None
+
+    def create_principal(self, name: str) -> Principal:
+        """A new principal with no tokens."""
+        principal = Principal(new_id(PRINCIPAL_PREFIX), name)
+        with self._db.begin() as session:
+            session.add(PrincipalRow(id=principal.id, name=name, created_at=self._clock()))
+        return principal
+
+    def issue_token(self, principal_id: str, expires_at: datetime | None = None) -> str:
+        """A new bearer token for ``principal_id``; returned once, stored hashed."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self._db.begin() as session:
+            session.add(
+                TokenRow(
+                    id=new_id("tok"),
+                    principal_id=principal_id,
+                    token_sha256=token_hash(token),
+                    created_at=self._clock(),
+                    expires_at=expires_at,
+                )
+            )
+        return token
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The principal behind an ``Authorization: Bearer`` header value.
+
+        Raises:
+            Unauthenticated: missing, malformed, unknown, revoked or expired token.
+        """
+        if not authorization:
+            raise Unauthenticated()
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN_CHARS:
+            raise Unauthenticated("malformed Authorization header: use Bearer <token>")
+        digest = token_hash(token)
+        with self._db() as session:
+            row = repository.find_token(session, digest)
+            # The lookup is by hash; the compare is constant-time anyway.
+            if row is None or not hmac.compare_digest(row.token_sha256, digest):
+                raise Unauthenticated("token is invalid or has expired")
+            now = self._clock()
+            if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
+                raise Unauthenticated("token is invalid or has expired")
+            principal = session.get(PrincipalRow, row.principal_id)
+            if principal is None or principal.disabled_at is not None:
+                raise Unauthenticated("token is invalid or has expired")
+            return Principal(principal.id, principal.name)

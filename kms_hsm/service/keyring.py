@@ -1,0 +1,224 @@
+"""Where each version's material lives, and the one place that picks a crypto backend.
+
+* HSM versions (``AES_256_HSM``): a token key with ``CKA_ID`` = version id; every
+  operation is a PKCS#11 call and the key never leaves the token.
+* Software versions (``AES_128/192/256``): material from the OS CSPRNG, stored only as
+  ``nonce || AES-GCM(root key)`` computed inside the token, with AAD binding it to its key
+  and version; used through ``cryptography`` once unwrapped into the material cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from kms_hsm.crypto.pkcs11.hsm import ROOT_KEY_PREFIX, HsmCrypto
+from kms_hsm.crypto.software import MaterialCache, SoftwareKey
+from kms_hsm.domain import envelope as env
+from kms_hsm.domain.ids import new_id
+from kms_hsm.domain.model import Algorithm, KeyVersion
+from kms_hsm.errors import DecryptionFailed, Internal, InvalidArgument
+from kms_hsm.store import repository
+from kms_hsm.store.repository import StoredVersion
+from kms_hsm.store.tables import RootKeyRow
+
+log = logging.getLogger(__name__)
+
+Rng = Callable[[int], bytes]
+_MATERIAL_AAD_LABEL = b"kms-hsm software material v1"
+
+
+@dataclass(frozen=True, slots=True)
+class NewMaterial:
+    """What a new version stores: nothing for HSM versions, a wrapped blob otherwise."""
+
+    wrapped_material: bytes | None
+    root_key_id: str | None
+
+
+def _material_aad(key_id: str, version_id: str) -> bytes:
+    parts = [_MATERIAL_AAD_LABEL, key_id.encode(), version_id.encode()]
+    return b"".join(struct.pack(">I", len(p)) + p for p in parts)
+
+
+class Keyring:
+    """Creates, uses and destroys version material; knows both backends."""
+
+    def __init__(
+        self,
+        hsm: HsmCrypto,
+        cache: MaterialCache,
+        sessions: sessionmaker[Session],
+        rng: Rng = os.urandom,
+    ) -> None:
+        self._hsm = hsm
+        self._cache = cache
+        self._db = sessions
+        self._rng = rng
+        self._root_key_id: str | None = None
+
+    # ------------------------------------------------------------------ root key
+
+    def ensure_root_key(self) -> str:
+        """Find the root key chosen in the database, or make one and try to be the chooser.
+
+        Several processes may start at once: each may generate a candidate, but the unique
+        row decides, and a loser destroys its candidate.
+        """
+        with self._db() as session:
+            chosen = repository.get_root_key_id(session)
+        if chosen is None:
+            candidate = new_id("abr")
+            self._hsm.generate_key(ROOT_KEY_PREFIX + candidate.encode())
+            try:
+                with self._db.begin() as session:
+                    session.add(RootKeyRow(name="root", key_id=candidate, created_at=_now()))
+                chosen = candidate
+                log.info("created HSM root key %s", candidate)
+            except IntegrityError:
+                self._hsm.destroy_key(ROOT_KEY_PREFIX + candidate.encode())
+                with self._db() as session:
+                    chosen = repository.get_root_key_id(session)
+        if chosen is None:
+            raise Internal(log_detail="root key row vanished")
+        self._hsm.key_attributes(ROOT_KEY_PREFIX + chosen.encode(), [])
+        self._root_key_id = chosen
+        return chosen
+
+    def _root_object_id(self, root_key_id: str | None = None) -> bytes:
+        chosen = root_key_id or self._root_key_id
+        if chosen is None:
+            raise Internal(log_detail="root key not loaded")
+        return ROOT_KEY_PREFIX + chosen.encode()
+
+    # ------------------------------------------------------------------ material
+
+    def create_material(self, key_id: str, version_id: str, algorithm: Algorithm) -> NewMaterial:
+        """Make material for a new version; HSM keys are born in the token."""
+        if algorithm.hosted_by_hsm:
+            self._hsm.generate_key(version_id.encode())
+            return NewMaterial(None, None)
+        material = self._rng(algorithm.key_bytes)
+        nonce = self._rng(env.NONCE_BYTES)
+        sealed = self._hsm.encrypt(
+            self._root_object_id(), nonce, material, _material_aad(key_id, version_id)
+        )
+        return NewMaterial(nonce + sealed, self._root_key_id)
+
+    def discard_material(self, version: KeyVersion) -> None:
+        """Destroy a version's material: the token object, or the cached software key."""
+        self._cache.evict(version.id)
+        if version.hosted_by_hsm:
+            self._hsm.destroy_key(version.id.encode())
+
+    def _software_key(self, key_id: str, stored: StoredVersion) -> SoftwareKey:
+        def unwrap() -> bytes:
+            blob = stored.wrapped_material
+            if blob is None or len(blob) < env.NONCE_BYTES + env.TAG_BYTES:
+                raise Internal(log_detail=f"version {stored.version.id} has no material")
+            try:
+                return self._hsm.decrypt(
+                    self._root_object_id(stored.root_key_id),
+                    blob[: env.NONCE_BYTES],
+                    blob[env.NONCE_BYTES :],
+                    _material_aad(key_id, stored.version.id),
+                )
+            except DecryptionFailed:
+                raise Internal(
+                    log_detail=f"stored material of {stored.version.id} failed to unwrap"
+                ) from None
+
+        return self._cache.get(stored.version.id, unwrap)
+
+    # ------------------------------------------------------------------ crypto
+
+    def encrypt(
+        self, key_id: str, stored: StoredVersion, plaintext: bytes, aad_context: bytes | None
+    ) -> bytes:
+        """Seal ``plaintext`` under ``stored``; returns a format 0x01 envelope."""
+        header = env.make_header(env.EnvelopeFormat.AES_GCM, stored.version.id)
+        aad = env.authenticated_data(header, key_id, aad_context)
+        nonce = self._rng(env.NONCE_BYTES)
+        if stored.version.hosted_by_hsm:
+            sealed = self._hsm.encrypt(stored.version.id.encode(), nonce, plaintext, aad)
+        else:
+            sealed = self._software_key(key_id, stored).encrypt(nonce, plaintext, aad)
+        return header + nonce + sealed
+
+    def decrypt(
+        self,
+        key_id: str,
+        stored: StoredVersion,
+        envelope: env.Envelope,
+        aad_context: bytes | None,
+    ) -> bytes:
+        """Open an envelope made by ``encrypt`` or ``generate_data_key``."""
+        aad = env.authenticated_data(envelope.header(), key_id, aad_context)
+        if envelope.format is env.EnvelopeFormat.HSM_WRAPPED_KEY:
+            if not stored.version.hosted_by_hsm:
+                raise DecryptionFailed(log_detail="wrapped-key envelope for a software version")
+            return self._hsm.unwrap_data_key(
+                stored.version.id.encode(),
+                envelope.nonce,
+                envelope.tag,
+                envelope.wrapped_key,
+                aad,
+            )
+        if stored.version.hosted_by_hsm:
+            return self._hsm.decrypt(stored.version.id.encode(), envelope.nonce, envelope.body, aad)
+        return self._software_key(key_id, stored).decrypt(envelope.nonce, envelope.body, aad)
+
+    def generate_data_key(
+        self,
+        key_id: str,
+        stored: StoredVersion,
+        spec: Algorithm,
+        aad_context: bytes | None,
+        *,
+        skip_plaintext: bool,
+    ) -> tuple[bytes, bytes]:
+        """A new data key and its envelope; the plaintext is ``b""`` when skipped.
+
+        ``AES_256_HSM`` data keys are born in the token's RNG: on an HSM version by
+        ``C_GenerateKey`` and wrapped by ``C_WrapKey`` there (format 0x02); on a software
+        version by ``C_GenerateRandom``. Other specs come from the OS CSPRNG and are
+        sealed like any plaintext.
+        """
+        if spec is Algorithm.AES_256_HSM and stored.version.hosted_by_hsm:
+            header = env.make_header(env.EnvelopeFormat.HSM_WRAPPED_KEY, stored.version.id)
+            aad = env.authenticated_data(header, key_id, aad_context)
+            nonce = self._rng(env.NONCE_BYTES)
+            plaintext, tag, wrapped = self._hsm.generate_wrapped_data_key(
+                stored.version.id.encode(),
+                spec.key_bytes,
+                nonce,
+                aad,
+                want_plaintext=not skip_plaintext,
+            )
+            return plaintext, header + nonce + tag + wrapped
+        if spec is Algorithm.AES_256_HSM:
+            data_key = self._hsm.random(spec.key_bytes)
+        else:
+            data_key = self._rng(spec.key_bytes)
+        ciphertext = self.encrypt(key_id, stored, data_key, aad_context)
+        return (b"" if skip_plaintext else data_key), ciphertext
+
+
+def check_data_key_spec(spec: Algorithm) -> Algorithm:
+    """Map UNSPECIFIED to AES_256 (documented) and refuse GOST."""
+    if spec is Algorithm.SYMMETRIC_ALGORITHM_UNSPECIFIED:
+        return Algorithm.AES_256
+    if spec is Algorithm.GOST_R_3412_2015_K:
+        raise InvalidArgument("dataKeySpec GOST_R_3412_2015_K is not supported by this service")
+    return spec
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,148 @@
+"""Everything one serving process holds, built from Settings and torn down in reverse.
+
+``prepare`` runs once in the parent before any worker starts (data directory, embedded
+token, schema, first admin token). ``Runtime.start`` runs in each worker process (after
+the fork or spawn) and is the only place the PKCS#11 module is initialised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from kms_hsm.config import Settings, write_secret_file
+from kms_hsm.crypto.pkcs11.hsm import HsmCrypto
+from kms_hsm.crypto.pkcs11.sessions import SessionManager
+from kms_hsm.crypto.software import MaterialCache
+from kms_hsm.errors import BackendUnavailable
+from kms_hsm.service.auth import AuthService
+from kms_hsm.service.crypto import CryptoService
+from kms_hsm.service.keyring import Keyring
+from kms_hsm.service.keys import KeyService
+from kms_hsm.store.engine import make_engine, make_sessionmaker, upgrade_schema
+
+log = logging.getLogger(__name__)
+
+
+def init_script() -> Path:
+    """``softhsm/init-token.sh``: from the source tree, or the copy inside the wheel."""
+    override = os.environ.get("KMS_HSM_INIT_TOKEN_SCRIPT")
+    candidates = [Path(override)] if override else []
+    package_dir = Path(__file__).resolve().parent.parent
+    candidates += [
+        package_dir.parent / "softhsm" / "init-token.sh",
+        package_dir / "_softhsm" / "init-token.sh",
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise BackendUnavailable("softhsm/init-token.sh not found; set KMS_HSM_INIT_TOKEN_SCRIPT")
+
+
+def use_embedded_token_env(settings: Settings) -> None:
+    """Point SoftHSM2 at the data directory's config (embedded default only)."""
+    if settings.embedded_token:
+        os.environ["SOFTHSM2_CONF"] = str(settings.softhsm_conf)
+
+
+def prepare(settings: Settings) -> None:
+    """One-time set-up before serving: token, schema, first admin token. No PKCS#11 here."""
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    if settings.embedded_token:
+        env = dict(os.environ)
+        env.update(
+            PYTHON=sys.executable,
+            KMS_HSM_TOKEN_LABEL=settings.token_label,
+            KMS_HSM_PKCS11_LIBRARY=settings.pkcs11_library,
+        )
+        result = subprocess.run(
+            ["bash", str(init_script()), str(data_dir)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise BackendUnavailable(
+                f"initialising the embedded SoftHSM2 token failed: {result.stderr.strip()}"
+            )
+        log.info("embedded SoftHSM2 token: %s", result.stdout.strip())
+        use_embedded_token_env(settings)
+    engine = make_engine(settings.effective_database_url())
+    try:
+        upgrade_schema(engine)
+        bootstrap_admin(settings, engine)
+    finally:
+        engine.dispose()
+
+
+def bootstrap_admin(settings: Settings, engine: Engine) -> None:
+    """On first start, create an admin principal and write its token to a 0600 file."""
+    auth = AuthService(make_sessionmaker(engine))
+    if auth.has_principals():
+        return
+    principal = auth.create_principal("admin")
+    token = auth.issue_token(principal.id)
+    write_secret_file(settings.admin_token_file, token)
+    log.info("first admin token written to %s (mode 0600)", settings.admin_token_file)
+
+
+@dataclass
+class Runtime:
+    """The services of one process and the resources behind them."""
+
+    settings: Settings
+    engine: Engine
+    sessions: SessionManager
+    keyring: Keyring
+    keys: KeyService
+    crypto: CryptoService
+    auth: AuthService
+
+    @classmethod
+    def start(cls, settings: Settings) -> Runtime:
+        """Open the database and the HSM (retrying until the start-up deadline)."""
+        use_embedded_token_env(settings)
+        engine = make_engine(settings.effective_database_url())
+        db = make_sessionmaker(engine)
+        sessions = SessionManager(
+            settings.pkcs11_library,
+            settings.token_label,
+            settings.read_pin(),
+            pool_size=settings.pool_size,
+            startup_timeout=settings.hsm_startup_timeout,
+        )
+        try:
+            sessions.start()
+            keyring = Keyring(
+                HsmCrypto(sessions),
+                MaterialCache(settings.material_cache_size, settings.material_cache_ttl),
+                db,
+            )
+            keyring.ensure_root_key()
+        except Exception:
+            sessions.close()
+            engine.dispose()
+            raise
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=sessions,
+            keyring=keyring,
+            keys=KeyService(db, keyring),
+            crypto=CryptoService(db, keyring),
+            auth=AuthService(db),
+        )
+
+    def close(self) -> None:
+        """Close the HSM sessions, then the database."""
+        self.sessions.close()
+        self.engine.dispose()

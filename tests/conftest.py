@@ -1,0 +1,117 @@
+"""Session fixtures: a real SoftHSM2 token made by softhsm/init-token.sh, a real database,
+and the app served by uvicorn over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from kms_hsm.api.app import create_app
+from kms_hsm.config import Settings
+from kms_hsm.service.runtime import Runtime, prepare
+
+REPO = Path(__file__).resolve().parent.parent
+SOFTHSM_MODULE = os.environ.get("KMS_HSM_PKCS11_LIBRARY", "/usr/lib/softhsm/libsofthsm2.so")
+
+
+def init_token(data_dir: Path, label: str = "kms-hsm") -> None:
+    """Run the same init script that docker-compose and the embedded default use."""
+    if not Path(SOFTHSM_MODULE).exists():
+        pytest.fail(f"SoftHSM2 is not installed ({SOFTHSM_MODULE}): apt-get install -y softhsm2")
+    env = dict(os.environ, PYTHON=sys.executable, KMS_HSM_TOKEN_LABEL=label)
+    subprocess.run(
+        ["bash", str(REPO / "softhsm" / "init-token.sh"), str(data_dir)], env=env, check=True
+    )
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def token_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh SoftHSM2 token for this test session; SOFTHSM2_CONF points at it."""
+    data_dir = tmp_path_factory.mktemp("token")
+    init_token(data_dir)
+    os.environ["SOFTHSM2_CONF"] = str(data_dir / "softhsm2.conf")
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def settings(token_dir: Path) -> Settings:
+    """Settings for the in-process runtime: the session token, SQLite in the same dir."""
+    return Settings(
+        data_dir=token_dir,
+        pin_file=token_dir / "user-pin",
+        database_url=f"sqlite:///{token_dir / 'kms.db'}",
+        pool_size=8,
+    )
+
+
+@pytest.fixture(scope="session")
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    """Database migrated, admin token issued, HSM logged in."""
+    prepare(settings)
+    rt = Runtime.start(settings)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="session")
+def admin_token(runtime: Runtime, settings: Settings) -> str:
+    """The bearer token written at first start."""
+    return settings.admin_token_file.read_text().strip()
+
+
+@pytest.fixture(scope="session")
+def base_url(runtime: Runtime) -> Iterator[str]:
+    """The app on uvicorn in a background thread, over real HTTP."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(runtime=runtime), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def api(base_url: str, admin_token: str) -> Iterator[httpx.Client]:
+    """An HTTP client that authenticates as the admin."""
+    with httpx.Client(
+        base_url=base_url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30
+    ) as client:
+        yield client
+
+
+def create_key(api: httpx.Client, algorithm: str, **fields: object) -> dict[str, object]:
+    """Create a key over HTTP and return the key message from the Operation."""
+    body = {"folderId": "b1gtestfolder", "name": f"k-{algorithm.lower()}", **fields}
+    body["defaultAlgorithm"] = algorithm
+    r = api.post("/kms/v1/keys", json=body)
+    assert r.status_code == 200, r.text
+    op = r.json()
+    assert op["done"] is True
+    key: dict[str, object] = op["response"]
+    return key
