@@ -3,7 +3,7 @@
 #
 #   softhsm/init-token.sh DATA_DIR
 #
-# Creates (only what is missing):
+# Creates what is missing (the config is rewritten every run):
 #   DATA_DIR/softhsm2.conf   SoftHSM2 config whose token directory is DATA_DIR/tokens
 #   DATA_DIR/tokens/         the token store (put it on a persistent volume)
 #   DATA_DIR/so-pin          random SO PIN, mode 0600
@@ -20,12 +20,20 @@ module=${KMS_HSM_PKCS11_LIBRARY:-/usr/lib/softhsm/libsofthsm2.so}
 python=${PYTHON:-python3}
 
 umask 077
+if [ ! -e "$module" ]; then
+  echo "init-token: PKCS#11 module $module not found (apt-get install -y softhsm2)" >&2
+  exit 1
+fi
 mkdir -p "$data_dir/tokens"
 data_dir=$(cd "$data_dir" && pwd)
 conf="$data_dir/softhsm2.conf"
 
-if [ ! -f "$conf" ]; then
-  cat > "$conf" <<CONF
+# One initialiser at a time per directory (two embedded-default processes may start at once).
+exec 9>"$data_dir/.init-token.lock"
+flock 9
+
+# Rewritten every run, so a moved or remounted directory still finds its tokens.
+cat > "$conf" <<CONF
 # Written by softhsm/init-token.sh
 directories.tokendir = $data_dir/tokens
 objectstore.backend = file
@@ -34,20 +42,18 @@ slots.removable = false
 slots.mechanisms = ALL
 library.reset_on_fork = false
 CONF
-fi
 
 new_pin() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 for f in so-pin user-pin; do
   if [ ! -s "$data_dir/$f" ]; then
+    if [ -n "$(ls -A "$data_dir/tokens")" ]; then
+      echo "init-token: $data_dir/$f is missing but a token exists; restore the PIN file" >&2
+      exit 1
+    fi
     new_pin > "$data_dir/$f"
-    chmod 600 "$data_dir/$f"
   fi
+  chmod 600 "$data_dir/$f"
 done
-
-if [ ! -e "$module" ]; then
-  echo "init-token: PKCS#11 module $module not found (apt-get install -y softhsm2)" >&2
-  exit 1
-fi
 
 export SOFTHSM2_CONF="$conf"
 exec "$python" -m kms_hsm.crypto.pkcs11.provision \

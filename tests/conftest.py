@@ -115,3 +115,38 @@ def create_key(api: httpx.Client, algorithm: str, **fields: object) -> dict[str,
     assert op["done"] is True
     key: dict[str, object] = op["response"]
     return key
+
+
+KMS_HSM = str(Path(sys.executable).with_name("kms-hsm"))
+
+
+def serve_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
+    """Environment for a `kms-hsm serve` subprocess on the embedded default."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KMS_HSM_", "SOFTHSM2_"))}
+    env.update(KMS_HSM_DATA_DIR=str(data_dir), KMS_HSM_PORT=str(port), **extra)
+    return env
+
+
+def wait_until_serving(proc: subprocess.Popen[bytes], base_url: str, timeout: float = 60) -> None:
+    """Poll until the server answers (401 without a token) or the process dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"kms-hsm serve exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{base_url}/kms/v1/keys/probe", timeout=1).status_code == 401:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    pytest.fail("kms-hsm serve did not start in time")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it lingers."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

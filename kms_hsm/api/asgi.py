@@ -6,8 +6,11 @@ from fastapi import FastAPI
 
 from kms_hsm.api.app import create_app
 from kms_hsm.config import Settings
+from kms_hsm.logs import configure_logging
 
 
 def build() -> FastAPI:
     """An app configured from the environment; PKCS#11 starts in its lifespan."""
-    return create_app(Settings())
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -9,16 +9,9 @@ import sys
 
 from kms_hsm.config import Settings
 from kms_hsm.errors import KmsError
+from kms_hsm.logs import configure_logging
 
 log = logging.getLogger("kms_hsm")
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -31,7 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[f"KMS_HSM_{name}"] = str(value)
     settings = Settings()
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level)
     try:
         prepare(settings)
         # Pre-flight: reach the HSM and settle the root key once, then let go of the

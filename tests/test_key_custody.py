@@ -1,0 +1,107 @@
+"""Where key material lives: HSM versions never leave the token; software material is
+stored only wrapped. Checked from the token's own attributes and the raw SQLite bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pkcs11 import Attribute, KeyType, Mechanism
+from pkcs11 import exceptions as p11
+from sqlalchemy import select
+
+from kms_hsm.crypto.pkcs11.hsm import ROOT_KEY_PREFIX, HsmCrypto
+from kms_hsm.domain.model import Algorithm
+from kms_hsm.service.keys import KeySpec
+from kms_hsm.service.runtime import Runtime
+from kms_hsm.store.tables import KeyVersionRow, RootKeyRow
+
+CUSTODY = [
+    Attribute.SENSITIVE,
+    Attribute.ALWAYS_SENSITIVE,
+    Attribute.NEVER_EXTRACTABLE,
+    Attribute.PRIVATE,
+    Attribute.EXTRACTABLE,
+    Attribute.TOKEN,
+]
+
+
+def _create(runtime: Runtime, algorithm: Algorithm) -> tuple[str, str]:
+    op = runtime.keys.create(
+        KeySpec("b1gcustody", "c", "", {}, algorithm, None, False), created_by="test"
+    )
+    value = op.metadata["value"]
+    return value["key_id"], value["primary_version_id"]
+
+
+def _assert_never_leaves(runtime: Runtime, object_id: bytes) -> None:
+    attrs = HsmCrypto(runtime.sessions).key_attributes(object_id, CUSTODY)
+    assert attrs[Attribute.SENSITIVE] is True
+    assert attrs[Attribute.ALWAYS_SENSITIVE] is True
+    assert attrs[Attribute.NEVER_EXTRACTABLE] is True
+    assert attrs[Attribute.PRIVATE] is True
+    assert attrs[Attribute.EXTRACTABLE] is False
+    assert attrs[Attribute.TOKEN] is True
+
+    def try_to_export(pooled):
+        target = pooled.key(object_id)
+        with pytest.raises(p11.AttributeSensitive):
+            target[Attribute.VALUE]
+        wrapper = pooled.session.generate_key(
+            KeyType.AES, 256, template={Attribute.TOKEN: False, Attribute.WRAP: True}
+        )
+        try:
+            for mechanism in (Mechanism.AES_KEY_WRAP, Mechanism.AES_KEY_WRAP_PAD):
+                with pytest.raises(p11.PKCS11Error):
+                    wrapper.wrap_key(target, mechanism=mechanism)
+        finally:
+            wrapper.destroy()
+
+    runtime.sessions.run(try_to_export)
+
+
+def test_every_hsm_version_is_a_never_extractable_token_object(runtime: Runtime) -> None:
+    for _ in range(3):
+        _, version_id = _create(runtime, Algorithm.AES_256_HSM)
+        _assert_never_leaves(runtime, version_id.encode())
+
+
+def test_the_root_key_never_leaves_the_token(runtime: Runtime) -> None:
+    with runtime.keyring._db() as session:
+        root = session.get(RootKeyRow, "root")
+    assert root is not None
+    _assert_never_leaves(runtime, ROOT_KEY_PREFIX + root.key_id.encode())
+
+
+def test_sqlite_holds_no_software_material_in_the_clear(runtime: Runtime, settings) -> None:
+    materials = []
+    for algorithm in (Algorithm.AES_128, Algorithm.AES_192, Algorithm.AES_256):
+        key_id, version_id = _create(runtime, algorithm)
+        runtime.crypto.encrypt(key_id, "", b"warm the cache", None)
+        with runtime.keyring._db() as session:
+            row = session.scalars(select(KeyVersionRow).where(KeyVersionRow.id == version_id)).one()
+        stored = row.wrapped_material
+        assert stored is not None and len(stored) == 12 + algorithm.key_bytes + 16
+        # Unwrap exactly as the service does, to learn the real material.
+        raw = _material_bytes(runtime, key_id, row)
+        assert len(raw) == algorithm.key_bytes
+        materials.append(raw)
+    db_path = Path(settings.effective_database_url().removeprefix("sqlite:///"))
+    blobs = b"".join(p.read_bytes() for p in db_path.parent.glob(db_path.name + "*"))
+    assert blobs
+    for raw in materials:
+        assert raw not in blobs
+        assert raw.hex().encode() not in blobs
+
+
+def _material_bytes(runtime: Runtime, key_id: str, row: KeyVersionRow) -> bytes:
+    from kms_hsm.service.keyring import _material_aad
+
+    blob = row.wrapped_material
+    assert blob is not None and row.root_key_id is not None
+    return HsmCrypto(runtime.sessions).decrypt(
+        ROOT_KEY_PREFIX + row.root_key_id.encode(),
+        blob[:12],
+        blob[12:],
+        _material_aad(key_id, row.id),
+    )

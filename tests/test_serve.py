@@ -1,0 +1,103 @@
+"""`kms-hsm serve` as a user runs it: a real process, real HTTP, the embedded default."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import KMS_HSM, free_port, serve_env, stop, wait_until_serving
+
+
+def test_two_workers_each_with_their_own_pkcs11_answer_hsm_requests(tmp_path: Path) -> None:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [KMS_HSM, "serve", "--workers", "2"],
+        env=serve_env(tmp_path / "data", port),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until_serving(proc, base_url)
+        data_dir = tmp_path / "data"
+        for name in ("admin-token", "user-pin", "so-pin"):
+            mode = stat.S_IMODE(os.stat(data_dir / name).st_mode)
+            assert mode == 0o600, name
+        assert (data_dir / "softhsm2.conf").is_file()
+        token = (data_dir / "admin-token").read_text().strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        created = httpx.post(
+            f"{base_url}/kms/v1/keys",
+            json={"folderId": "b1g", "defaultAlgorithm": "AES_256_HSM"},
+            headers=auth,
+        )
+        assert created.status_code == 200, created.text
+        key_id = created.json()["response"]["id"]
+        workers: set[str] = set()
+        for i in range(200):
+            # A new connection each time, so the kernel spreads them over both workers.
+            with httpx.Client(headers=auth) as client:
+                r = client.post(
+                    f"{base_url}/kms/v1/keys/{key_id}:generateDataKey",
+                    json={"dataKeySpec": "AES_256_HSM"},
+                )
+                assert r.status_code == 200, r.text
+                workers.add(r.headers["x-kms-worker"])
+                opened = client.post(
+                    f"{base_url}/kms/v1/keys/{key_id}:decrypt",
+                    json={"ciphertext": r.json()["dataKeyCiphertext"]},
+                )
+                assert opened.json()["plaintext"] == r.json()["dataKeyPlaintext"]
+            if len(workers) == 2 and i > 20:
+                break
+        assert len(workers) == 2
+    finally:
+        stop(proc)
+        log.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert text.count("HSM ready") >= 3  # pre-flight + one per worker
+    assert token not in text
+    for pin_file in ("user-pin", "so-pin"):
+        assert (tmp_path / "data" / pin_file).read_text().strip() not in text
+    assert "Traceback" not in text
+
+
+def test_unreachable_hsm_at_start_retries_then_exits_clearly(tmp_path: Path) -> None:
+    conf = tmp_path / "softhsm2.conf"
+    (tmp_path / "tokens").mkdir()
+    conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\nobjectstore.backend = file\n")
+    pin = tmp_path / "pin"
+    pin.write_text("123456\n")
+    pin.chmod(0o600)
+    env = serve_env(
+        tmp_path / "data",
+        free_port(),
+        KMS_HSM_PIN_FILE=str(pin),
+        KMS_HSM_HSM_STARTUP_TIMEOUT="2",
+        SOFTHSM2_CONF=str(conf),
+    )
+    result = subprocess.run(
+        [KMS_HSM, "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "HSM not ready" in result.stderr  # it retried
+    assert "cannot start: HSM not reachable: token 'kms-hsm'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_pin_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    pin = tmp_path / "pin"
+    pin.write_text("123456\n")
+    pin.chmod(0o644)
+    env = serve_env(tmp_path / "data", free_port(), KMS_HSM_PIN_FILE=str(pin))
+    result = subprocess.run([KMS_HSM, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "must not be readable by group or others" in result.stderr
+    assert "123456" not in result.stderr
+    assert base64.b64encode(b"123456").decode() not in result.stderr
