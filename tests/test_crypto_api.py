@@ -62,7 +62,10 @@ def test_create_returns_operation_with_primary_version(api: httpx.Client) -> Non
     assert r.status_code == 200, r.text
     op = r.json()
     assert op["done"] is True
-    assert op["metadata"]["@type"] == "type.googleapis.com/yandex.cloud.kms.v1.CreateSymmetricKeyMetadata"
+    assert (
+        op["metadata"]["@type"]
+        == "type.googleapis.com/yandex.cloud.kms.v1.CreateSymmetricKeyMetadata"
+    )
     key = op["response"]
     assert key["@type"] == "type.googleapis.com/yandex.cloud.kms.v1.SymmetricKey"
     assert op["metadata"]["keyId"] == key["id"]
@@ -118,7 +121,9 @@ def test_generate_data_key_matrix(api, keys, algorithm, spec, skip) -> None:
     assert decrypt(api, key_id, body["dataKeyCiphertext"], b"other").status_code == 400
 
 
-@pytest.mark.parametrize(("source", "target"), [("AES_256", "AES_256_HSM"), ("AES_256_HSM", "AES_128")])
+@pytest.mark.parametrize(
+    ("source", "target"), [("AES_256", "AES_256_HSM"), ("AES_256_HSM", "AES_128")]
+)
 def test_re_encrypt_across_keys_and_back(api, keys, source, target) -> None:
     original = encrypt(api, keys[source], b"secret", b"a1")
     r = api.post(
@@ -237,11 +242,17 @@ def test_bad_input_is_400_naming_the_field(api, keys, verb, body, field) -> None
 def test_over_long_key_id_and_bad_bodies(api) -> None:
     r = api.post(f"/kms/v1/keys/{'k' * 51}:encrypt", json={"plaintext": "AA=="})
     assert r.status_code == 400 and "keyId" in r.json()["message"]
-    r = api.post("/kms/v1/keys/abc:encrypt", content=b"[1,2]", headers={"content-type": "application/json"})
+    r = api.post(
+        "/kms/v1/keys/abc:encrypt", content=b"[1,2]", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400
-    r = api.post("/kms/v1/keys/abc:encrypt", content=b"{", headers={"content-type": "application/json"})
+    r = api.post(
+        "/kms/v1/keys/abc:encrypt", content=b"{", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400
-    r = api.post("/kms/v1/keys/abc:encrypt", content=b"plaintext=AA", headers={"content-type": "text/plain"})
+    r = api.post(
+        "/kms/v1/keys/abc:encrypt", content=b"plaintext=AA", headers={"content-type": "text/plain"}
+    )
     assert r.status_code == 400
     r = api.post(
         "/kms/v1/keys/abc:encrypt",
@@ -279,8 +290,14 @@ def test_create_validation(api) -> None:
         ({"folderId": "f", "defaultAlgorithm": "GOST_R_3412_2015_K"}, "defaultAlgorithm"),
         ({"folderId": "f", "defaultAlgorithm": "AES_256", "name": "n" * 101}, "name"),
         ({"folderId": "f", "defaultAlgorithm": "AES_256", "labels": {"Bad": "x"}}, "labels"),
-        ({"folderId": "f", "defaultAlgorithm": "AES_256", "rotationPeriod": "1d"}, "rotationPeriod"),
-        ({"folderId": "f", "defaultAlgorithm": "AES_256", "rotationPeriod": "0s"}, "rotationPeriod"),
+        (
+            {"folderId": "f", "defaultAlgorithm": "AES_256", "rotationPeriod": "1d"},
+            "rotationPeriod",
+        ),
+        (
+            {"folderId": "f", "defaultAlgorithm": "AES_256", "rotationPeriod": "0s"},
+            "rotationPeriod",
+        ),
     ]
     for body, field in cases:
         r = api.post("/kms/v1/keys", json=body)

@@ -82,9 +82,7 @@ def test_unreachable_hsm_at_start_retries_then_exits_clearly(tmp_path: Path) -> 
         KMS_HSM_HSM_STARTUP_TIMEOUT="2",
         SOFTHSM2_CONF=str(conf),
     )
-    result = subprocess.run(
-        [KMS_HSM, "serve"], env=env, capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([KMS_HSM, "serve"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "HSM not ready" in result.stderr  # it retried
     assert "cannot start: HSM not reachable: token 'kms-hsm'" in result.stderr

@@ -17,6 +17,7 @@ from kms_hsm.store.repository import StoredOperation
 
 router = APIRouter(tags=["SymmetricKey"])
 
+
 def _render_key(record: dict[str, Any]) -> dict[str, Any]:
     return wire.key_json(key_from_record(record))
 
