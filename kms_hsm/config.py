@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     # Software key material is cached decrypted in process memory for this long.
     material_cache_ttl: float = Field(default=300.0, ge=0)
     material_cache_size: int = Field(default=10_000, ge=0)
+    # Seconds between scheduler passes (automatic rotation, due destructions); 0 = off.
+    scheduler_interval: float = Field(default=30.0, ge=0)
     log_level: str = "INFO"
 
     @property

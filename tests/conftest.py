@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -58,14 +59,34 @@ def settings(token_dir: Path) -> Settings:
         pin_file=token_dir / "user-pin",
         database_url=f"sqlite:///{token_dir / 'kms.db'}",
         pool_size=8,
+        scheduler_interval=0,
     )
 
 
+class SteppingClock:
+    """Real time plus an offset that tests move forward (never back)."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, delta: timedelta) -> None:
+        self.offset += delta
+
+
 @pytest.fixture(scope="session")
-def runtime(settings: Settings) -> Iterator[Runtime]:
-    """Database migrated, admin token issued, HSM logged in."""
+def clock() -> SteppingClock:
+    """The injected clock of the session runtime."""
+    return SteppingClock()
+
+
+@pytest.fixture(scope="session")
+def runtime(settings: Settings, clock: SteppingClock) -> Iterator[Runtime]:
+    """Database migrated, admin token issued, HSM logged in; scheduler not running."""
     prepare(settings)
-    rt = Runtime.start(settings)
+    rt = Runtime.start(settings, clock)
     yield rt
     rt.close()
 

@@ -67,7 +67,7 @@ def test_every_hsm_version_is_a_never_extractable_token_object(runtime: Runtime)
 
 
 def test_the_root_key_never_leaves_the_token(runtime: Runtime) -> None:
-    with runtime.keyring._db() as session:
+    with runtime.keyring._db.read() as session:
         root = session.get(RootKeyRow, "root")
     assert root is not None
     _assert_never_leaves(runtime, ROOT_KEY_PREFIX + root.key_id.encode())
@@ -78,7 +78,7 @@ def test_sqlite_holds_no_software_material_in_the_clear(runtime: Runtime, settin
     for algorithm in (Algorithm.AES_128, Algorithm.AES_192, Algorithm.AES_256):
         key_id, version_id = _create(runtime, algorithm)
         runtime.crypto.encrypt(key_id, "", b"warm the cache", None)
-        with runtime.keyring._db() as session:
+        with runtime.keyring._db.read() as session:
             row = session.scalars(select(KeyVersionRow).where(KeyVersionRow.id == version_id)).one()
         stored = row.wrapped_material
         assert stored is not None and len(stored) == 12 + algorithm.key_bytes + 16

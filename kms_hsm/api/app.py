@@ -65,6 +65,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = runtime is None
         app.state.runtime = runtime or Runtime.start(settings or Settings())
+        if owned:
+            app.state.runtime.scheduler.start()
         try:
             yield
         finally:

@@ -13,7 +13,7 @@ import base64
 import binascii
 import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -152,6 +152,53 @@ class Fields:
     def present(self, name: str) -> bool:
         """True when the field was sent (even as its default value)."""
         return name in self._values
+
+
+class Query:
+    """Typed, named access to query parameters (List requests)."""
+
+    def __init__(self, params: Mapping[str, str], names: Iterable[str]) -> None:
+        allowed = {}
+        for name in names:
+            allowed[name] = name
+            allowed[_snake(name)] = name
+        self._values: dict[str, str] = {}
+        for key, value in params.items():
+            canonical = allowed.get(key)
+            if canonical is None:
+                raise FieldError(key, "unknown query parameter")
+            self._values[canonical] = value
+
+    def string(self, name: str, *, required: bool = False, max_len: int | None = None) -> str:
+        """A string parameter ("" when absent)."""
+        value = self._values.get(name, "")
+        if required and not value:
+            raise FieldError(name, "is required")
+        if max_len is not None and len(value) > max_len:
+            raise FieldError(name, f"must be at most {max_len} characters")
+        return value
+
+    def integer(self, name: str) -> int:
+        """An int64 parameter (0 when absent)."""
+        value = self._values.get(name, "")
+        if not value:
+            return 0
+        if not re.fullmatch(r"-?\d{1,18}", value):
+            raise FieldError(name, "must be an integer")
+        return int(value)
+
+
+def field_mask(field: str, value: str, paths: Mapping[str, str]) -> frozenset[str]:
+    """A FieldMask string ("name,rotationPeriod") as service field names."""
+    if not value.strip():
+        raise FieldError(field, "is required")
+    names = set()
+    for path in value.split(","):
+        path = path.strip()
+        if path not in paths:
+            raise FieldError(field, f"unknown path {path!r}; allowed: {', '.join(paths)}")
+        names.add(paths[path])
+    return frozenset(names)
 
 
 def _snake(name: str) -> str:

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
 from kms_hsm.domain.ids import PRINCIPAL_PREFIX, new_id
 from kms_hsm.errors import Unauthenticated
 from kms_hsm.service.keys import Clock, utc_now
 from kms_hsm.store import repository
+from kms_hsm.store.engine import Database
 from kms_hsm.store.tables import PrincipalRow, TokenRow
 
 TOKEN_PREFIX = "kmsh1_"  # noqa: S105 - a format marker, not a secret
@@ -41,26 +41,26 @@ def token_hash(token: str) -> str:
 class AuthService:
     """Issues tokens and turns a presented token into a ``Principal``."""
 
-    def __init__(self, db: sessionmaker[Session], clock: Clock = utc_now) -> None:
+    def __init__(self, db: Database, clock: Clock = utc_now) -> None:
         self._db = db
         self._clock = clock
 
     def has_principals(self) -> bool:
         """True once any principal exists."""
-        with self._db() as session:
+        with self._db.read() as session:
             return session.scalars(select(PrincipalRow.id).limit(1)).first() is not None
 
     def create_principal(self, name: str) -> Principal:
         """A new principal with no tokens."""
         principal = Principal(new_id(PRINCIPAL_PREFIX), name)
-        with self._db.begin() as session:
+        with self._db.write() as session:
             session.add(PrincipalRow(id=principal.id, name=name, created_at=self._clock()))
         return principal
 
     def issue_token(self, principal_id: str, expires_at: datetime | None = None) -> str:
         """A new bearer token for ``principal_id``; returned once, stored hashed."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        with self._db.begin() as session:
+        with self._db.write() as session:
             session.add(
                 TokenRow(
                     id=new_id("tok"),
@@ -85,7 +85,7 @@ class AuthService:
         if scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN_CHARS:
             raise Unauthenticated("malformed Authorization header: use Bearer <token>")
         digest = token_hash(token)
-        with self._db() as session:
+        with self._db.read() as session:
             row = repository.find_token(session, digest)
             # The lookup is by hash; the compare is constant-time anyway.
             if row is None or not hmac.compare_digest(row.token_sha256, digest):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy.orm import Session, sessionmaker
-
 from kms_hsm.domain import envelope as env
 from kms_hsm.domain import validation
 from kms_hsm.domain.model import Algorithm, Key, KeyStatus, VersionStatus
 from kms_hsm.errors import DecryptionFailed, FailedPrecondition, InvalidArgument, NotFound
 from kms_hsm.service.keyring import Keyring, check_data_key_spec
 from kms_hsm.store import repository
+from kms_hsm.store.engine import Database
 from kms_hsm.store.repository import StoredVersion
 
 
@@ -65,16 +64,16 @@ def _check_usable(key: Key, stored: StoredVersion) -> None:
 class CryptoService:
     """The data plane; every call reads key state from the database (effective on commit)."""
 
-    def __init__(self, db: sessionmaker[Session], keyring: Keyring) -> None:
+    def __init__(self, db: Database, keyring: Keyring) -> None:
         self._db = db
         self._keyring = keyring
 
     def _load(self, key_id: str, version_id: str | None) -> tuple[Key, StoredVersion]:
-        with self._db() as session:
+        with self._db.read() as session:
             return repository.get_key_and_version(session, key_id, version_id)
 
     def _require_key(self, key_id: str) -> None:
-        with self._db() as session:
+        with self._db.read() as session:
             repository.get_key_row(session, key_id)
 
     def encrypt(

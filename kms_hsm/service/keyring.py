@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
 
 from kms_hsm.crypto.pkcs11.hsm import ROOT_KEY_PREFIX, HsmCrypto
 from kms_hsm.crypto.software import MaterialCache, SoftwareKey
@@ -26,8 +25,9 @@ from kms_hsm.domain.ids import new_id
 from kms_hsm.domain.model import Algorithm, KeyVersion
 from kms_hsm.errors import DecryptionFailed, Internal, InvalidArgument
 from kms_hsm.store import repository
+from kms_hsm.store.engine import Database
 from kms_hsm.store.repository import StoredVersion
-from kms_hsm.store.tables import RootKeyRow
+from kms_hsm.store.tables import RootKeyRow, ServiceSecretRow
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Keyring:
         self,
         hsm: HsmCrypto,
         cache: MaterialCache,
-        sessions: sessionmaker[Session],
+        sessions: Database,
         rng: Rng = os.urandom,
     ) -> None:
         self._hsm = hsm
@@ -72,25 +72,63 @@ class Keyring:
         Several processes may start at once: each may generate a candidate, but the unique
         row decides, and a loser destroys its candidate.
         """
-        with self._db() as session:
+        with self._db.read() as session:
             chosen = repository.get_root_key_id(session)
         if chosen is None:
             candidate = new_id("abr")
             self._hsm.generate_key(ROOT_KEY_PREFIX + candidate.encode())
             try:
-                with self._db.begin() as session:
+                with self._db.write() as session:
                     session.add(RootKeyRow(name="root", key_id=candidate, created_at=_now()))
                 chosen = candidate
                 log.info("created HSM root key %s", candidate)
             except IntegrityError:
                 self._hsm.destroy_key(ROOT_KEY_PREFIX + candidate.encode())
-                with self._db() as session:
+                with self._db.read() as session:
                     chosen = repository.get_root_key_id(session)
         if chosen is None:
             raise Internal(log_detail="root key row vanished")
         self._hsm.key_attributes(ROOT_KEY_PREFIX + chosen.encode(), [])
         self._root_key_id = chosen
         return chosen
+
+    def service_secret(self, name: str, length: int = 32) -> bytes:
+        """A secret of the service, kept in the database wrapped by the root key.
+
+        Made on first use; concurrent first uses agree through the unique name.
+        """
+        aad = _material_aad("service-secret", name)
+        with self._db.read() as session:
+            row = repository.get_service_secret(session, name)
+        if row is None:
+            secret = self._rng(length)
+            nonce = self._rng(env.NONCE_BYTES)
+            sealed = self._hsm.encrypt(self._root_object_id(), nonce, secret, aad)
+            try:
+                with self._db.write() as session:
+                    session.add(
+                        ServiceSecretRow(
+                            name=name,
+                            wrapped=nonce + sealed,
+                            root_key_id=self._root_key_id,
+                            created_at=_now(),
+                        )
+                    )
+                return secret
+            except IntegrityError:
+                with self._db.read() as session:
+                    row = repository.get_service_secret(session, name)
+            if row is None:
+                raise Internal(log_detail=f"service secret {name} vanished")
+        try:
+            return self._hsm.decrypt(
+                self._root_object_id(row.root_key_id),
+                row.wrapped[: env.NONCE_BYTES],
+                row.wrapped[env.NONCE_BYTES :],
+                aad,
+            )
+        except DecryptionFailed:
+            raise Internal(log_detail=f"service secret {name} failed to unwrap") from None
 
     def _root_object_id(self, root_key_id: str | None = None) -> bytes:
         chosen = root_key_id or self._root_key_id
@@ -111,6 +149,10 @@ class Keyring:
             self._root_object_id(), nonce, material, _material_aad(key_id, version_id)
         )
         return NewMaterial(nonce + sealed, self._root_key_id)
+
+    def forget(self, version_id: str) -> None:
+        """Drop a version's cached software material (it was scheduled or destroyed)."""
+        self._cache.evict(version_id)
 
     def discard_material(self, version: KeyVersion) -> None:
         """Destroy a version's material: the token object, or the cached software key."""

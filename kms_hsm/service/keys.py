@@ -1,28 +1,60 @@
-"""The SymmetricKey control plane: create and read keys, read operations."""
+"""The SymmetricKey control plane: keys, versions, their lifecycle and Operations.
+
+Every mutation runs in one write transaction that locks the key row (``FOR UPDATE`` on
+PostgreSQL, the database write lock on SQLite) and bumps the key's ``revision``, so
+concurrent replicas serialise per key and a key always has exactly one primary version.
+State changes are effective on commit: the data plane reads them on its next call.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from kms_hsm.domain import validation
 from kms_hsm.domain.ids import KEY_PREFIX, new_id
 from kms_hsm.domain.model import Algorithm, Key, KeyStatus, KeyVersion, VersionStatus
-from kms_hsm.domain.records import key_record
+from kms_hsm.domain.records import key_record, version_record
+from kms_hsm.errors import FailedPrecondition, InvalidArgument, NotFound
 from kms_hsm.service.keyring import Keyring
 from kms_hsm.service.operations import finished_operation
+from kms_hsm.service.paging import PageTokens, check_page_size
 from kms_hsm.store import repository
-from kms_hsm.store.repository import StoredOperation
+from kms_hsm.store.engine import Database
+from kms_hsm.store.repository import Cursor, StoredOperation
 from kms_hsm.store.tables import KeyRow, KeyVersionRow
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+
+KEY_DELETION_GRACE = timedelta(hours=72)
+DEFAULT_PENDING_PERIOD = timedelta(days=7)
+MIN_PENDING_PERIOD = timedelta(days=1)
+MAX_PENDING_PERIOD = timedelta(days=365)
+# pageToken length limits of the contract: List 256, ListVersions/ListOperations 100.
+MAX_LIST_TOKEN = 256
+MAX_SUB_LIST_TOKEN = 100
+
+UPDATABLE_FIELDS = frozenset(
+    {
+        "name",
+        "description",
+        "status",
+        "labels",
+        "default_algorithm",
+        "rotation_period",
+        "deletion_protection",
+    }
+)
+_KMS = "yandex.cloud.kms.v1."
 
 
 def utc_now() -> datetime:
@@ -43,13 +75,51 @@ class KeySpec:
     deletion_protection: bool
 
 
-class KeyService:
-    """Create and read keys; every mutation returns a finished Operation."""
+@dataclass(frozen=True, slots=True)
+class KeyUpdate:
+    """Update's values; only the fields named in the mask are applied (absent = default)."""
 
-    def __init__(self, db: sessionmaker[Session], keyring: Keyring, clock: Clock = utc_now) -> None:
+    name: str = ""
+    description: str = ""
+    status: KeyStatus = KeyStatus.STATUS_UNSPECIFIED
+    labels: dict[str, str] | None = None
+    default_algorithm: Algorithm = Algorithm.SYMMETRIC_ALGORITHM_UNSPECIFIED
+    rotation_period: timedelta | None = None
+    deletion_protection: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a list and the token of the next one ("" at the end)."""
+
+    items: list[Any]
+    next_page_token: str
+
+
+def _version_row(row: KeyVersionRow, primary_id: str | None) -> KeyVersion:
+    return repository.version_from_row(row, primary_id)
+
+
+class KeyService:
+    """Keys and versions; every mutation returns a finished Operation."""
+
+    def __init__(self, db: Database, keyring: Keyring, clock: Clock = utc_now) -> None:
         self._db = db
         self._keyring = keyring
         self._clock = clock
+        self._page_tokens: PageTokens | None = None
+
+    @property
+    def clock(self) -> Clock:
+        """The clock this service runs on (tests inject one)."""
+        return self._clock
+
+    def _tokens(self) -> PageTokens:
+        if self._page_tokens is None:
+            self._page_tokens = PageTokens(self._keyring.service_secret("page-tokens"))
+        return self._page_tokens
+
+    # ----------------------------------------------------------------- create / read
 
     def create(self, spec: KeySpec, created_by: str) -> StoredOperation:
         """Create a key and its first (primary) version; material is made before commit.
@@ -73,53 +143,24 @@ class KeyService:
             created_at=now,
             primary=True,
         )
-        key = Key(
-            id=key_id,
-            folder_id=spec.folder_id,
-            created_at=now,
-            name=spec.name,
-            description=spec.description,
-            labels=dict(spec.labels),
-            status=KeyStatus.ACTIVE,
-            primary_version=version,
-            default_algorithm=spec.default_algorithm,
-            rotated_at=now,
-            rotation_period=spec.rotation_period,
-            deletion_protection=spec.deletion_protection,
-        )
-        operation = finished_operation(
-            key_id=key_id,
-            description="Create symmetric key",
-            created_by=created_by,
-            now=now,
-            metadata_type="yandex.cloud.kms.v1.CreateSymmetricKeyMetadata",
-            metadata={"key_id": key_id, "primary_version_id": version_id},
-            response_type="yandex.cloud.kms.v1.SymmetricKey",
-            response=key_record(key),
-        )
         try:
-            with self._db.begin() as session:
-                session.add(
-                    KeyRow(
-                        id=key_id,
-                        folder_id=spec.folder_id,
-                        name=spec.name,
-                        description=spec.description,
-                        labels=dict(spec.labels),
-                        status=int(KeyStatus.ACTIVE),
-                        default_algorithm=int(spec.default_algorithm),
-                        rotation_period_seconds=(
-                            int(spec.rotation_period.total_seconds())
-                            if spec.rotation_period
-                            else None
-                        ),
-                        deletion_protection=spec.deletion_protection,
-                        created_at=now,
-                        rotated_at=now,
-                        primary_version_id=version_id,
-                        revision=1,
-                    )
+            with self._db.write() as session:
+                row = KeyRow(
+                    id=key_id,
+                    folder_id=spec.folder_id,
+                    name=spec.name,
+                    description=spec.description,
+                    labels=dict(spec.labels),
+                    status=int(KeyStatus.ACTIVE),
+                    default_algorithm=int(spec.default_algorithm),
+                    rotation_period_seconds=_seconds(spec.rotation_period),
+                    deletion_protection=spec.deletion_protection,
+                    created_at=now,
+                    rotated_at=now,
+                    primary_version_id=version_id,
+                    revision=1,
                 )
+                session.add(row)
                 session.flush()
                 session.add(
                     KeyVersionRow(
@@ -133,7 +174,19 @@ class KeyService:
                         root_key_id=material.root_key_id,
                     )
                 )
-                repository.add_operation(session, operation)
+                key = repository.key_from_rows(row, None)
+                key = replace(key, primary_version=version)
+                operation = self._record(
+                    session,
+                    key_id,
+                    "Create symmetric key",
+                    created_by,
+                    now,
+                    "CreateSymmetricKeyMetadata",
+                    {"key_id": key_id, "primary_version_id": version_id},
+                    "SymmetricKey",
+                    key_record(key),
+                )
         except Exception:
             with contextlib.suppress(Exception):
                 self._keyring.discard_material(version)
@@ -150,11 +203,423 @@ class KeyService:
     def get(self, key_id: str) -> Key:
         """The live key, or ``NotFound``."""
         validation.check_id("keyId", key_id)
-        with self._db() as session:
+        with self._db.read() as session:
             return repository.get_key(session, key_id)
 
     def get_operation(self, operation_id: str) -> StoredOperation:
         """A stored operation, or ``NotFound``."""
         validation.check_id("operationId", operation_id)
-        with self._db() as session:
+        with self._db.read() as session:
             return repository.get_operation(session, operation_id)
+
+    def list_keys(self, folder_id: str, page_size: int, page_token: str) -> Page:
+        """Live keys of a folder, oldest first."""
+        validation.check_id("folderId", folder_id)
+        size = check_page_size(page_size)
+        scope = f"keys|{folder_id}"
+        cursor = self._tokens().decode(scope, page_token, MAX_LIST_TOKEN)
+        with self._db.read() as session:
+            keys = repository.list_keys(session, folder_id, cursor, size + 1)
+        return self._page(scope, keys[:size], len(keys) > size, lambda k: (k.created_at, k.id))
+
+    def list_versions(self, key_id: str, page_size: int, page_token: str) -> Page:
+        """Versions of a live key, oldest first."""
+        validation.check_id("keyId", key_id)
+        size = check_page_size(page_size)
+        scope = f"versions|{key_id}"
+        cursor = self._tokens().decode(scope, page_token, MAX_SUB_LIST_TOKEN)
+        with self._db.read() as session:
+            row = repository.get_key_row(session, key_id)
+            rows = repository.list_version_rows(session, key_id, cursor, size + 1)
+            versions = [_version_row(r, row.primary_version_id) for r in rows]
+        return self._page(
+            scope, versions[:size], len(versions) > size, lambda v: (v.created_at, v.id)
+        )
+
+    def list_operations(self, key_id: str, page_size: int, page_token: str) -> Page:
+        """Operations on a live key, oldest first."""
+        validation.check_id("keyId", key_id)
+        size = check_page_size(page_size)
+        scope = f"operations|{key_id}"
+        cursor = self._tokens().decode(scope, page_token, MAX_SUB_LIST_TOKEN)
+        with self._db.read() as session:
+            repository.get_key_row(session, key_id)
+            ops = repository.list_operations(session, key_id, cursor, size + 1)
+        return self._page(scope, ops[:size], len(ops) > size, lambda o: (o.created_at, o.id))
+
+    def _page(
+        self,
+        scope: str,
+        items: list[Any],
+        more: bool,
+        position: Callable[[Any], tuple[datetime, str]],
+    ) -> Page:
+        if not more or not items:
+            return Page(items, "")
+        created_at, last_id = position(items[-1])
+        return Page(items, self._tokens().encode(scope, Cursor(created_at, last_id)))
+
+    # ----------------------------------------------------------------- mutations
+
+    def update(
+        self, key_id: str, mask: frozenset[str], values: KeyUpdate, by: str
+    ) -> StoredOperation:
+        """Apply the fields named in ``mask``; a named field absent from the body resets."""
+        validation.check_id("keyId", key_id)
+        if not mask:
+            raise InvalidArgument("updateMask is required")
+        unknown = mask - UPDATABLE_FIELDS
+        if unknown:
+            raise InvalidArgument(f"updateMask: unknown or immutable path(s) {sorted(unknown)}")
+        labels = values.labels or {}
+        validation.check_key_fields(
+            values.name if "name" in mask else "",
+            values.description if "description" in mask else "",
+            labels if "labels" in mask else {},
+        )
+        if "status" in mask and values.status not in (KeyStatus.ACTIVE, KeyStatus.INACTIVE):
+            raise InvalidArgument("status: only ACTIVE or INACTIVE can be set")
+        if "default_algorithm" in mask:
+            validation.check_algorithm("defaultAlgorithm", values.default_algorithm)
+        if "rotation_period" in mask:
+            validation.check_rotation_period(values.rotation_period)
+        now = self._clock()
+        with self._db.write() as session:
+            row = self._lock_key(session, key_id)
+            if "name" in mask:
+                row.name = values.name
+            if "description" in mask:
+                row.description = values.description
+            if "status" in mask:
+                row.status = int(values.status)
+            if "labels" in mask:
+                row.labels = dict(labels)
+            if "default_algorithm" in mask:
+                row.default_algorithm = int(values.default_algorithm)
+            if "rotation_period" in mask:
+                row.rotation_period_seconds = _seconds(values.rotation_period)
+            if "deletion_protection" in mask:
+                row.deletion_protection = values.deletion_protection
+            return self._record(
+                session,
+                key_id,
+                "Update symmetric key",
+                by,
+                now,
+                "UpdateSymmetricKeyMetadata",
+                {"key_id": key_id},
+                "SymmetricKey",
+                self._key_snapshot(session, row),
+            )
+
+    def delete(self, key_id: str, by: str) -> StoredOperation:
+        """Hide the key at once and schedule all its versions for destruction in 72 h."""
+        validation.check_id("keyId", key_id)
+        now = self._clock()
+        with self._db.write() as session:
+            row = self._lock_key(session, key_id)
+            if row.deletion_protection:
+                raise FailedPrecondition(
+                    f"key {key_id} has deletionProtection on; turn it off with Update first"
+                )
+            snapshot = self._key_snapshot(session, row)
+            row.deleted_at = now
+            for version in self._versions(session, key_id):
+                if version.status != VersionStatus.DESTROYED:
+                    version.status = int(VersionStatus.SCHEDULED_FOR_DESTRUCTION)
+                    version.destroy_at = now + KEY_DELETION_GRACE
+            return self._record(
+                session,
+                key_id,
+                "Delete symmetric key",
+                by,
+                now,
+                "DeleteSymmetricKeyMetadata",
+                {"key_id": key_id},
+                "SymmetricKey",
+                snapshot,
+            )
+
+    def rotate(self, key_id: str, by: str) -> StoredOperation:
+        """Make a new version with the key's defaultAlgorithm and make it primary."""
+        validation.check_id("keyId", key_id)
+        with self._db.write() as session:
+            row = self._lock_key(session, key_id)
+            return self._rotate_locked(session, row, by, "Rotate symmetric key")
+
+    def _rotate_locked(
+        self, session: Session, row: KeyRow, by: str, description: str
+    ) -> StoredOperation:
+        now = self._clock()
+        algorithm = Algorithm(row.default_algorithm)
+        version = KeyVersion(
+            id=new_id(KEY_PREFIX),
+            key_id=row.id,
+            status=VersionStatus.ACTIVE,
+            algorithm=algorithm,
+            created_at=now,
+            primary=True,
+        )
+        material = self._keyring.create_material(row.id, version.id, algorithm)
+        try:
+            session.add(
+                KeyVersionRow(
+                    id=version.id,
+                    key_id=row.id,
+                    algorithm=int(algorithm),
+                    status=int(VersionStatus.ACTIVE),
+                    created_at=now,
+                    hosted_by_hsm=algorithm.hosted_by_hsm,
+                    wrapped_material=material.wrapped_material,
+                    root_key_id=material.root_key_id,
+                )
+            )
+            row.primary_version_id = version.id
+            row.rotated_at = now
+            session.flush()
+            operation = self._record(
+                session,
+                row.id,
+                description,
+                by,
+                now,
+                "RotateSymmetricKeyMetadata",
+                {"key_id": row.id, "new_primary_version_id": version.id},
+                "SymmetricKey",
+                self._key_snapshot(session, row),
+            )
+            session.flush()
+        except Exception:
+            with contextlib.suppress(Exception):
+                self._keyring.discard_material(version)
+            raise
+        log.info("rotated key %s: new primary version %s", row.id, version.id)
+        return operation
+
+    def set_primary_version(self, key_id: str, version_id: str, by: str) -> StoredOperation:
+        """Make an ACTIVE version of the key primary."""
+        validation.check_id("keyId", key_id)
+        validation.check_id("versionId", version_id)
+        now = self._clock()
+        with self._db.write() as session:
+            row = self._lock_key(session, key_id)
+            version = self._version_of(session, key_id, version_id)
+            if version.status != VersionStatus.ACTIVE:
+                raise FailedPrecondition(
+                    f"version {version_id} is {VersionStatus(version.status).name}, not ACTIVE"
+                )
+            row.primary_version_id = version_id
+            return self._record(
+                session,
+                key_id,
+                "Set primary version",
+                by,
+                now,
+                "SetPrimarySymmetricKeyVersionMetadata",
+                {"key_id": key_id, "version_id": version_id},
+                "SymmetricKey",
+                self._key_snapshot(session, row),
+            )
+
+    def schedule_version_destruction(
+        self, key_id: str, version_id: str, pending_period: timedelta | None, by: str
+    ) -> StoredOperation:
+        """Move a non-primary ACTIVE version to SCHEDULED_FOR_DESTRUCTION."""
+        validation.check_id("keyId", key_id)
+        validation.check_id("versionId", version_id)
+        period = DEFAULT_PENDING_PERIOD if pending_period is None else pending_period
+        if not MIN_PENDING_PERIOD <= period <= MAX_PENDING_PERIOD:
+            raise InvalidArgument(
+                f"pendingPeriod must be between {int(MIN_PENDING_PERIOD.total_seconds())}s "
+                f"and {int(MAX_PENDING_PERIOD.total_seconds())}s"
+            )
+        now = self._clock()
+        with self._db.write() as session:
+            row = self._lock_key(session, key_id)
+            version = self._version_of(session, key_id, version_id)
+            if version_id == row.primary_version_id:
+                raise FailedPrecondition("the primary version cannot be scheduled for destruction")
+            if version.status != VersionStatus.ACTIVE:
+                raise FailedPrecondition(
+                    f"version {version_id} is {VersionStatus(version.status).name}, not ACTIVE"
+                )
+            version.status = int(VersionStatus.SCHEDULED_FOR_DESTRUCTION)
+            version.destroy_at = now + period
+            self._keyring.forget(version_id)
+            return self._record(
+                session,
+                key_id,
+                "Schedule symmetric key version destruction",
+                by,
+                now,
+                "ScheduleSymmetricKeyVersionDestructionMetadata",
+                {"key_id": key_id, "version_id": version_id, "destroy_at": version.destroy_at},
+                "SymmetricKeyVersion",
+                version_record(_version_row(version, row.primary_version_id)),
+            )
+
+    def cancel_version_destruction(self, key_id: str, version_id: str, by: str) -> StoredOperation:
+        """Return a SCHEDULED_FOR_DESTRUCTION version to ACTIVE."""
+        validation.check_id("keyId", key_id)
+        validation.check_id("versionId", version_id)
+        now = self._clock()
+        with self._db.write() as session:
+            row = self._lock_key(session, key_id)
+            version = self._version_of(session, key_id, version_id)
+            if version.status != VersionStatus.SCHEDULED_FOR_DESTRUCTION:
+                raise FailedPrecondition(
+                    f"version {version_id} is {VersionStatus(version.status).name}, "
+                    "not SCHEDULED_FOR_DESTRUCTION"
+                )
+            version.status = int(VersionStatus.ACTIVE)
+            version.destroy_at = None
+            return self._record(
+                session,
+                key_id,
+                "Cancel symmetric key version destruction",
+                by,
+                now,
+                "CancelSymmetricKeyVersionDestructionMetadata",
+                {"key_id": key_id, "version_id": version_id},
+                "SymmetricKeyVersion",
+                version_record(_version_row(version, row.primary_version_id)),
+            )
+
+    # ----------------------------------------------------------------- scheduler steps
+
+    def rotate_if_due(self, key_id: str) -> StoredOperation | None:
+        """Rotate ``key_id`` when its rotationPeriod has elapsed; None when not (any more) due.
+
+        Checked under the key lock, so replicas running this at once rotate exactly once.
+        After downtime a key that missed several periods rotates once.
+        """
+        with self._db.write() as session:
+            try:
+                row = self._lock_key(session, key_id)
+            except NotFound:
+                return None
+            if row.rotation_period_seconds is None:
+                return None
+            since = row.rotated_at or row.created_at
+            if since + timedelta(seconds=row.rotation_period_seconds) > self._clock():
+                return None
+            return self._rotate_locked(session, row, "system", "Rotate symmetric key (scheduled)")
+
+    def due_rotations(self, limit: int = 500) -> list[str]:
+        """Ids of live keys whose rotation may be due (checked again under lock)."""
+        now = self._clock()
+        with self._db.read() as session:
+            rows = session.execute(
+                select(
+                    KeyRow.id, KeyRow.rotated_at, KeyRow.created_at, KeyRow.rotation_period_seconds
+                )
+                .where(KeyRow.deleted_at.is_(None), KeyRow.rotation_period_seconds.is_not(None))
+                .order_by(KeyRow.rotated_at)
+            ).all()
+        due = [
+            key_id
+            for key_id, rotated_at, created_at, seconds in rows
+            if seconds is not None
+            and (rotated_at or created_at) + timedelta(seconds=seconds) <= now
+        ]
+        return due[:limit]
+
+    def destroy_due_versions(self, limit: int = 500) -> list[KeyVersion]:
+        """Mark versions whose destroyAt has passed DESTROYED and erase their material.
+
+        The DESTROYED mark commits first (exactly one replica wins each version, by the
+        conditional status change under the write lock); the HSM object is destroyed after.
+        A crash in between leaves a token object that ``destroy_leftover_objects`` removes.
+        """
+        now = self._clock()
+        with self._db.write() as session:
+            stmt = (
+                select(KeyVersionRow)
+                .where(
+                    KeyVersionRow.status == int(VersionStatus.SCHEDULED_FOR_DESTRUCTION),
+                    KeyVersionRow.destroy_at <= now,
+                )
+                .limit(limit)
+            )
+            if not self._db.is_sqlite:
+                stmt = stmt.with_for_update(skip_locked=True)
+            destroyed = []
+            for row in session.scalars(stmt):
+                row.status = int(VersionStatus.DESTROYED)
+                row.wrapped_material = None
+                destroyed.append(_version_row(row, None))
+        for version in destroyed:
+            self._keyring.discard_material(version)
+            log.info("destroyed version %s of key %s", version.id, version.key_id)
+        return destroyed
+
+    def destroy_leftover_objects(self, version_ids: list[str]) -> int:
+        """Destroy token objects of versions that the database says are DESTROYED."""
+        with self._db.read() as session:
+            rows = session.scalars(
+                select(KeyVersionRow).where(
+                    KeyVersionRow.id.in_(version_ids),
+                    KeyVersionRow.status == int(VersionStatus.DESTROYED),
+                )
+            ).all()
+            versions = [_version_row(r, None) for r in rows]
+        for version in versions:
+            self._keyring.discard_material(version)
+        return len(versions)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _lock_key(self, session: Session, key_id: str) -> KeyRow:
+        row = repository.get_key_row(session, key_id, for_update=not self._db.is_sqlite)
+        row.revision += 1
+        return row
+
+    @staticmethod
+    def _versions(session: Session, key_id: str) -> list[KeyVersionRow]:
+        return list(session.scalars(select(KeyVersionRow).where(KeyVersionRow.key_id == key_id)))
+
+    @staticmethod
+    def _version_of(session: Session, key_id: str, version_id: str) -> KeyVersionRow:
+        version = session.get(KeyVersionRow, version_id)
+        if version is None or version.key_id != key_id:
+            raise NotFound(f"version {version_id} of key {key_id} not found")
+        return version
+
+    @staticmethod
+    def _key_snapshot(session: Session, row: KeyRow) -> dict[str, Any]:
+        session.flush()
+        primary = (
+            session.get(KeyVersionRow, row.primary_version_id) if row.primary_version_id else None
+        )
+        return key_record(repository.key_from_rows(row, primary))
+
+    @staticmethod
+    def _record(
+        session: Session,
+        key_id: str,
+        description: str,
+        by: str,
+        now: datetime,
+        metadata_type: str,
+        metadata: dict[str, Any],
+        response_type: str,
+        response: dict[str, Any],
+    ) -> StoredOperation:
+        operation = finished_operation(
+            key_id=key_id,
+            description=description,
+            created_by=by,
+            now=now,
+            metadata_type=_KMS + metadata_type,
+            metadata={
+                k: v.isoformat() if isinstance(v, datetime) else v for k, v in metadata.items()
+            },
+            response_type=_KMS + response_type,
+            response=response,
+        )
+        repository.add_operation(session, operation)
+        return operation
+
+
+def _seconds(period: timedelta | None) -> int | None:
+    return int(period.total_seconds()) if period is not None else None

@@ -24,8 +24,9 @@ from kms_hsm.errors import BackendUnavailable
 from kms_hsm.service.auth import AuthService
 from kms_hsm.service.crypto import CryptoService
 from kms_hsm.service.keyring import Keyring
-from kms_hsm.service.keys import KeyService
-from kms_hsm.store.engine import make_engine, make_sessionmaker, upgrade_schema
+from kms_hsm.service.keys import Clock, KeyService, utc_now
+from kms_hsm.service.scheduler import Scheduler
+from kms_hsm.store.engine import Database, make_engine, upgrade_schema
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def prepare(settings: Settings) -> None:
 
 def bootstrap_admin(settings: Settings, engine: Engine) -> None:
     """On first start, create an admin principal and write its token to a 0600 file."""
-    auth = AuthService(make_sessionmaker(engine))
+    auth = AuthService(Database(engine))
     if auth.has_principals():
         return
     principal = auth.create_principal("admin")
@@ -106,13 +107,14 @@ class Runtime:
     keys: KeyService
     crypto: CryptoService
     auth: AuthService
+    scheduler: Scheduler
 
     @classmethod
-    def start(cls, settings: Settings) -> Runtime:
+    def start(cls, settings: Settings, clock: Clock = utc_now) -> Runtime:
         """Open the database and the HSM (retrying until the start-up deadline)."""
         use_embedded_token_env(settings)
         engine = make_engine(settings.effective_database_url())
-        db = make_sessionmaker(engine)
+        db = Database(engine)
         sessions = SessionManager(
             settings.pkcs11_library,
             settings.token_label,
@@ -132,17 +134,20 @@ class Runtime:
             sessions.close()
             engine.dispose()
             raise
+        keys = KeyService(db, keyring, clock)
         return cls(
             settings=settings,
             engine=engine,
             sessions=sessions,
             keyring=keyring,
-            keys=KeyService(db, keyring),
+            keys=keys,
             crypto=CryptoService(db, keyring),
-            auth=AuthService(db),
+            auth=AuthService(db, clock),
+            scheduler=Scheduler(keys, settings.scheduler_interval),
         )
 
     def close(self) -> None:
-        """Close the HSM sessions, then the database."""
+        """Stop the scheduler, close the HSM sessions, then the database."""
+        self.scheduler.stop()
         self.sessions.close()
         self.engine.dispose()

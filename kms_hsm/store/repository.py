@@ -6,12 +6,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from kms_hsm.domain.model import Algorithm, Key, KeyStatus, KeyVersion, VersionStatus
 from kms_hsm.errors import NotFound
-from kms_hsm.store.tables import KeyRow, KeyVersionRow, OperationRow, RootKeyRow, TokenRow
+from kms_hsm.store.tables import (
+    KeyRow,
+    KeyVersionRow,
+    OperationRow,
+    RootKeyRow,
+    ServiceSecretRow,
+    TokenRow,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +149,11 @@ def get_operation(session: Session, operation_id: str) -> StoredOperation:
     row = session.get(OperationRow, operation_id)
     if row is None:
         raise NotFound(f"operation {operation_id} not found")
+    return operation_from_row(row)
+
+
+def operation_from_row(row: OperationRow) -> StoredOperation:
+    """Domain-side operation from its row."""
     return StoredOperation(
         id=row.id,
         key_id=row.key_id,
@@ -165,3 +177,57 @@ def get_root_key_id(session: Session) -> str | None:
 def find_token(session: Session, token_sha256: str) -> TokenRow | None:
     """The token row with this hash, revoked or not."""
     return session.scalars(select(TokenRow).where(TokenRow.token_sha256 == token_sha256)).first()
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Keyset position: the (created_at, id) of the last row of the previous page."""
+
+    created_at: datetime
+    id: str
+
+
+def _after(stmt: Any, table: Any, cursor: Cursor | None, limit: int) -> Any:
+    if cursor is not None:
+        stmt = stmt.where(
+            or_(
+                table.created_at > cursor.created_at,
+                and_(table.created_at == cursor.created_at, table.id > cursor.id),
+            )
+        )
+    return stmt.order_by(table.created_at, table.id).limit(limit)
+
+
+def list_keys(session: Session, folder_id: str, cursor: Cursor | None, limit: int) -> list[Key]:
+    """Live keys of a folder in (created_at, id) order, after ``cursor``."""
+    stmt = select(KeyRow).where(KeyRow.folder_id == folder_id, KeyRow.deleted_at.is_(None))
+    rows = list(session.scalars(_after(stmt, KeyRow, cursor, limit)))
+    primary_ids = [r.primary_version_id for r in rows if r.primary_version_id]
+    versions = {
+        v.id: v
+        for v in session.scalars(select(KeyVersionRow).where(KeyVersionRow.id.in_(primary_ids)))
+    }
+    return [key_from_rows(r, versions.get(r.primary_version_id or "")) for r in rows]
+
+
+def list_version_rows(
+    session: Session, key_id: str, cursor: Cursor | None, limit: int
+) -> list[KeyVersionRow]:
+    """Versions of a key in (created_at, id) order, after ``cursor``."""
+    stmt = select(KeyVersionRow).where(KeyVersionRow.key_id == key_id)
+    return list(session.scalars(_after(stmt, KeyVersionRow, cursor, limit)))
+
+
+def list_operations(
+    session: Session, key_id: str, cursor: Cursor | None, limit: int
+) -> list[StoredOperation]:
+    """Operations on a key in (created_at, id) order, after ``cursor``."""
+    stmt = select(OperationRow).where(OperationRow.key_id == key_id)
+    return [
+        operation_from_row(r) for r in session.scalars(_after(stmt, OperationRow, cursor, limit))
+    ]
+
+
+def get_service_secret(session: Session, name: str) -> ServiceSecretRow | None:
+    """A wrapped service secret by name."""
+    return session.get(ServiceSecretRow, name)

@@ -75,6 +75,7 @@ class KeyVersionRow(Base):
     """One version; HSM versions have no material here, only a token object with CKA_ID=id."""
 
     __tablename__ = "key_versions"
+    __table_args__ = (Index("ix_key_versions_due", "status", "destroy_at"),)
 
     id: Mapped[str] = mapped_column(String(50), primary_key=True)
     key_id: Mapped[str] = mapped_column(String(50), ForeignKey("keys.id"), index=True)
@@ -115,6 +116,18 @@ class RootKeyRow(Base):
 
     name: Mapped[str] = mapped_column(String(20), primary_key=True)
     key_id: Mapped[str] = mapped_column(String(50))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ServiceSecretRow(Base):
+    """A secret of the service itself (e.g. the page-token MAC key), wrapped by the root key."""
+
+    __tablename__ = "service_secrets"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    # nonce || AES-GCM(root key, secret), like software key material.
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    root_key_id: Mapped[str] = mapped_column(String(50))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
