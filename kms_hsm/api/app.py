@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kms_hsm import __version__
 from kms_hsm.api.deps import MAX_BODY_BYTES
 from kms_hsm.api.errors import error_response, install_error_handlers
+from kms_hsm.api.openapi import install_openapi
 from kms_hsm.api.routes import crypto, keys
 from kms_hsm.config import Settings
 from kms_hsm.service.runtime import Runtime
@@ -84,4 +85,5 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_middleware(RequestGuard)
     app.include_router(crypto.router)
     app.include_router(keys.router)
+    install_openapi(app)
     return app

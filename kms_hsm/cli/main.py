@@ -52,6 +52,19 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _openapi(args: argparse.Namespace) -> int:
+    from kms_hsm.api.app import create_app
+    from kms_hsm.api.openapi import COMMITTED, render
+
+    text = render(create_app())
+    if args.write:
+        COMMITTED.write_text(text)
+        print(f"wrote {COMMITTED}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs test)."""
     parser = argparse.ArgumentParser(prog="kms-hsm", description=__doc__)
@@ -61,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int, help="uvicorn worker processes")
     serve.set_defaults(handler=_serve)
+    openapi = sub.add_parser("openapi", help="print the OpenAPI document")
+    openapi.add_argument("--write", action="store_true", help="update kms_hsm/api/openapi.json")
+    openapi.set_defaults(handler=_openapi)
     return parser
 
 

@@ -1,0 +1,245 @@
+"""Pydantic models of the wire messages, for the OpenAPI document only.
+
+Requests are parsed by ``wire.Fields`` (proto3 JSON rules, named field errors) and
+responses are rendered by ``wire``; these models describe the same shapes so that the
+served OpenAPI document carries Yandex's paths, field names and types.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Algorithm = Literal[
+    "SYMMETRIC_ALGORITHM_UNSPECIFIED",
+    "AES_128",
+    "AES_192",
+    "AES_256",
+    "AES_256_HSM",
+    "GOST_R_3412_2015_K",
+]
+KeyStatus = Literal["STATUS_UNSPECIFIED", "CREATING", "ACTIVE", "INACTIVE"]
+VersionStatus = Literal["STATUS_UNSPECIFIED", "ACTIVE", "SCHEDULED_FOR_DESTRUCTION", "DESTROYED"]
+
+
+def _bytes(description: str, max_bytes: int | None = None) -> Any:
+    extra: dict[str, Any] = {"format": "byte"}
+    if max_bytes is not None:
+        extra["x-max-bytes"] = max_bytes
+    return Field(default=None, description=description, json_schema_extra=extra)
+
+
+def _timestamp(description: str) -> Any:
+    return Field(default=None, description=description, json_schema_extra={"format": "date-time"})
+
+
+def _duration(description: str) -> Any:
+    return Field(
+        default=None,
+        description=description,
+        pattern=r"^-?\d{1,12}(\.\d{1,9})?s$",
+        json_schema_extra={"example": "86400s"},
+    )
+
+
+class Message(BaseModel):
+    """Base: proto3 JSON messages accept no unknown fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SymmetricEncryptRequest(Message):
+    """Body of :encrypt."""
+
+    versionId: str | None = Field(default=None, max_length=50)
+    aadContext: str | None = _bytes("Additional authenticated data", 8192)
+    plaintext: str = Field(
+        description="Plaintext, 1..32768 bytes", json_schema_extra={"format": "byte"}
+    )
+
+
+class SymmetricEncryptResponse(Message):
+    """Response of :encrypt."""
+
+    keyId: str
+    versionId: str
+    ciphertext: str = Field(json_schema_extra={"format": "byte"})
+
+
+class SymmetricDecryptRequest(Message):
+    """Body of :decrypt (the version comes from the ciphertext)."""
+
+    aadContext: str | None = _bytes("The aadContext given at encryption", 8192)
+    ciphertext: str = Field(json_schema_extra={"format": "byte"})
+
+
+class SymmetricDecryptResponse(Message):
+    """Response of :decrypt."""
+
+    keyId: str
+    versionId: str
+    plaintext: str | None = _bytes("Decrypted plaintext")
+
+
+class SymmetricReEncryptRequest(Message):
+    """Body of :reEncrypt."""
+
+    versionId: str | None = Field(default=None, max_length=50)
+    aadContext: str | None = _bytes("AAD for the new ciphertext", 8192)
+    sourceKeyId: str = Field(max_length=50)
+    sourceAadContext: str | None = _bytes("AAD of the source ciphertext", 8192)
+    ciphertext: str = Field(json_schema_extra={"format": "byte"})
+
+
+class SymmetricReEncryptResponse(Message):
+    """Response of :reEncrypt."""
+
+    keyId: str
+    versionId: str
+    sourceKeyId: str
+    sourceVersionId: str
+    ciphertext: str = Field(json_schema_extra={"format": "byte"})
+
+
+class GenerateDataKeyRequest(Message):
+    """Body of :generateDataKey; dataKeySpec UNSPECIFIED means AES_256."""
+
+    versionId: str | None = Field(default=None, max_length=50)
+    aadContext: str | None = _bytes("AAD bound to the data key ciphertext", 8192)
+    dataKeySpec: Algorithm | None = None
+    skipPlaintext: bool | None = None
+
+
+class GenerateDataKeyResponse(Message):
+    """Response of :generateDataKey."""
+
+    keyId: str
+    versionId: str
+    dataKeyPlaintext: str | None = _bytes("Absent when skipPlaintext")
+    dataKeyCiphertext: str = Field(json_schema_extra={"format": "byte"})
+
+
+class SymmetricKeyVersion(Message):
+    """``yandex.cloud.kms.v1.SymmetricKeyVersion``."""
+
+    id: str
+    keyId: str
+    status: VersionStatus
+    algorithm: Algorithm
+    createdAt: str = Field(json_schema_extra={"format": "date-time"})
+    primary: bool | None = None
+    destroyAt: str | None = _timestamp("Set while SCHEDULED_FOR_DESTRUCTION")
+    hostedByHsm: bool | None = None
+
+
+class SymmetricKey(Message):
+    """``yandex.cloud.kms.v1.SymmetricKey``."""
+
+    id: str
+    folderId: str
+    createdAt: str = Field(json_schema_extra={"format": "date-time"})
+    name: str | None = None
+    description: str | None = None
+    labels: dict[str, str] | None = None
+    status: KeyStatus
+    primaryVersion: SymmetricKeyVersion | None = None
+    defaultAlgorithm: Algorithm
+    rotatedAt: str | None = _timestamp("Creation time of the newest version")
+    rotationPeriod: str | None = _duration("Automatic rotation period")
+    deletionProtection: bool | None = None
+
+
+class CreateSymmetricKeyRequest(Message):
+    """Body of Create."""
+
+    folderId: str = Field(max_length=50)
+    name: str | None = Field(default=None, max_length=100)
+    description: str | None = Field(default=None, max_length=1024)
+    labels: dict[str, str] | None = Field(default=None, max_length=64)
+    defaultAlgorithm: Algorithm
+    rotationPeriod: str | None = _duration("Omit to disable automatic rotation")
+    deletionProtection: bool | None = None
+
+
+class UpdateSymmetricKeyRequest(Message):
+    """Body of Update; ``updateMask`` is a comma-separated list of camelCase paths."""
+
+    updateMask: str = Field(json_schema_extra={"example": "name,rotationPeriod"})
+    name: str | None = Field(default=None, max_length=100)
+    description: str | None = Field(default=None, max_length=1024)
+    status: KeyStatus | None = None
+    labels: dict[str, str] | None = Field(default=None, max_length=64)
+    defaultAlgorithm: Algorithm | None = None
+    rotationPeriod: str | None = _duration("Automatic rotation period")
+    deletionProtection: bool | None = None
+
+
+class SetPrimarySymmetricKeyVersionRequest(Message):
+    """Body of :setPrimaryVersion."""
+
+    versionId: str = Field(max_length=50)
+
+
+class ScheduleSymmetricKeyVersionDestructionRequest(Message):
+    """Body of :scheduleVersionDestruction; pendingPeriod defaults to 7 days."""
+
+    versionId: str = Field(max_length=50)
+    pendingPeriod: str | None = _duration("86400s .. 31536000s")
+
+
+class CancelSymmetricKeyVersionDestructionRequest(Message):
+    """Body of :cancelVersionDestruction."""
+
+    versionId: str = Field(max_length=50)
+
+
+class Any_(BaseModel):
+    """``google.protobuf.Any`` in JSON: ``@type`` plus the message's fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type_: str = Field(alias="@type")
+
+
+class Status(BaseModel):
+    """``google.rpc.Status``: every error response."""
+
+    code: int
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class Operation(Message):
+    """``yandex.cloud.operation.Operation``; mutations return it with done=true."""
+
+    id: str
+    description: str | None = None
+    createdAt: str = Field(json_schema_extra={"format": "date-time"})
+    createdBy: str | None = None
+    modifiedAt: str = Field(json_schema_extra={"format": "date-time"})
+    done: bool | None = None
+    metadata: Any_ | None = None
+    error: Status | None = None
+    response: Any_ | None = None
+
+
+class ListSymmetricKeysResponse(Message):
+    """Response of List."""
+
+    keys: list[SymmetricKey] | None = None
+    nextPageToken: str | None = None
+
+
+class ListSymmetricKeyVersionsResponse(Message):
+    """Response of ListVersions."""
+
+    keyVersions: list[SymmetricKeyVersion] | None = None
+    nextPageToken: str | None = None
+
+
+class ListSymmetricKeyOperationsResponse(Message):
+    """Response of ListOperations."""
+
+    operations: list[Operation] | None = None
+    nextPageToken: str | None = None
