@@ -11,6 +11,7 @@ instead. Because the Cython ``initialized`` flag stays False, python-pkcs11 neve
 from __future__ import annotations
 
 import ctypes
+import threading
 from typing import Any
 
 from pkcs11 import _pkcs11
@@ -40,21 +41,34 @@ class ModuleError(Exception):
         super().__init__(f"{call} returned 0x{rv:x}")
 
 
+# PKCS#11 state is per process: users of one module in one process (a session manager,
+# a pre-flight check, a test) share it, so C_Finalize waits for the last of them.
+_users: dict[str, int] = {}
+_users_lock = threading.Lock()
+
+
 def initialize_module(path: str) -> None:
     """Call ``C_Initialize`` with ``CKF_OS_LOCKING_OK`` on the module at ``path``."""
-    module = ctypes.CDLL(path)
-    args = _InitializeArgs(None, None, None, None, CKF_OS_LOCKING_OK, None)
-    rv = module.C_Initialize(ctypes.byref(args))
-    if rv not in (CKR_OK, CKR_CRYPTOKI_ALREADY_INITIALIZED):
-        raise ModuleError("C_Initialize", rv)
+    with _users_lock:
+        module = ctypes.CDLL(path)
+        args = _InitializeArgs(None, None, None, None, CKF_OS_LOCKING_OK, None)
+        rv = module.C_Initialize(ctypes.byref(args))
+        if rv not in (CKR_OK, CKR_CRYPTOKI_ALREADY_INITIALIZED):
+            raise ModuleError("C_Initialize", rv)
+        _users[path] = _users.get(path, 0) + 1
 
 
-def finalize_module(path: str) -> None:
-    """Call ``C_Finalize``; a module that was not initialised is fine."""
-    module = ctypes.CDLL(path)
-    rv = module.C_Finalize(None)
-    if rv not in (CKR_OK, CKR_CRYPTOKI_NOT_INITIALIZED):
-        raise ModuleError("C_Finalize", rv)
+def finalize_module(path: str, *, force: bool = False) -> None:
+    """Release one user; the last one (or ``force``, after a device fault) calls C_Finalize."""
+    with _users_lock:
+        remaining = max(_users.get(path, 0) - 1, 0)
+        _users[path] = 0 if force else remaining
+        if remaining and not force:
+            return
+        module = ctypes.CDLL(path)
+        rv = module.C_Finalize(None)
+        if rv not in (CKR_OK, CKR_CRYPTOKI_NOT_INITIALIZED):
+            raise ModuleError("C_Finalize", rv)
 
 
 class OsLockingLib(_pkcs11.lib):  # type: ignore[misc,unused-ignore]

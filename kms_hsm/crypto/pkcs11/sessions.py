@@ -201,7 +201,7 @@ class SessionManager:
         finally:
             key.destroy()
 
-    def _close_quietly(self) -> None:
+    def _close_quietly(self, *, force: bool = False) -> None:
         while True:
             try:
                 pooled = self._idle.get_nowait()
@@ -214,9 +214,10 @@ class SessionManager:
                 self._anchor.close()
         self._anchor = None
         self._token = None
+        if self._lib is not None or force:
+            with contextlib.suppress(Exception):
+                library.finalize_module(self._module_path, force=force)
         self._lib = None
-        with contextlib.suppress(Exception):
-            library.finalize_module(self._module_path)
 
     def _reinitialize(self, seen_generation: int) -> None:
         """Finalise and reopen everything, unless another thread already did."""
@@ -231,7 +232,8 @@ class SessionManager:
                 # Never finalise under a call in flight: SoftHSM frees state those calls use.
                 self._quiesce.wait_for(lambda: self._inflight == 0, timeout=10.0)
                 self._up = False
-                self._close_quietly()
+                # The device is gone for every user of the module in this process.
+                self._close_quietly(force=True)
                 try:
                     self._open_locked()
                 except (p11.PKCS11Error, library.ModuleError, _FatalLogin) as exc:
