@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     material_cache_size: int = Field(default=10_000, ge=0)
     # Seconds between scheduler passes (automatic rotation, due destructions); 0 = off.
     scheduler_interval: float = Field(default=30.0, ge=0)
+    # Audit events are also appended here as JSON lines (the database keeps the chain).
+    audit_log_file: Path | None = None
     log_level: str = "INFO"
 
     @property

@@ -15,7 +15,7 @@ from kms_hsm import __version__
 from kms_hsm.api.deps import MAX_BODY_BYTES
 from kms_hsm.api.errors import error_response, install_error_handlers
 from kms_hsm.api.openapi import install_openapi
-from kms_hsm.api.routes import crypto, keys
+from kms_hsm.api.routes import access, crypto, keys
 from kms_hsm.config import Settings
 from kms_hsm.service.runtime import Runtime
 
@@ -83,6 +83,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     install_error_handlers(app)
 
     app.add_middleware(RequestGuard)
+    # Verb routes on {resourceId} must come before the catch-all GET /kms/v1/keys/{keyId}.
+    app.include_router(access.router)
     app.include_router(crypto.router)
     app.include_router(keys.router)
     install_openapi(app)

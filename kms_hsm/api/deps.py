@@ -8,7 +8,6 @@ from fastapi import Request
 
 from kms_hsm.api import wire
 from kms_hsm.errors import InvalidArgument
-from kms_hsm.service.auth import Principal
 from kms_hsm.service.runtime import Runtime
 
 # Largest body any method needs: base64 of 32 KiB plaintext plus two 8 KiB contexts,
@@ -20,11 +19,6 @@ def runtime(request: Request) -> Runtime:
     """The process's Runtime."""
     rt: Runtime = request.app.state.runtime
     return rt
-
-
-def caller(request: Request) -> Principal:
-    """The authenticated principal (401/16 otherwise)."""
-    return runtime(request).auth.authenticate(request.headers.get("authorization"))
 
 
 async def json_body(request: Request) -> dict[str, Any]:

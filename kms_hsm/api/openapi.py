@@ -79,6 +79,25 @@ OPERATIONS: dict[
     ),
     ("get", "/operations/{operationId}"): (None, schemas.Operation, ()),
 }
+for _resource, _path in (
+    ("SymmetricKey", "/kms/v1/keys/{resourceId}"),
+    ("Folder", "/kms-hsm/v1/folders/{folderId}"),
+):
+    OPERATIONS[("get", f"{_path}:listAccessBindings")] = (
+        None,
+        schemas.ListAccessBindingsResponse,
+        _PAGING,
+    )
+    OPERATIONS[("post", f"{_path}:setAccessBindings")] = (
+        schemas.SetAccessBindingsRequest,
+        schemas.Operation,
+        (),
+    )
+    OPERATIONS[("post", f"{_path}:updateAccessBindings")] = (
+        schemas.UpdateAccessBindingsRequest,
+        schemas.Operation,
+        (),
+    )
 
 # The gRPC method each route transcodes, as Yandex's REST reference names them.
 OPERATION_IDS = {
@@ -102,6 +121,16 @@ OPERATION_IDS = {
     ("get", "/kms/v1/keys/{keyId}/versions"): "SymmetricKey_ListVersions",
     ("get", "/kms/v1/keys/{keyId}/operations"): "SymmetricKey_ListOperations",
     ("get", "/operations/{operationId}"): "Operation_Get",
+    ("get", "/kms/v1/keys/{resourceId}:listAccessBindings"): "SymmetricKey_ListAccessBindings",
+    ("post", "/kms/v1/keys/{resourceId}:setAccessBindings"): "SymmetricKey_SetAccessBindings",
+    ("post", "/kms/v1/keys/{resourceId}:updateAccessBindings"): (
+        "SymmetricKey_UpdateAccessBindings"
+    ),
+    ("get", "/kms-hsm/v1/folders/{folderId}:listAccessBindings"): "Folder_ListAccessBindings",
+    ("post", "/kms-hsm/v1/folders/{folderId}:setAccessBindings"): "Folder_SetAccessBindings",
+    ("post", "/kms-hsm/v1/folders/{folderId}:updateAccessBindings"): (
+        "Folder_UpdateAccessBindings"
+    ),
 }
 
 _QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -156,7 +185,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             )
         for p in params:
             if p.get("in") == "path":
-                p["schema"] = {"type": "string", "minLength": 1, "maxLength": 50}
+                longest = 64 if p["name"] in ("resourceId", "folderId") else 50
+                p["schema"] = {"type": "string", "minLength": 1, "maxLength": longest}
         operation["parameters"] = params
         responses: dict[str, Any] = {
             "200": {

@@ -243,3 +243,51 @@ class ListSymmetricKeyOperationsResponse(Message):
 
     operations: list[Operation] | None = None
     nextPageToken: str | None = None
+
+
+class Subject(Message):
+    """``yandex.cloud.access.Subject``."""
+
+    id: str = Field(max_length=100)
+    type: Literal["userAccount", "serviceAccount", "federatedUser", "system"]
+
+
+class AccessBinding(Message):
+    """``yandex.cloud.access.AccessBinding``."""
+
+    roleId: Literal[
+        "kms.admin",
+        "kms.editor",
+        "kms.viewer",
+        "kms.auditor",
+        "kms.keys.encrypterDecrypter",
+        "kms.keys.encrypter",
+        "kms.keys.decrypter",
+    ]
+    subject: Subject
+
+
+class AccessBindingDelta(Message):
+    """``yandex.cloud.access.AccessBindingDelta``."""
+
+    action: Literal["ADD", "REMOVE"]
+    accessBinding: AccessBinding
+
+
+class ListAccessBindingsResponse(Message):
+    """Response of ListAccessBindings."""
+
+    accessBindings: list[AccessBinding] | None = None
+    nextPageToken: str | None = None
+
+
+class SetAccessBindingsRequest(Message):
+    """Body of :setAccessBindings: the complete new set."""
+
+    accessBindings: list[AccessBinding] = Field(max_length=1000)
+
+
+class UpdateAccessBindingsRequest(Message):
+    """Body of :updateAccessBindings."""
+
+    accessBindingDeltas: list[AccessBindingDelta] = Field(min_length=1, max_length=1000)

@@ -149,6 +149,17 @@ class Fields:
             raise FieldError(name, 'must be a duration string such as "86400s"')
         return parse_duration(name, value)
 
+    def list_(self, name: str, *, required: bool = False) -> list[Any]:
+        """A repeated field ([] when absent)."""
+        value = self._get(name, required)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise FieldError(name, "must be an array")
+        if required and not value:
+            raise FieldError(name, "is required")
+        return value
+
     def present(self, name: str) -> bool:
         """True when the field was sent (even as its default value)."""
         return name in self._values

@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import select
 
 from kms_hsm.domain.ids import PRINCIPAL_PREFIX, new_id
-from kms_hsm.errors import Unauthenticated
+from kms_hsm.errors import NotFound, Unauthenticated
 from kms_hsm.service.keys import Clock, utc_now
 from kms_hsm.store import repository
 from kms_hsm.store.engine import Database
@@ -38,6 +38,26 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A token's public facts."""
+
+    id: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalInfo:
+    """A principal and its tokens, for `kms-hsm principals list`."""
+
+    id: str
+    name: str
+    revoked: bool
+    tokens: list[TokenInfo]
+
+
 class AuthService:
     """Issues tokens and turns a presented token into a ``Principal``."""
 
@@ -57,20 +77,64 @@ class AuthService:
             session.add(PrincipalRow(id=principal.id, name=name, created_at=self._clock()))
         return principal
 
-    def issue_token(self, principal_id: str, expires_at: datetime | None = None) -> str:
-        """A new bearer token for ``principal_id``; returned once, stored hashed."""
+    def issue_token(self, principal_id: str, expires_at: datetime | None = None) -> tuple[str, str]:
+        """A new bearer token for ``principal_id``: (token, token id). Shown once, stored hashed."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token_id = new_id("tok")
         with self._db.write() as session:
+            principal = session.get(PrincipalRow, principal_id)
+            if principal is None or principal.disabled_at is not None:
+                raise NotFound(f"principal {principal_id} not found or revoked")
             session.add(
                 TokenRow(
-                    id=new_id("tok"),
+                    id=token_id,
                     principal_id=principal_id,
                     token_sha256=token_hash(token),
                     created_at=self._clock(),
                     expires_at=expires_at,
                 )
             )
-        return token
+        return token, token_id
+
+    def revoke_token(self, token_id: str) -> None:
+        """Revoke one token; effective on the next request."""
+        with self._db.write() as session:
+            row = session.get(TokenRow, token_id)
+            if row is None:
+                raise NotFound(f"token {token_id} not found")
+            row.revoked_at = row.revoked_at or self._clock()
+
+    def revoke_principal(self, principal_id: str) -> None:
+        """Disable a principal and revoke all its tokens."""
+        now = self._clock()
+        with self._db.write() as session:
+            principal = session.get(PrincipalRow, principal_id)
+            if principal is None:
+                raise NotFound(f"principal {principal_id} not found")
+            principal.disabled_at = principal.disabled_at or now
+            for row in session.scalars(
+                select(TokenRow).where(TokenRow.principal_id == principal_id)
+            ):
+                row.revoked_at = row.revoked_at or now
+
+    def list_principals(self) -> list[PrincipalInfo]:
+        """Every principal with its token ids (never the tokens)."""
+        with self._db.read() as session:
+            principals = session.scalars(select(PrincipalRow).order_by(PrincipalRow.created_at))
+            tokens = session.scalars(select(TokenRow).order_by(TokenRow.created_at)).all()
+            return [
+                PrincipalInfo(
+                    p.id,
+                    p.name,
+                    p.disabled_at is not None,
+                    [
+                        TokenInfo(t.id, t.created_at, t.expires_at, t.revoked_at is not None)
+                        for t in tokens
+                        if t.principal_id == p.id
+                    ],
+                )
+                for p in principals
+            ]
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The principal behind an ``Authorization: Bearer`` header value.

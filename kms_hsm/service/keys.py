@@ -18,11 +18,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from kms_hsm.audit.log import AuditEvent, AuditLog
 from kms_hsm.domain import validation
 from kms_hsm.domain.ids import KEY_PREFIX, new_id
 from kms_hsm.domain.model import Algorithm, Key, KeyStatus, KeyVersion, VersionStatus
 from kms_hsm.domain.records import key_record, version_record
 from kms_hsm.errors import FailedPrecondition, InvalidArgument, NotFound
+from kms_hsm.service.context import CallContext, as_context
 from kms_hsm.service.keyring import Keyring
 from kms_hsm.service.operations import finished_operation
 from kms_hsm.service.paging import PageTokens, check_page_size
@@ -55,6 +57,16 @@ UPDATABLE_FIELDS = frozenset(
     }
 )
 _KMS = "yandex.cloud.kms.v1."
+_METHOD_BY_METADATA = {
+    "CreateSymmetricKeyMetadata": "SymmetricKey.Create",
+    "UpdateSymmetricKeyMetadata": "SymmetricKey.Update",
+    "DeleteSymmetricKeyMetadata": "SymmetricKey.Delete",
+    "RotateSymmetricKeyMetadata": "SymmetricKey.Rotate",
+    "SetPrimarySymmetricKeyVersionMetadata": "SymmetricKey.SetPrimaryVersion",
+    "ScheduleSymmetricKeyVersionDestructionMetadata": "SymmetricKey.ScheduleVersionDestruction",
+    "CancelSymmetricKeyVersionDestructionMetadata": "SymmetricKey.CancelVersionDestruction",
+}
+Caller = str | CallContext
 
 
 def utc_now() -> datetime:
@@ -103,10 +115,17 @@ def _version_row(row: KeyVersionRow, primary_id: str | None) -> KeyVersion:
 class KeyService:
     """Keys and versions; every mutation returns a finished Operation."""
 
-    def __init__(self, db: Database, keyring: Keyring, clock: Clock = utc_now) -> None:
+    def __init__(
+        self,
+        db: Database,
+        keyring: Keyring,
+        clock: Clock = utc_now,
+        audit: AuditLog | None = None,
+    ) -> None:
         self._db = db
         self._keyring = keyring
         self._clock = clock
+        self._audit = audit
         self._page_tokens: PageTokens | None = None
 
     @property
@@ -121,7 +140,7 @@ class KeyService:
 
     # ----------------------------------------------------------------- create / read
 
-    def create(self, spec: KeySpec, created_by: str) -> StoredOperation:
+    def create(self, spec: KeySpec, created_by: Caller) -> StoredOperation:
         """Create a key and its first (primary) version; material is made before commit.
 
         If the database write fails, the new HSM object is destroyed again so that no
@@ -262,7 +281,7 @@ class KeyService:
     # ----------------------------------------------------------------- mutations
 
     def update(
-        self, key_id: str, mask: frozenset[str], values: KeyUpdate, by: str
+        self, key_id: str, mask: frozenset[str], values: KeyUpdate, by: Caller
     ) -> StoredOperation:
         """Apply the fields named in ``mask``; a named field absent from the body resets."""
         validation.check_id("keyId", key_id)
@@ -312,7 +331,7 @@ class KeyService:
                 self._key_snapshot(session, row),
             )
 
-    def delete(self, key_id: str, by: str) -> StoredOperation:
+    def delete(self, key_id: str, by: Caller) -> StoredOperation:
         """Hide the key at once and schedule all its versions for destruction in 72 h."""
         validation.check_id("keyId", key_id)
         now = self._clock()
@@ -340,7 +359,7 @@ class KeyService:
                 snapshot,
             )
 
-    def rotate(self, key_id: str, by: str) -> StoredOperation:
+    def rotate(self, key_id: str, by: Caller) -> StoredOperation:
         """Make a new version with the key's defaultAlgorithm and make it primary."""
         validation.check_id("keyId", key_id)
         with self._db.write() as session:
@@ -348,7 +367,7 @@ class KeyService:
             return self._rotate_locked(session, row, by, "Rotate symmetric key")
 
     def _rotate_locked(
-        self, session: Session, row: KeyRow, by: str, description: str
+        self, session: Session, row: KeyRow, by: Caller, description: str
     ) -> StoredOperation:
         now = self._clock()
         algorithm = Algorithm(row.default_algorithm)
@@ -396,7 +415,7 @@ class KeyService:
         log.info("rotated key %s: new primary version %s", row.id, version.id)
         return operation
 
-    def set_primary_version(self, key_id: str, version_id: str, by: str) -> StoredOperation:
+    def set_primary_version(self, key_id: str, version_id: str, by: Caller) -> StoredOperation:
         """Make an ACTIVE version of the key primary."""
         validation.check_id("keyId", key_id)
         validation.check_id("versionId", version_id)
@@ -422,7 +441,7 @@ class KeyService:
             )
 
     def schedule_version_destruction(
-        self, key_id: str, version_id: str, pending_period: timedelta | None, by: str
+        self, key_id: str, version_id: str, pending_period: timedelta | None, by: Caller
     ) -> StoredOperation:
         """Move a non-primary ACTIVE version to SCHEDULED_FOR_DESTRUCTION."""
         validation.check_id("keyId", key_id)
@@ -458,7 +477,9 @@ class KeyService:
                 version_record(_version_row(version, row.primary_version_id)),
             )
 
-    def cancel_version_destruction(self, key_id: str, version_id: str, by: str) -> StoredOperation:
+    def cancel_version_destruction(
+        self, key_id: str, version_id: str, by: Caller
+    ) -> StoredOperation:
         """Return a SCHEDULED_FOR_DESTRUCTION version to ACTIVE."""
         validation.check_id("keyId", key_id)
         validation.check_id("versionId", version_id)
@@ -593,22 +614,40 @@ class KeyService:
         )
         return key_record(repository.key_from_rows(row, primary))
 
-    @staticmethod
     def _record(
+        self,
         session: Session,
         key_id: str,
         description: str,
-        by: str,
+        by: Caller,
         now: datetime,
         metadata_type: str,
         metadata: dict[str, Any],
         response_type: str,
         response: dict[str, Any],
     ) -> StoredOperation:
+        """Persist the Operation and, in the same transaction, its audit event."""
+        caller = as_context(by, _METHOD_BY_METADATA[metadata_type])
+        if self._audit is not None:
+            version_id = metadata.get("version_id") or metadata.get("new_primary_version_id")
+            version_id = version_id or metadata.get("primary_version_id") or ""
+            self._audit.append(
+                session,
+                AuditEvent(
+                    time=now,
+                    principal_id=caller.principal_id,
+                    method=caller.method,
+                    key_id=key_id,
+                    version_id=str(version_id),
+                    outcome="OK",
+                    request_id=caller.request_id,
+                    source=caller.source,
+                ),
+            )
         operation = finished_operation(
             key_id=key_id,
             description=description,
-            created_by=by,
+            created_by=caller.principal_id,
             now=now,
             metadata_type=_KMS + metadata_type,
             metadata={

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from kms_hsm.audit.log import AuditLog
 from kms_hsm.config import Settings, write_secret_file
 from kms_hsm.crypto.pkcs11.hsm import HsmCrypto
 from kms_hsm.crypto.pkcs11.sessions import SessionManager
 from kms_hsm.crypto.software import MaterialCache
 from kms_hsm.errors import BackendUnavailable
+from kms_hsm.service.access import AccessService, Binding, Resource
 from kms_hsm.service.auth import AuthService
 from kms_hsm.service.crypto import CryptoService
 from kms_hsm.service.keyring import Keyring
@@ -91,7 +93,12 @@ def bootstrap_admin(settings: Settings, engine: Engine) -> None:
     if auth.has_principals():
         return
     principal = auth.create_principal("admin")
-    token = auth.issue_token(principal.id)
+    AccessService(Database(engine)).update_bindings(
+        Resource("instance", "*"),
+        [("ADD", Binding("kms.admin", "serviceAccount", principal.id))],
+        "system",
+    )
+    token, _token_id = auth.issue_token(principal.id)
     write_secret_file(settings.admin_token_file, token)
     log.info("first admin token written to %s (mode 0600)", settings.admin_token_file)
 
@@ -107,6 +114,8 @@ class Runtime:
     keys: KeyService
     crypto: CryptoService
     auth: AuthService
+    access: AccessService
+    audit: AuditLog
     scheduler: Scheduler
 
     @classmethod
@@ -134,7 +143,8 @@ class Runtime:
             sessions.close()
             engine.dispose()
             raise
-        keys = KeyService(db, keyring, clock)
+        audit = AuditLog(db, settings.audit_log_file)
+        keys = KeyService(db, keyring, clock, audit)
         return cls(
             settings=settings,
             engine=engine,
@@ -143,6 +153,8 @@ class Runtime:
             keys=keys,
             crypto=CryptoService(db, keyring),
             auth=AuthService(db, clock),
+            access=AccessService(db, audit, clock),
+            audit=audit,
             scheduler=Scheduler(keys, settings.scheduler_interval),
         )
 

@@ -9,10 +9,12 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from kms_hsm.api import wire
-from kms_hsm.api.deps import caller, json_body, runtime
+from kms_hsm.api.calls import Call, handle
+from kms_hsm.api.deps import json_body
 from kms_hsm.domain.model import Algorithm, KeyStatus
 from kms_hsm.domain.records import key_from_record, version_from_record
 from kms_hsm.domain.validation import MAX_DESCRIPTION, MAX_ID, MAX_NAME
+from kms_hsm.errors import NotFound
 from kms_hsm.service.keys import KeySpec, KeyUpdate
 from kms_hsm.store.repository import StoredOperation
 
@@ -83,87 +85,99 @@ def operation_json(op: StoredOperation) -> dict[str, Any]:
     return wire.compact(body)
 
 
-def _json(message: dict[str, Any]) -> Response:
-    return Response(wire.dumps(message), media_type="application/json")
-
-
 def _check_path_id(field: str, value: str) -> str:
     if not value or len(value) > MAX_ID or ":" in value:
         raise wire.FieldError(field, f"must be 1..{MAX_ID} characters")
     return value
 
 
+def _mutation(call: Call, op: StoredOperation) -> dict[str, Any]:
+    # The service appended the audit event in the operation's own transaction.
+    call.audited = True
+    return operation_json(op)
+
+
 @router.post("/kms/v1/keys", summary="Create a symmetric key")
 async def create_key(request: Request) -> Response:
     """Create: returns a done Operation whose response is the key."""
-    principal = caller(request)
-    f = wire.Fields(
-        await json_body(request),
-        (
-            "folderId",
-            "name",
-            "description",
-            "labels",
-            "defaultAlgorithm",
-            "rotationPeriod",
-            "deletionProtection",
-        ),
-    )
-    algorithm = f.enum("defaultAlgorithm", Algorithm)
-    if algorithm is Algorithm.SYMMETRIC_ALGORITHM_UNSPECIFIED:
-        raise wire.FieldError("defaultAlgorithm", "is required")
-    spec = KeySpec(
-        folder_id=f.string("folderId", required=True, max_len=MAX_ID),
-        name=f.string("name", max_len=MAX_NAME),
-        description=f.string("description", max_len=MAX_DESCRIPTION),
-        labels=f.labels("labels"),
-        default_algorithm=algorithm,
-        rotation_period=f.duration("rotationPeriod"),
-        deletion_protection=f.boolean("deletionProtection"),
-    )
-    op = runtime(request).keys.create(spec, principal.id)
-    return _json(operation_json(op))
+
+    async def work(call: Call) -> dict[str, Any]:
+        f = wire.Fields(
+            await json_body(request),
+            (
+                "folderId",
+                "name",
+                "description",
+                "labels",
+                "defaultAlgorithm",
+                "rotationPeriod",
+                "deletionProtection",
+            ),
+        )
+        folder_id = f.string("folderId", required=True, max_len=MAX_ID)
+        algorithm = f.enum("defaultAlgorithm", Algorithm)
+        if algorithm is Algorithm.SYMMETRIC_ALGORITHM_UNSPECIFIED:
+            raise wire.FieldError("defaultAlgorithm", "is required")
+        spec = KeySpec(
+            folder_id=folder_id,
+            name=f.string("name", max_len=MAX_NAME),
+            description=f.string("description", max_len=MAX_DESCRIPTION),
+            labels=f.labels("labels"),
+            default_algorithm=algorithm,
+            rotation_period=f.duration("rotationPeriod"),
+            deletion_protection=f.boolean("deletionProtection"),
+        )
+        call.authorize_folder(folder_id)
+        op = call.rt.keys.create(spec, call.context)
+        call.key_id = op.key_id or ""
+        return _mutation(call, op)
+
+    return await handle(request, "SymmetricKey.Create", work)
 
 
 @router.get("/kms/v1/keys", summary="List the symmetric keys of a folder")
 async def list_keys(request: Request) -> Response:
     """List."""
-    caller(request)
-    q = wire.Query(request.query_params, ("folderId", "pageSize", "pageToken"))
-    page = runtime(request).keys.list_keys(
-        q.string("folderId", required=True, max_len=MAX_ID),
-        q.integer("pageSize"),
-        q.string("pageToken"),
-    )
-    return _json(
-        wire.compact(
+
+    async def work(call: Call) -> dict[str, Any]:
+        q = wire.Query(request.query_params, ("folderId", "pageSize", "pageToken"))
+        folder_id = q.string("folderId", required=True, max_len=MAX_ID)
+        call.authorize_folder(folder_id)
+        page = call.rt.keys.list_keys(folder_id, q.integer("pageSize"), q.string("pageToken"))
+        return wire.compact(
             {
                 "keys": [wire.key_json(k) for k in page.items],
                 "nextPageToken": page.next_page_token,
             }
         )
-    )
+
+    return await handle(request, "SymmetricKey.List", work)
 
 
 @router.post("/kms/v1/keys/{keyId}:rotate", summary="Rotate a key: a new primary version")
 async def rotate(keyId: str, request: Request) -> Response:
     """Rotate (no body)."""
-    principal = caller(request)
-    op = runtime(request).keys.rotate(_check_path_id("keyId", keyId), principal.id)
-    return _json(operation_json(op))
+
+    async def work(call: Call) -> dict[str, Any]:
+        call.authorize_key(_check_path_id("keyId", keyId))
+        return _mutation(call, call.rt.keys.rotate(keyId, call.context))
+
+    return await handle(request, "SymmetricKey.Rotate", work, key_id=keyId[:MAX_ID])
 
 
 @router.post("/kms/v1/keys/{keyId}:setPrimaryVersion", summary="Make a version primary")
 async def set_primary_version(keyId: str, request: Request) -> Response:
     """SetPrimaryVersion."""
-    principal = caller(request)
-    f = wire.Fields(await json_body(request), ("keyId", "versionId"))
-    op = runtime(request).keys.set_primary_version(
-        _check_path_id("keyId", keyId),
-        f.string("versionId", required=True, max_len=MAX_ID),
-        principal.id,
-    )
-    return _json(operation_json(op))
+
+    async def work(call: Call) -> dict[str, Any]:
+        f = wire.Fields(await json_body(request), ("keyId", "versionId"))
+        version_id = f.string("versionId", required=True, max_len=MAX_ID)
+        call.authorize_key(_check_path_id("keyId", keyId))
+        call.version_id = version_id
+        op = call.rt.keys.set_primary_version(keyId, version_id, call.context)
+        return _mutation(call, op)
+
+    return await handle(request, "SymmetricKey.SetPrimaryVersion", work, key_id=keyId[:MAX_ID])
 
 
 @router.post(
@@ -172,15 +186,19 @@ async def set_primary_version(keyId: str, request: Request) -> Response:
 )
 async def schedule_version_destruction(keyId: str, request: Request) -> Response:
     """ScheduleVersionDestruction; pendingPeriod defaults to 7 days."""
-    principal = caller(request)
-    f = wire.Fields(await json_body(request), ("keyId", "versionId", "pendingPeriod"))
-    op = runtime(request).keys.schedule_version_destruction(
-        _check_path_id("keyId", keyId),
-        f.string("versionId", required=True, max_len=MAX_ID),
-        f.duration("pendingPeriod"),
-        principal.id,
+
+    async def work(call: Call) -> dict[str, Any]:
+        f = wire.Fields(await json_body(request), ("keyId", "versionId", "pendingPeriod"))
+        version_id = f.string("versionId", required=True, max_len=MAX_ID)
+        pending = f.duration("pendingPeriod")
+        call.authorize_key(_check_path_id("keyId", keyId))
+        call.version_id = version_id
+        op = call.rt.keys.schedule_version_destruction(keyId, version_id, pending, call.context)
+        return _mutation(call, op)
+
+    return await handle(
+        request, "SymmetricKey.ScheduleVersionDestruction", work, key_id=keyId[:MAX_ID]
     )
-    return _json(operation_json(op))
 
 
 @router.post(
@@ -189,103 +207,125 @@ async def schedule_version_destruction(keyId: str, request: Request) -> Response
 )
 async def cancel_version_destruction(keyId: str, request: Request) -> Response:
     """CancelVersionDestruction."""
-    principal = caller(request)
-    f = wire.Fields(await json_body(request), ("keyId", "versionId"))
-    op = runtime(request).keys.cancel_version_destruction(
-        _check_path_id("keyId", keyId),
-        f.string("versionId", required=True, max_len=MAX_ID),
-        principal.id,
+
+    async def work(call: Call) -> dict[str, Any]:
+        f = wire.Fields(await json_body(request), ("keyId", "versionId"))
+        version_id = f.string("versionId", required=True, max_len=MAX_ID)
+        call.authorize_key(_check_path_id("keyId", keyId))
+        call.version_id = version_id
+        op = call.rt.keys.cancel_version_destruction(keyId, version_id, call.context)
+        return _mutation(call, op)
+
+    return await handle(
+        request, "SymmetricKey.CancelVersionDestruction", work, key_id=keyId[:MAX_ID]
     )
-    return _json(operation_json(op))
 
 
 @router.get("/kms/v1/keys/{keyId}/versions", summary="List the versions of a key")
 async def list_versions(keyId: str, request: Request) -> Response:
     """ListVersions."""
-    caller(request)
-    q = wire.Query(request.query_params, ("pageSize", "pageToken"))
-    page = runtime(request).keys.list_versions(
-        _check_path_id("keyId", keyId), q.integer("pageSize"), q.string("pageToken")
-    )
-    return _json(
-        wire.compact(
+
+    async def work(call: Call) -> dict[str, Any]:
+        q = wire.Query(request.query_params, ("pageSize", "pageToken"))
+        call.authorize_key(_check_path_id("keyId", keyId))
+        page = call.rt.keys.list_versions(keyId, q.integer("pageSize"), q.string("pageToken"))
+        return wire.compact(
             {
                 "keyVersions": [wire.version_json(v) for v in page.items],
                 "nextPageToken": page.next_page_token,
             }
         )
-    )
+
+    return await handle(request, "SymmetricKey.ListVersions", work, key_id=keyId[:MAX_ID])
 
 
 @router.get("/kms/v1/keys/{keyId}/operations", summary="List the operations on a key")
 async def list_operations(keyId: str, request: Request) -> Response:
     """ListOperations."""
-    caller(request)
-    q = wire.Query(request.query_params, ("pageSize", "pageToken"))
-    page = runtime(request).keys.list_operations(
-        _check_path_id("keyId", keyId), q.integer("pageSize"), q.string("pageToken")
-    )
-    return _json(
-        wire.compact(
+
+    async def work(call: Call) -> dict[str, Any]:
+        q = wire.Query(request.query_params, ("pageSize", "pageToken"))
+        call.authorize_key(_check_path_id("keyId", keyId))
+        page = call.rt.keys.list_operations(keyId, q.integer("pageSize"), q.string("pageToken"))
+        return wire.compact(
             {
                 "operations": [operation_json(o) for o in page.items],
                 "nextPageToken": page.next_page_token,
             }
         )
-    )
+
+    return await handle(request, "SymmetricKey.ListOperations", work, key_id=keyId[:MAX_ID])
 
 
 @router.patch("/kms/v1/keys/{keyId}", summary="Update a symmetric key")
 async def update_key(keyId: str, request: Request) -> Response:
     """Update: only the fields in updateMask change; listed but absent fields reset."""
-    principal = caller(request)
-    f = wire.Fields(
-        await json_body(request),
-        (
-            "keyId",
-            "updateMask",
-            "name",
-            "description",
-            "status",
-            "labels",
-            "defaultAlgorithm",
-            "rotationPeriod",
-            "deletionProtection",
-        ),
-    )
-    values = KeyUpdate(
-        name=f.string("name", max_len=MAX_NAME),
-        description=f.string("description", max_len=MAX_DESCRIPTION),
-        status=f.enum("status", KeyStatus),
-        labels=f.labels("labels"),
-        default_algorithm=f.enum("defaultAlgorithm", Algorithm),
-        rotation_period=f.duration("rotationPeriod"),
-        deletion_protection=f.boolean("deletionProtection"),
-    )
-    mask = wire.field_mask("updateMask", f.string("updateMask", required=True), UPDATE_PATHS)
-    op = runtime(request).keys.update(_check_path_id("keyId", keyId), mask, values, principal.id)
-    return _json(operation_json(op))
+
+    async def work(call: Call) -> dict[str, Any]:
+        f = wire.Fields(
+            await json_body(request),
+            (
+                "keyId",
+                "updateMask",
+                "name",
+                "description",
+                "status",
+                "labels",
+                "defaultAlgorithm",
+                "rotationPeriod",
+                "deletionProtection",
+            ),
+        )
+        values = KeyUpdate(
+            name=f.string("name", max_len=MAX_NAME),
+            description=f.string("description", max_len=MAX_DESCRIPTION),
+            status=f.enum("status", KeyStatus),
+            labels=f.labels("labels"),
+            default_algorithm=f.enum("defaultAlgorithm", Algorithm),
+            rotation_period=f.duration("rotationPeriod"),
+            deletion_protection=f.boolean("deletionProtection"),
+        )
+        mask = wire.field_mask("updateMask", f.string("updateMask", required=True), UPDATE_PATHS)
+        call.authorize_key(_check_path_id("keyId", keyId))
+        return _mutation(call, call.rt.keys.update(keyId, mask, values, call.context))
+
+    return await handle(request, "SymmetricKey.Update", work, key_id=keyId[:MAX_ID])
 
 
 @router.delete("/kms/v1/keys/{keyId}", summary="Delete a symmetric key")
 async def delete_key(keyId: str, request: Request) -> Response:
     """Delete: hidden at once, versions destroyed after 72 hours."""
-    principal = caller(request)
-    op = runtime(request).keys.delete(_check_path_id("keyId", keyId), principal.id)
-    return _json(operation_json(op))
+
+    async def work(call: Call) -> dict[str, Any]:
+        call.authorize_key(_check_path_id("keyId", keyId))
+        return _mutation(call, call.rt.keys.delete(keyId, call.context))
+
+    return await handle(request, "SymmetricKey.Delete", work, key_id=keyId[:MAX_ID])
 
 
 @router.get("/kms/v1/keys/{keyId}", summary="Get a symmetric key")
 async def get_key(keyId: str, request: Request) -> Response:
     """Get."""
-    caller(request)
-    key = runtime(request).keys.get(_check_path_id("keyId", keyId))
-    return _json(wire.key_json(key))
+
+    async def work(call: Call) -> dict[str, Any]:
+        call.authorize_key(_check_path_id("keyId", keyId))
+        return wire.key_json(call.rt.keys.get(keyId))
+
+    return await handle(request, "SymmetricKey.Get", work, key_id=keyId[:MAX_ID])
 
 
 @router.get("/operations/{operationId}", summary="Get an operation")
 async def get_operation(operationId: str, request: Request) -> Response:
-    """OperationService.Get."""
-    caller(request)
-    op = runtime(request).keys.get_operation(_check_path_id("operationId", operationId))
-    return _json(operation_json(op))
+    """OperationService.Get: allowed to whoever may view the operation's key."""
+
+    async def work(call: Call) -> dict[str, Any]:
+        op = call.rt.keys.get_operation(_check_path_id("operationId", operationId))
+        if op.key_id is None:
+            raise NotFound(f"operation {operationId} not found")
+        try:
+            call.authorize_key(op.key_id, deleted_too=True)
+        except NotFound:
+            raise NotFound(f"operation {operationId} not found") from None
+        return operation_json(op)
+
+    return await handle(request, "Operation.Get", work)

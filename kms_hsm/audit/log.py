@@ -1,0 +1,197 @@
+"""The audit trail: one hash-chained event per request that reaches a key.
+
+Each event records who, what, which key and version, the outcome, the request id and the
+source address; never plaintext, data keys, aadContext contents or tokens. Events are
+numbered (``seq``) and chained: ``hash = SHA-256(prev_hash || canonical JSON of the
+event)``, with ``prev_hash`` of the first event = 64 zeros. Appends lock the single
+``audit_head`` row, so every process sharing the database extends one chain.
+
+Fail closed: ``record`` raises ``BackendUnavailable`` when the event cannot be written,
+and the caller must then not answer with the result. Mutations append their event inside
+their own transaction (``append``), so the change and its event commit together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from sqlalchemy import event as sa_event
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kms_hsm.errors import BackendUnavailable
+from kms_hsm.store.engine import Database
+from kms_hsm.store.tables import AuditEventRow, AuditHeadRow
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """What one request did; every field is safe to store and to show an auditor."""
+
+    time: datetime
+    principal_id: str
+    method: str
+    key_id: str
+    version_id: str
+    outcome: str
+    request_id: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChainedEvent:
+    """An event with its place in the chain."""
+
+    seq: int
+    event: AuditEvent
+    prev_hash: str
+    hash: str
+
+    def to_json(self) -> str:
+        """One JSON line (the export and stream format)."""
+        body = asdict(self.event)
+        body["time"] = self.event.time.isoformat()
+        return json.dumps(
+            {"seq": self.seq, **body, "prevHash": self.prev_hash, "hash": self.hash},
+            sort_keys=True,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """Result of walking the chain."""
+
+    ok: bool
+    events: int
+    first_broken_seq: int | None = None
+    reason: str = ""
+
+
+def event_hash(prev_hash: str, seq: int, event: AuditEvent) -> str:
+    """SHA-256 over the previous hash and the canonical JSON of (seq, event)."""
+    body = asdict(event)
+    body["time"] = event.time.isoformat()
+    body["seq"] = seq
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(prev_hash.encode() + canonical.encode()).hexdigest()
+
+
+def _event_of(row: AuditEventRow) -> AuditEvent:
+    return AuditEvent(
+        time=row.time,
+        principal_id=row.principal_id,
+        method=row.method,
+        key_id=row.key_id,
+        version_id=row.version_id,
+        outcome=row.outcome,
+        request_id=row.request_id,
+        source=row.source,
+    )
+
+
+class AuditLog:
+    """Appends events to the database chain and, optionally, to a JSON-lines file."""
+
+    def __init__(self, db: Database, stream_path: Path | None = None) -> None:
+        self._db = db
+        self._stream_path = stream_path
+        self._stream_lock = threading.Lock()
+
+    def append(self, session: Session, event: AuditEvent) -> ChainedEvent:
+        """Add ``event`` to the chain inside the caller's write transaction."""
+        stmt = select(AuditHeadRow).where(AuditHeadRow.id == 1)
+        if not self._db.is_sqlite:
+            stmt = stmt.with_for_update()
+        head = session.scalars(stmt).one()
+        seq = head.seq + 1
+        chained = ChainedEvent(seq, event, head.hash, event_hash(head.hash, seq, event))
+        session.add(
+            AuditEventRow(
+                seq=seq,
+                time=event.time,
+                principal_id=event.principal_id,
+                method=event.method,
+                key_id=event.key_id,
+                version_id=event.version_id,
+                outcome=event.outcome,
+                request_id=event.request_id,
+                source=event.source,
+                prev_hash=head.hash,
+                hash=chained.hash,
+            )
+        )
+        head.seq = seq
+        head.hash = chained.hash
+        sa_event.listen(session, "after_commit", lambda _s: self.stream(chained), once=True)
+        return chained
+
+    def record(self, event: AuditEvent) -> ChainedEvent:
+        """Append ``event`` in its own transaction; ``BackendUnavailable`` if that fails."""
+        try:
+            with self._db.write() as session:
+                return self.append(session, event)
+        except Exception as exc:
+            log.error("audit event could not be written: %s", type(exc).__name__)
+            raise BackendUnavailable(
+                "the audit trail cannot be written; the request was not carried out",
+                log_detail=str(exc),
+            ) from None
+
+    def stream(self, chained: ChainedEvent) -> None:
+        """Copy a committed event to the JSON-lines file, if one is configured."""
+        if self._stream_path is None:
+            return
+        with self._stream_lock, self._stream_path.open("a", encoding="utf-8") as f:
+            f.write(chained.to_json() + "\n")
+
+    def events(self, since: datetime | None = None) -> Iterator[ChainedEvent]:
+        """Committed events in chain order (optionally from ``since``)."""
+        with self._db.read() as session:
+            stmt = select(AuditEventRow).order_by(AuditEventRow.seq)
+            if since is not None:
+                stmt = stmt.where(AuditEventRow.time >= since)
+            for row in session.scalars(stmt).yield_per(1000):
+                yield ChainedEvent(row.seq, _event_of(row), row.prev_hash, row.hash)
+
+    def export(self, out: TextIO, since: datetime | None = None) -> int:
+        """Write events as JSON lines; returns how many."""
+        count = 0
+        for chained in self.events(since):
+            out.write(chained.to_json() + "\n")
+            count += 1
+        return count
+
+    def verify(self) -> Verification:
+        """Walk the whole chain; report the first event whose link or content is broken."""
+        expected_prev = GENESIS
+        expected_seq = 1
+        count = 0
+        for chained in self.events():
+            count += 1
+            if chained.seq != expected_seq:
+                return Verification(False, count, expected_seq, f"event {expected_seq} is missing")
+            if chained.prev_hash != expected_prev:
+                return Verification(False, count, chained.seq, "previous-hash link does not match")
+            if event_hash(chained.prev_hash, chained.seq, chained.event) != chained.hash:
+                return Verification(False, count, chained.seq, "content does not match its hash")
+            expected_prev = chained.hash
+            expected_seq += 1
+        with self._db.read() as session:
+            head = session.get(AuditHeadRow, 1)
+        if head is not None and (head.seq != expected_seq - 1 or head.hash != expected_prev):
+            return Verification(
+                False, count, expected_seq, "events after this one were removed from the end"
+            )
+        return Verification(True, count)

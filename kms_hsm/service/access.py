@@ -1,0 +1,331 @@
+"""Who may do what: Yandex KMS roles, access bindings, and the one authorisation decision.
+
+Roles and what they grant (``ROLE_PERMISSIONS``), with Yandex's names and meanings:
+
+=============================  ==========================================================
+role                           grants
+=============================  ==========================================================
+kms.keys.encrypter             encrypt, generateDataKey (and reEncrypt's target side)
+kms.keys.decrypter             decrypt (and reEncrypt's source side)
+kms.keys.encrypterDecrypter    both of the above, plus Get
+kms.auditor                    Get, List, ListVersions, ListOperations, ListAccessBindings,
+                               Operation.Get
+kms.viewer                     the same as kms.auditor
+kms.editor                     viewer + Create, Update, Rotate, encrypt, decrypt
+kms.admin                      editor + Delete, SetPrimaryVersion, Schedule/Cancel
+                               VersionDestruction, Set/UpdateAccessBindings
+=============================  ==========================================================
+
+Bindings on a folder apply to every key in it; bindings on a key apply to that key;
+bindings on the instance (``resource_type="instance"``, id ``*``) apply everywhere (the
+first admin gets kms.admin there). A principal with no role at all on a key gets
+``NotFound`` for it, exactly as for a key that does not exist, so that keys in folders it
+cannot see are not revealed; a principal that can see the key but lacks the permission
+gets ``PermissionDenied``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, or_, select, tuple_
+from sqlalchemy.orm import Session
+
+from kms_hsm.audit.log import AuditEvent, AuditLog
+from kms_hsm.domain import validation
+from kms_hsm.errors import InvalidArgument, NotFound, PermissionDenied
+from kms_hsm.service.context import CallContext, as_context
+from kms_hsm.service.keys import Clock, utc_now
+from kms_hsm.service.operations import finished_operation
+from kms_hsm.store import repository
+from kms_hsm.store.engine import Database
+from kms_hsm.store.repository import StoredOperation
+from kms_hsm.store.tables import AccessBindingRow, KeyRow
+
+
+class Permission(enum.Enum):
+    """One action on a key or folder."""
+
+    GET = "get"
+    LIST = "list"
+    LIST_VERSIONS = "listVersions"
+    LIST_OPERATIONS = "listOperations"
+    LIST_ACCESS_BINDINGS = "listAccessBindings"
+    GET_OPERATION = "getOperation"
+    CREATE = "create"
+    UPDATE = "update"
+    ROTATE = "rotate"
+    DELETE = "delete"
+    SET_PRIMARY_VERSION = "setPrimaryVersion"
+    SCHEDULE_VERSION_DESTRUCTION = "scheduleVersionDestruction"
+    CANCEL_VERSION_DESTRUCTION = "cancelVersionDestruction"
+    SET_ACCESS_BINDINGS = "setAccessBindings"
+    UPDATE_ACCESS_BINDINGS = "updateAccessBindings"
+    ENCRYPT = "encrypt"
+    DECRYPT = "decrypt"
+
+
+P = Permission
+_VIEW = frozenset(
+    {P.GET, P.LIST, P.LIST_VERSIONS, P.LIST_OPERATIONS, P.LIST_ACCESS_BINDINGS, P.GET_OPERATION}
+)
+_EDIT = _VIEW | {P.CREATE, P.UPDATE, P.ROTATE, P.ENCRYPT, P.DECRYPT}
+ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
+    "kms.keys.encrypter": frozenset({P.ENCRYPT}),
+    "kms.keys.decrypter": frozenset({P.DECRYPT}),
+    "kms.keys.encrypterDecrypter": frozenset({P.ENCRYPT, P.DECRYPT, P.GET}),
+    "kms.auditor": _VIEW,
+    "kms.viewer": _VIEW,
+    "kms.editor": _EDIT,
+    "kms.admin": _EDIT
+    | {
+        P.DELETE,
+        P.SET_PRIMARY_VERSION,
+        P.SCHEDULE_VERSION_DESTRUCTION,
+        P.CANCEL_VERSION_DESTRUCTION,
+        P.SET_ACCESS_BINDINGS,
+        P.UPDATE_ACCESS_BINDINGS,
+    },
+}
+
+# The permission each API method needs (ReEncrypt needs DECRYPT on the source key too).
+METHOD_PERMISSIONS: dict[str, Permission] = {
+    "SymmetricCrypto.Encrypt": P.ENCRYPT,
+    "SymmetricCrypto.Decrypt": P.DECRYPT,
+    "SymmetricCrypto.ReEncrypt": P.ENCRYPT,
+    "SymmetricCrypto.GenerateDataKey": P.ENCRYPT,
+    "SymmetricKey.Create": P.CREATE,
+    "SymmetricKey.Get": P.GET,
+    "SymmetricKey.List": P.LIST,
+    "SymmetricKey.ListVersions": P.LIST_VERSIONS,
+    "SymmetricKey.ListOperations": P.LIST_OPERATIONS,
+    "SymmetricKey.Update": P.UPDATE,
+    "SymmetricKey.Delete": P.DELETE,
+    "SymmetricKey.Rotate": P.ROTATE,
+    "SymmetricKey.SetPrimaryVersion": P.SET_PRIMARY_VERSION,
+    "SymmetricKey.ScheduleVersionDestruction": P.SCHEDULE_VERSION_DESTRUCTION,
+    "SymmetricKey.CancelVersionDestruction": P.CANCEL_VERSION_DESTRUCTION,
+    "SymmetricKey.ListAccessBindings": P.LIST_ACCESS_BINDINGS,
+    "SymmetricKey.SetAccessBindings": P.SET_ACCESS_BINDINGS,
+    "SymmetricKey.UpdateAccessBindings": P.UPDATE_ACCESS_BINDINGS,
+    "Operation.Get": P.GET_OPERATION,
+    "Folder.ListAccessBindings": P.LIST_ACCESS_BINDINGS,
+    "Folder.SetAccessBindings": P.SET_ACCESS_BINDINGS,
+    "Folder.UpdateAccessBindings": P.UPDATE_ACCESS_BINDINGS,
+}
+
+SUBJECT_TYPES = frozenset({"userAccount", "serviceAccount", "federatedUser", "system"})
+ALL_AUTHENTICATED = ("system", "allAuthenticatedUsers")
+INSTANCE = ("instance", "*")
+_RESOURCE_TYPES = frozenset({"key", "folder", "instance"})
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """``AccessBinding``: a role for a subject."""
+
+    role_id: str
+    subject_type: str
+    subject_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """Where a binding lives."""
+
+    type: str
+    id: str
+
+
+def check_binding(binding: Binding) -> Binding:
+    """Role and subject as the contract allows them."""
+    if binding.role_id not in ROLE_PERMISSIONS:
+        raise InvalidArgument(
+            f"roleId {binding.role_id!r} is not one of {', '.join(sorted(ROLE_PERMISSIONS))}"
+        )
+    if binding.subject_type not in SUBJECT_TYPES:
+        raise InvalidArgument(f"subject.type must be one of {', '.join(sorted(SUBJECT_TYPES))}")
+    if not binding.subject_id or len(binding.subject_id) > 100:
+        raise InvalidArgument("subject.id must be 1..100 characters")
+    if binding.subject_type == "system" and binding.subject_id != "allAuthenticatedUsers":
+        raise InvalidArgument("system subjects supported here: allAuthenticatedUsers")
+    return binding
+
+
+class AccessService:
+    """Stores bindings and answers "may this principal do that here?"."""
+
+    def __init__(self, db: Database, audit: AuditLog | None = None, clock: Clock = utc_now) -> None:
+        self._db = db
+        self._audit = audit
+        self._clock = clock
+
+    def permissions(self, principal_id: str, resources: Iterable[Resource]) -> set[Permission]:
+        """Everything ``principal_id`` may do through bindings on any of ``resources``."""
+        places = [(r.type, r.id) for r in resources] + [INSTANCE]
+        with self._db.read() as session:
+            roles = session.scalars(
+                select(AccessBindingRow.role_id).where(
+                    tuple_(AccessBindingRow.resource_type, AccessBindingRow.resource_id).in_(
+                        places
+                    ),
+                    or_(
+                        tuple_(AccessBindingRow.subject_type, AccessBindingRow.subject_id)
+                        == ("serviceAccount", principal_id),
+                        tuple_(AccessBindingRow.subject_type, AccessBindingRow.subject_id)
+                        == ALL_AUTHENTICATED,
+                    ),
+                )
+            ).all()
+        granted: set[Permission] = set()
+        for role in roles:
+            granted |= ROLE_PERMISSIONS.get(role, frozenset())
+        return granted
+
+    def authorize_key(
+        self, principal_id: str, permission: Permission, key_id: str, *, deleted_too: bool = False
+    ) -> None:
+        """Allow, or raise NotFound (no role at all) / PermissionDenied (some role)."""
+        with self._db.read() as session:
+            row = session.get(KeyRow, key_id)
+            if row is None or (row.deleted_at is not None and not deleted_too):
+                raise NotFound(f"key {key_id} not found")
+            folder_id = row.folder_id
+        granted = self.permissions(
+            principal_id, [Resource("key", key_id), Resource("folder", folder_id)]
+        )
+        if permission in granted:
+            return
+        if not granted:
+            raise NotFound(f"key {key_id} not found")
+        raise PermissionDenied(f"permission denied: {permission.value} on key {key_id}")
+
+    def authorize_folder(self, principal_id: str, permission: Permission, folder_id: str) -> None:
+        """Allow a folder-level action (Create, List), or raise PermissionDenied."""
+        if permission not in self.permissions(principal_id, [Resource("folder", folder_id)]):
+            raise PermissionDenied(f"permission denied: {permission.value} in folder {folder_id}")
+
+    def list_bindings(self, resource: Resource) -> list[Binding]:
+        """Bindings on one resource, in a stable order."""
+        with self._db.read() as session:
+            rows = session.scalars(
+                select(AccessBindingRow)
+                .where(
+                    AccessBindingRow.resource_type == resource.type,
+                    AccessBindingRow.resource_id == resource.id,
+                )
+                .order_by(AccessBindingRow.id)
+            ).all()
+        return [Binding(r.role_id, r.subject_type, r.subject_id) for r in rows]
+
+    def set_bindings(
+        self, resource: Resource, bindings: list[Binding], by: str | CallContext
+    ) -> StoredOperation:
+        """Replace every binding on ``resource``; returns the finished Operation."""
+        self._check_resource(resource)
+        if len(bindings) > 1000:
+            raise InvalidArgument("accessBindings: at most 1000")
+        for b in bindings:
+            check_binding(b)
+        now = self._clock()
+        with self._db.write() as session:
+            self._lock(session, resource)
+            session.execute(
+                delete(AccessBindingRow).where(
+                    AccessBindingRow.resource_type == resource.type,
+                    AccessBindingRow.resource_id == resource.id,
+                )
+            )
+            for b in dict.fromkeys(bindings):
+                session.add(_row(resource, b, now))
+            return self._record(session, resource, "SetAccessBindings", by, now)
+
+    def update_bindings(
+        self, resource: Resource, deltas: list[tuple[str, Binding]], by: str | CallContext
+    ) -> StoredOperation:
+        """Apply ADD/REMOVE deltas; re-adding or removing a missing binding is a no-op."""
+        self._check_resource(resource)
+        if not 1 <= len(deltas) <= 1000:
+            raise InvalidArgument("accessBindingDeltas: 1..1000 items")
+        for action, b in deltas:
+            if action not in ("ADD", "REMOVE"):
+                raise InvalidArgument("accessBindingDeltas.action must be ADD or REMOVE")
+            check_binding(b)
+        now = self._clock()
+        with self._db.write() as session:
+            self._lock(session, resource)
+            existing = {
+                Binding(r.role_id, r.subject_type, r.subject_id): r
+                for r in session.scalars(
+                    select(AccessBindingRow).where(
+                        AccessBindingRow.resource_type == resource.type,
+                        AccessBindingRow.resource_id == resource.id,
+                    )
+                )
+            }
+            for action, b in deltas:
+                if action == "ADD" and b not in existing:
+                    row = _row(resource, b, now)
+                    session.add(row)
+                    existing[b] = row
+                elif action == "REMOVE" and b in existing:
+                    session.delete(existing.pop(b))
+                    session.flush()
+            return self._record(session, resource, "UpdateAccessBindings", by, now)
+
+    def _lock(self, session: Session, resource: Resource) -> None:
+        # Key bindings change under the key's lock, like every other change to the key.
+        if resource.type == "key":
+            repository.get_key_row(session, resource.id, for_update=not self._db.is_sqlite)
+
+    def _record(
+        self, session: Session, resource: Resource, rpc: str, by: str | CallContext, now: datetime
+    ) -> StoredOperation:
+        service = "SymmetricKey" if resource.type == "key" else "Folder"
+        caller = as_context(by, f"{service}.{rpc}")
+        operation = finished_operation(
+            key_id=resource.id if resource.type == "key" else None,
+            description=f"{rpc[: -len('AccessBindings')]} access bindings".capitalize(),
+            created_by=caller.principal_id,
+            now=now,
+            metadata_type=f"yandex.cloud.access.{rpc}Metadata",
+            metadata={"resource_id": resource.id},
+            response_type="google.protobuf.Empty",
+            response={},
+        )
+        repository.add_operation(session, operation)
+        if self._audit is not None:
+            self._audit.append(
+                session,
+                AuditEvent(
+                    time=now,
+                    principal_id=caller.principal_id,
+                    method=caller.method,
+                    key_id=resource.id if resource.type == "key" else "",
+                    version_id="",
+                    outcome="OK",
+                    request_id=caller.request_id,
+                    source=caller.source,
+                ),
+            )
+        return operation
+
+    @staticmethod
+    def _check_resource(resource: Resource) -> None:
+        if resource.type not in _RESOURCE_TYPES:
+            raise InvalidArgument("resource type must be key, folder or instance")
+        validation.check_id("resourceId", resource.id)
+
+
+def _row(resource: Resource, b: Binding, now: datetime) -> AccessBindingRow:
+    return AccessBindingRow(
+        resource_type=resource.type,
+        resource_id=resource.id,
+        role_id=b.role_id,
+        subject_type=b.subject_type,
+        subject_id=b.subject_id,
+        created_at=now,
+    )
