@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     material_cache_size: int = Field(default=10_000, ge=0)
     # Seconds between scheduler passes (automatic rotation, due destructions); 0 = off.
     scheduler_interval: float = Field(default=30.0, ge=0)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Clients must present a certificate signed by this CA (mutual TLS).
+    tls_client_ca: Path | None = None
     # Audit events are also appended here as JSON lines (the database keeps the chain).
     audit_log_file: Path | None = None
     log_level: str = "INFO"

@@ -3,6 +3,7 @@ and the app served by uvicorn over real HTTP on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -97,9 +98,9 @@ def admin_token(runtime: Runtime, settings: Settings) -> str:
     return settings.admin_token_file.read_text().strip()
 
 
-@pytest.fixture(scope="session")
-def base_url(runtime: Runtime) -> Iterator[str]:
-    """The app on uvicorn in a background thread, over real HTTP."""
+@contextlib.contextmanager
+def serve_inprocess(runtime: Runtime) -> Iterator[str]:
+    """The app for ``runtime`` on uvicorn in a background thread, over real HTTP."""
     port = free_port()
     config = uvicorn.Config(
         create_app(runtime=runtime), host="127.0.0.1", port=port, log_level="warning"
@@ -112,9 +113,18 @@ def base_url(runtime: Runtime) -> Iterator[str]:
         if time.monotonic() > deadline:
             pytest.fail("uvicorn did not start")
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def base_url(runtime: Runtime) -> Iterator[str]:
+    """The session app over real HTTP."""
+    with serve_inprocess(runtime) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -134,6 +134,14 @@ class AuditLog:
         )
         head.seq = seq
         head.hash = chained.hash
+        try:
+            session.flush()
+        except Exception as exc:
+            log.error("audit event could not be written: %s", type(exc).__name__)
+            raise BackendUnavailable(
+                "the audit trail cannot be written; the request was not carried out",
+                log_detail=str(exc),
+            ) from None
         sa_event.listen(session, "after_commit", lambda _s: self.stream(chained), once=True)
         return chained
 
@@ -142,6 +150,8 @@ class AuditLog:
         try:
             with self._db.write() as session:
                 return self.append(session, event)
+        except BackendUnavailable:
+            raise
         except Exception as exc:
             log.error("audit event could not be written: %s", type(exc).__name__)
             raise BackendUnavailable(

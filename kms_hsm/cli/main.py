@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import ssl
 import sys
+from typing import Any
 
-from kms_hsm.config import Settings
-from kms_hsm.errors import KmsError
+from kms_hsm.cli.admin import add_commands
+from kms_hsm.config import Settings, read_secret_file
+from kms_hsm.errors import InvalidArgument, KmsError
 from kms_hsm.logs import configure_logging
 
 log = logging.getLogger("kms_hsm")
@@ -20,11 +24,23 @@ def _serve(args: argparse.Namespace) -> int:
     from kms_hsm.service.runtime import Runtime, prepare
 
     # Workers are spawned and read their settings from the environment.
-    for name, value in (("HOST", args.host), ("PORT", args.port), ("WORKERS", args.workers)):
+    for name, value in (
+        ("HOST", args.host),
+        ("PORT", args.port),
+        ("WORKERS", args.workers),
+        ("TLS_CERT", args.tls_cert),
+        ("TLS_KEY", args.tls_key),
+        ("TLS_CLIENT_CA", args.tls_client_ca),
+    ):
         if value is not None:
             os.environ[f"KMS_HSM_{name}"] = str(value)
     settings = Settings()
     configure_logging(settings.log_level)
+    try:
+        tls = tls_options(settings)
+    except KmsError as exc:
+        log.critical("cannot start: %s", exc.message)
+        return 1
     try:
         prepare(settings)
         # Pre-flight: reach the HSM and settle the root key once, then let go of the
@@ -34,7 +50,8 @@ def _serve(args: argparse.Namespace) -> int:
         log.critical("cannot start: %s", exc.message)
         return 1
     log.info(
-        "serving on http://%s:%d with %d worker(s); data directory %s",
+        "serving on %s://%s:%d with %d worker(s); data directory %s",
+        "https" if tls else "http",
         settings.host,
         settings.port,
         settings.workers,
@@ -48,8 +65,28 @@ def _serve(args: argparse.Namespace) -> int:
         workers=settings.workers,
         log_level=settings.log_level.lower(),
         access_log=False,
+        **tls,
     )
     return 0
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS arguments; the private key file must be private (0600)."""
+    if settings.tls_cert is None and settings.tls_key is None:
+        if settings.tls_client_ca is not None:
+            raise InvalidArgument("--tls-client-ca needs --tls-cert and --tls-key")
+        return {}
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise InvalidArgument("--tls-cert and --tls-key go together")
+    read_secret_file(settings.tls_key, "TLS key file")
+    options: dict[str, Any] = {
+        "ssl_certfile": str(settings.tls_cert),
+        "ssl_keyfile": str(settings.tls_key),
+    }
+    if settings.tls_client_ca is not None:
+        options["ssl_ca_certs"] = str(settings.tls_client_ca)
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options
 
 
 def _openapi(args: argparse.Namespace) -> int:
@@ -73,18 +110,39 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int, help="uvicorn worker processes")
+    serve.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
+    serve.add_argument("--tls-key", help="PEM private key (mode 0600)")
+    serve.add_argument("--tls-client-ca", help="PEM CA bundle: require client certificates")
     serve.set_defaults(handler=_serve)
     openapi = sub.add_parser("openapi", help="print the OpenAPI document")
     openapi.add_argument("--write", action="store_true", help="update kms_hsm/api/openapi.json")
     openapi.set_defaults(handler=_openapi)
+    add_commands(sub)
     return parser
+
+
+# Secrets are never accepted on a command line, where other users can read them in /proc.
+_SECRET_FLAGS = re.compile(r"--(pin|so-pin|user-pin|token|admin-token|password)(=|$)")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    for arg in argv:
+        if _SECRET_FLAGS.match(arg):
+            print(
+                f"kms-hsm: {arg.split('=')[0]} refused: PINs and tokens are read from "
+                "KMS_HSM_PIN_FILE / KMS_HSM_PIN or 0600 files, never from arguments",
+                file=sys.stderr,
+            )
+            return 2
     args = build_parser().parse_args(argv)
     handler = args.handler
-    result: int = handler(args)
+    try:
+        result: int = handler(args)
+    except KmsError as exc:
+        print(f"kms-hsm: {exc.message}", file=sys.stderr)
+        return 1
     return result
 
 

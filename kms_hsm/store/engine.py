@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from kms_hsm.errors import BackendUnavailable
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -46,6 +49,18 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+@contextmanager
+def _unavailable_on_outage() -> Iterator[None]:
+    """A database that cannot be reached (or is locked too long) is a 503, not a 500."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        raise BackendUnavailable(
+            "the metadata database is temporarily unavailable, retry later",
+            log_detail=f"{type(exc).__name__}: {exc.orig if hasattr(exc, 'orig') else exc}",
+        ) from None
+
+
 class Database:
     """Read sessions and write transactions over one engine."""
 
@@ -59,13 +74,13 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A session for reads; nothing it does is committed."""
-        with self._read() as session:
+        with _unavailable_on_outage(), self._read() as session:
             yield session
 
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A transaction that holds the write lock on SQLite; commits on success."""
-        with self._write.begin() as session:
+        with _unavailable_on_outage(), self._write.begin() as session:
             yield session
 
     @property

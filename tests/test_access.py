@@ -1,0 +1,245 @@
+"""Roles x methods, over real HTTP: allowed or 403 exactly as access.ROLE_PERMISSIONS says,
+for folder bindings and key bindings; principals with no role learn nothing (404)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from kms_hsm.service.access import METHOD_PERMISSIONS, ROLE_PERMISSIONS, Permission
+from kms_hsm.service.runtime import Runtime
+from tests.conftest import create_key
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def principal_client(runtime: Runtime, base_url: str, name: str) -> tuple[str, httpx.Client]:
+    principal = runtime.auth.create_principal(name)
+    token, _ = runtime.auth.issue_token(principal.id)
+    client = httpx.Client(
+        base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    return principal.id, client
+
+
+def bind(api: httpx.Client, path: str, role: str, principal_id: str) -> None:
+    r = api.post(
+        f"{path}:updateAccessBindings",
+        json={
+            "accessBindingDeltas": [
+                {
+                    "action": "ADD",
+                    "accessBinding": {
+                        "roleId": role,
+                        "subject": {"id": principal_id, "type": "serviceAccount"},
+                    },
+                }
+            ]
+        },
+    )
+    assert r.status_code == 200, r.text
+
+
+Request = Callable[[httpx.Client], httpx.Response]
+
+
+def requests_for(api: httpx.Client, folder: str) -> dict[str, Request]:
+    """One request per method, each of which succeeds for kms.admin."""
+    key = create_key(api, "AES_256_HSM", folderId=folder)
+    key_id = key["id"]
+    old_version = key["primaryVersion"]["id"]
+    api.post(f"/kms/v1/keys/{key_id}:rotate")
+    ciphertext = api.post(f"/kms/v1/keys/{key_id}:encrypt", json={"plaintext": b64(b"m")}).json()[
+        "ciphertext"
+    ]
+    operation_id = api.get(f"/kms/v1/keys/{key_id}/operations").json()["operations"][0]["id"]
+    current = api.get(f"/kms/v1/keys/{key_id}").json()["primaryVersion"]["id"]
+    k = f"/kms/v1/keys/{key_id}"
+    return {
+        "_key_id": lambda c: httpx.Response(200, text=key_id),
+        "SymmetricCrypto.Encrypt": lambda c: c.post(f"{k}:encrypt", json={"plaintext": "AA=="}),
+        "SymmetricCrypto.Decrypt": lambda c: c.post(
+            f"{k}:decrypt", json={"ciphertext": ciphertext}
+        ),
+        "SymmetricCrypto.ReEncrypt": lambda c: c.post(
+            f"{k}:reEncrypt", json={"sourceKeyId": key_id, "ciphertext": ciphertext}
+        ),
+        "SymmetricCrypto.GenerateDataKey": lambda c: c.post(
+            f"{k}:generateDataKey", json={"dataKeySpec": "AES_256_HSM"}
+        ),
+        "SymmetricKey.Create": lambda c: c.post(
+            "/kms/v1/keys", json={"folderId": folder, "defaultAlgorithm": "AES_128"}
+        ),
+        "SymmetricKey.Get": lambda c: c.get(k),
+        "SymmetricKey.List": lambda c: c.get("/kms/v1/keys", params={"folderId": folder}),
+        "SymmetricKey.ListVersions": lambda c: c.get(f"{k}/versions"),
+        "SymmetricKey.ListOperations": lambda c: c.get(f"{k}/operations"),
+        "SymmetricKey.Update": lambda c: c.patch(k, json={"updateMask": "name", "name": "x"}),
+        "SymmetricKey.Rotate": lambda c: c.post(f"{k}:rotate"),
+        "SymmetricKey.SetPrimaryVersion": lambda c: c.post(
+            f"{k}:setPrimaryVersion", json={"versionId": current}
+        ),
+        "SymmetricKey.ScheduleVersionDestruction": lambda c: c.post(
+            f"{k}:scheduleVersionDestruction", json={"versionId": old_version}
+        ),
+        "SymmetricKey.CancelVersionDestruction": lambda c: c.post(
+            f"{k}:cancelVersionDestruction", json={"versionId": old_version}
+        ),
+        "SymmetricKey.ListAccessBindings": lambda c: c.get(f"{k}:listAccessBindings"),
+        "SymmetricKey.UpdateAccessBindings": lambda c: c.post(
+            f"{k}:updateAccessBindings",
+            json={
+                "accessBindingDeltas": [
+                    {
+                        "action": "ADD",
+                        "accessBinding": {
+                            "roleId": "kms.viewer",
+                            "subject": {"id": "ajeother", "type": "serviceAccount"},
+                        },
+                    }
+                ]
+            },
+        ),
+        "SymmetricKey.SetAccessBindings": lambda c: c.post(
+            f"{k}:setAccessBindings",
+            json={
+                "accessBindings": api.get(f"{k}:listAccessBindings")
+                .json()
+                .get("accessBindings", [])
+            },
+        ),
+        "Operation.Get": lambda c: c.get(f"/operations/{operation_id}"),
+        "SymmetricKey.Delete": lambda c: c.delete(k),
+    }
+
+
+FOLDER_METHODS = {"SymmetricKey.Create", "SymmetricKey.List"}
+KEY_METHODS = [m for m in METHOD_PERMISSIONS if not m.startswith("Folder.")]
+
+
+def allowed(role: str, method: str) -> bool:
+    granted = ROLE_PERMISSIONS[role]
+    if method == "SymmetricCrypto.ReEncrypt":
+        return Permission.ENCRYPT in granted and Permission.DECRYPT in granted
+    return METHOD_PERMISSIONS[method] in granted
+
+
+@pytest.mark.parametrize("scope", ["folder", "key"])
+@pytest.mark.parametrize("role", sorted(ROLE_PERMISSIONS))
+def test_role_method_matrix(api, runtime, base_url, role, scope) -> None:
+    folder = f"b1gmatrix-{scope}-{role.replace('.', '-')}"[:50]
+    calls = requests_for(api, folder)
+    key_id = calls.pop("_key_id")(api).text
+    principal_id, client = principal_client(runtime, base_url, f"{role}-{scope}")
+    if scope == "folder":
+        bind(api, f"/kms-hsm/v1/folders/{folder}", role, principal_id)
+    else:
+        bind(api, f"/kms/v1/keys/{key_id}", role, principal_id)
+    assert set(calls) == set(KEY_METHODS)
+    with client:
+        for method, call in calls.items():
+            r = call(client)
+            folder_level = method in FOLDER_METHODS
+            if allowed(role, method) and (scope == "folder" or not folder_level):
+                assert r.status_code == 200, (role, scope, method, r.text)
+            else:
+                assert r.status_code == 403, (role, scope, method, r.text)
+                assert r.json()["code"] == 7
+
+
+def test_no_role_reveals_nothing(api, runtime, base_url) -> None:
+    folder = "b1ghidden"
+    calls = requests_for(api, folder)
+    key_id = calls.pop("_key_id")(api).text
+    _, stranger = principal_client(runtime, base_url, "stranger")
+    with stranger:
+        for method, call in calls.items():
+            r = call(stranger)
+            if method in FOLDER_METHODS:
+                assert r.status_code == 403, (method, r.text)
+            else:
+                assert r.status_code == 404, (method, r.text)
+                missing = stranger.get("/kms/v1/keys/abjdoesnotexist00000")
+                assert r.json()["code"] == missing.json()["code"] == 5
+                # Word for word what a key that does not exist gets.
+                assert r.json()["message"].replace(key_id, "abjdoesnotexist00000") in (
+                    missing.json()["message"],
+                    f"operation {r.json()['message'].split()[1]} not found",
+                )
+
+
+def test_all_authenticated_users_binding_and_key_scope(api, runtime, base_url) -> None:
+    a = create_key(api, "AES_256", folderId="b1gshared")
+    b = create_key(api, "AES_256", folderId="b1gshared")
+    r = api.post(
+        f"/kms/v1/keys/{a['id']}:setAccessBindings",
+        json={
+            "accessBindings": [
+                {
+                    "roleId": "kms.keys.encrypter",
+                    "subject": {"id": "allAuthenticatedUsers", "type": "system"},
+                }
+            ]
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["metadata"]["@type"].endswith("yandex.cloud.access.SetAccessBindingsMetadata")
+    assert r.json()["response"] == {"@type": "type.googleapis.com/google.protobuf.Empty"}
+    _, anyone = principal_client(runtime, base_url, "anyone")
+    with anyone:
+        assert (
+            anyone.post(f"/kms/v1/keys/{a['id']}:encrypt", json={"plaintext": "AA=="}).status_code
+            == 200
+        )
+        assert (
+            anyone.post(f"/kms/v1/keys/{b['id']}:encrypt", json={"plaintext": "AA=="}).status_code
+            == 404
+        )
+    listed = api.get(f"/kms/v1/keys/{a['id']}:listAccessBindings").json()
+    assert listed["accessBindings"] == [
+        {
+            "roleId": "kms.keys.encrypter",
+            "subject": {"id": "allAuthenticatedUsers", "type": "system"},
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {
+            "accessBindings": [
+                {"roleId": "kms.root", "subject": {"id": "x", "type": "serviceAccount"}}
+            ]
+        },
+        {"accessBindings": [{"roleId": "kms.viewer", "subject": {"id": "x", "type": "robot"}}]},
+        {"accessBindings": [{"roleId": "kms.viewer"}]},
+        {"accessBindings": "nope"},
+    ],
+)
+def test_bad_bindings_are_400(api, body) -> None:
+    key = create_key(api, "AES_128")
+    r = api.post(f"/kms/v1/keys/{key['id']}:setAccessBindings", json=body)
+    assert r.status_code == 400, r.text
+    r = api.post(f"/kms/v1/keys/{key['id']}:updateAccessBindings", json={"accessBindingDeltas": []})
+    assert r.status_code == 400
+
+
+def test_revoked_and_expired_tokens_are_401(api, runtime, base_url) -> None:
+    from datetime import timedelta
+
+    principal = runtime.auth.create_principal("short-lived")
+    token, token_id = runtime.auth.issue_token(principal.id)
+    expired, _ = runtime.auth.issue_token(principal.id, runtime.keys.clock() - timedelta(seconds=1))
+    key = create_key(api, "AES_128")
+    url = f"{base_url}/kms/v1/keys/{key['id']}"
+    assert httpx.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 404
+    assert httpx.get(url, headers={"Authorization": f"Bearer {expired}"}).status_code == 401
+    runtime.auth.revoke_token(token_id)
+    assert httpx.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert len(token) >= 6 + 43  # 256 random bits

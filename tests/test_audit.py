@@ -1,0 +1,179 @@
+"""The audit trail: one event per request, tamper-evident, fail-closed; the admin CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kms_hsm.config import Settings
+from kms_hsm.service.runtime import Runtime, prepare
+from tests.conftest import KMS_HSM, create_key, serve_inprocess
+
+
+def cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_HSM_")}
+    env["KMS_HSM_DATABASE_URL"] = db_url
+    return subprocess.run([KMS_HSM, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def snapshot_db(settings: Settings, dest: Path) -> str:
+    """A consistent copy of the session SQLite database (WAL included)."""
+    source = settings.effective_database_url().removeprefix("sqlite:///")
+    with sqlite3.connect(source) as src, sqlite3.connect(dest) as dst:
+        src.backup(dst)
+    return f"sqlite:///{dest}"
+
+
+def test_each_request_leaves_one_event_and_denials_too(api, runtime, base_url) -> None:
+    before = sum(1 for _ in runtime.audit.events())
+    key = create_key(api, "AES_256_HSM")
+    api.post(f"/kms/v1/keys/{key['id']}:encrypt", json={"plaintext": "AA=="})
+    httpx.post(f"{base_url}/kms/v1/keys/{key['id']}:encrypt", json={"plaintext": "AA=="})
+    api.post(f"/kms/v1/keys/{key['id']}:decrypt", json={"ciphertext": "AQI="})
+    events = list(runtime.audit.events())[before:]
+    assert [(e.event.method, e.event.outcome) for e in events] == [
+        ("SymmetricKey.Create", "OK"),
+        ("SymmetricCrypto.Encrypt", "OK"),
+        ("SymmetricCrypto.Encrypt", "UNAUTHENTICATED"),
+        ("SymmetricCrypto.Decrypt", "INVALID_ARGUMENT"),
+    ]
+    assert all(e.event.key_id == key["id"] for e in events)
+    assert events[1].event.version_id == key["primaryVersion"]["id"]
+    assert events[0].event.principal_id and events[2].event.principal_id == ""
+    assert all(e.event.request_id and e.event.source == "127.0.0.1" for e in events)
+
+
+def test_untouched_chain_verifies(api, settings, tmp_path) -> None:
+    create_key(api, "AES_128")
+    result = cli(snapshot_db(settings, tmp_path / "copy.db"), "audit", "verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "intact" in result.stdout
+
+
+@pytest.mark.parametrize("tamper", ["alter", "delete", "reorder", "truncate"])
+def test_tampering_is_named_by_verify(api, settings, tmp_path, tamper) -> None:
+    for _ in range(3):
+        create_key(api, "AES_128")
+    url = snapshot_db(settings, tmp_path / "copy.db")
+    with sqlite3.connect(tmp_path / "copy.db") as db:
+        (last,) = db.execute("SELECT max(seq) FROM audit_events").fetchone()
+        victim = last - 2
+        if tamper == "alter":
+            db.execute(
+                "UPDATE audit_events SET outcome='OK', principal_id='x' WHERE seq=?", (victim,)
+            )
+        elif tamper == "delete":
+            db.execute("DELETE FROM audit_events WHERE seq=?", (victim,))
+        elif tamper == "reorder":
+            a = db.execute("SELECT * FROM audit_events WHERE seq=?", (victim,)).fetchone()
+            b = db.execute("SELECT * FROM audit_events WHERE seq=?", (victim + 1,)).fetchone()
+            db.execute("DELETE FROM audit_events WHERE seq IN (?, ?)", (victim, victim + 1))
+            db.execute("INSERT INTO audit_events VALUES (?,?,?,?,?,?,?,?,?,?,?)", (victim, *b[1:]))
+            db.execute(
+                "INSERT INTO audit_events VALUES (?,?,?,?,?,?,?,?,?,?,?)", (victim + 1, *a[1:])
+            )
+        else:
+            db.execute("DELETE FROM audit_events WHERE seq=?", (last,))
+            victim = last
+    result = cli(url, "audit", "verify")
+    assert result.returncode == 1, result.stdout
+    assert f"BROKEN at event {victim}" in result.stdout
+
+
+def test_audit_export_since(api, settings, tmp_path) -> None:
+    create_key(api, "AES_128")
+    url = snapshot_db(settings, tmp_path / "copy.db")
+    everything = cli(url, "audit", "export").stdout.splitlines()
+    assert everything and all(json.loads(line)["hash"] for line in everything)
+    last_time = json.loads(everything[-1])["time"]
+    recent = cli(url, "audit", "export", "--since", last_time).stdout.splitlines()
+    assert 1 <= len(recent) < len(everything)
+
+
+def test_audit_failure_fails_the_request_closed(token_dir, tmp_path) -> None:
+    """A real write failure (a trigger refusing inserts) -> 503, no ciphertext, no key."""
+    url = f"sqlite:///{tmp_path / 'closed.db'}"
+    settings = Settings(
+        data_dir=tmp_path, pin_file=token_dir / "user-pin", database_url=url, scheduler_interval=0
+    )
+    prepare(settings)
+    runtime = Runtime.start(settings)
+    token = (tmp_path / "admin-token").read_text().strip()
+    try:
+        with serve_inprocess(runtime) as base_url:
+            api = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"})
+            key = create_key(api, "AES_256_HSM")
+            with sqlite3.connect(tmp_path / "closed.db") as db:
+                db.execute(
+                    "CREATE TRIGGER audit_down BEFORE INSERT ON audit_events "
+                    "BEGIN SELECT RAISE(ABORT, 'audit store full'); END"
+                )
+            r = api.post(f"/kms/v1/keys/{key['id']}:encrypt", json={"plaintext": "c2VjcmV0"})
+            assert r.status_code == 503 and r.json()["code"] == 14
+            assert "ciphertext" not in r.text
+            r = api.post(
+                "/kms/v1/keys", json={"folderId": "b1gtestfolder", "defaultAlgorithm": "AES_128"}
+            )
+            assert r.status_code == 503
+            with sqlite3.connect(tmp_path / "closed.db") as db:
+                (keys,) = db.execute("SELECT count(*) FROM keys").fetchone()
+            assert keys == 1  # the refused create left nothing behind
+            with sqlite3.connect(tmp_path / "closed.db") as db:
+                db.execute("DROP TRIGGER audit_down")
+            r = api.post(f"/kms/v1/keys/{key['id']}:encrypt", json={"plaintext": "c2VjcmV0"})
+            assert r.status_code == 200
+            api.close()
+    finally:
+        runtime.close()
+
+
+def test_principal_and_token_cli(api, settings, base_url) -> None:
+    url = settings.effective_database_url()
+    created = cli(url, "principals", "create", "ci-robot")
+    assert created.returncode == 0, created.stderr
+    principal_id = created.stdout.strip()
+    issued = cli(url, "tokens", "create", principal_id)
+    token = issued.stdout.strip()
+    token_id = issued.stderr.split("token id ")[1].split(";")[0]
+    assert token.startswith("kmsh1_")
+    key = create_key(api, "AES_128", folderId="b1gcli")
+    auth = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{base_url}/kms/v1/keys/{key['id']}", headers=auth).status_code == 404
+    bound = cli(
+        url,
+        "bindings",
+        "add",
+        "--folder",
+        "b1gcli",
+        "--role",
+        "kms.viewer",
+        "--subject",
+        principal_id,
+    )
+    assert bound.returncode == 0, bound.stderr
+    assert httpx.get(f"{base_url}/kms/v1/keys/{key['id']}", headers=auth).status_code == 200
+    listed = cli(url, "bindings", "list", "--folder", "b1gcli").stdout
+    assert f"kms.viewer\tserviceAccount:{principal_id}" in listed
+    assert token_id in cli(url, "principals", "list").stdout
+    assert token not in cli(url, "principals", "list").stdout
+    assert cli(url, "tokens", "revoke", token_id).returncode == 0
+    assert httpx.get(f"{base_url}/kms/v1/keys/{key['id']}", headers=auth).status_code == 401
+    second = cli(url, "tokens", "create", principal_id).stdout.strip()
+    assert cli(url, "principals", "revoke", principal_id).returncode == 0
+    r = httpx.get(
+        f"{base_url}/kms/v1/keys/{key['id']}", headers={"Authorization": f"Bearer {second}"}
+    )
+    assert r.status_code == 401
+
+
+def test_secrets_are_refused_on_the_command_line() -> None:
+    for arg in ("--pin=1234", "--so-pin", "--token=abc"):
+        result = subprocess.run([KMS_HSM, arg, "serve"], capture_output=True, text=True)
+        assert result.returncode == 2
+        assert "refused" in result.stderr and "1234" not in result.stderr
