@@ -15,7 +15,7 @@ from kms_hsm import __version__
 from kms_hsm.api.deps import MAX_BODY_BYTES
 from kms_hsm.api.errors import error_response, install_error_handlers
 from kms_hsm.api.openapi import install_openapi
-from kms_hsm.api.routes import access, crypto, keys
+from kms_hsm.api.routes import access, crypto, health, keys
 from kms_hsm.config import Settings
 from kms_hsm.service.runtime import Runtime
 
@@ -87,5 +87,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(access.router)
     app.include_router(crypto.router)
     app.include_router(keys.router)
+    app.include_router(health.router)
     install_openapi(app)
     return app

@@ -92,6 +92,19 @@ class Keyring:
         self._root_key_id = chosen
         return chosen
 
+    @property
+    def database(self) -> Database:
+        """The metadata database this keyring reads material from."""
+        return self._db
+
+    def self_test(self) -> None:
+        """Encrypt and decrypt a fresh value under the root key in the token."""
+        nonce = self._rng(env.NONCE_BYTES)
+        probe = self._rng(16)
+        sealed = self._hsm.encrypt(self._root_object_id(), nonce, probe, b"kms-hsm readiness")
+        if self._hsm.decrypt(self._root_object_id(), nonce, sealed, b"kms-hsm readiness") != probe:
+            raise Internal(log_detail="root key round-trip returned other bytes")
+
     def service_secret(self, name: str, length: int = 32) -> bytes:
         """A secret of the service, kept in the database wrapped by the root key.
 

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from kms_hsm.audit.log import AuditLog
 from kms_hsm.config import Settings, write_secret_file
@@ -129,6 +129,7 @@ class Runtime:
             settings.token_label,
             settings.read_pin(),
             pool_size=settings.pool_size,
+            lease_timeout=settings.call_timeout,
             startup_timeout=settings.hsm_startup_timeout,
         )
         try:
@@ -157,6 +158,15 @@ class Runtime:
             audit=audit,
             scheduler=Scheduler(keys, settings.scheduler_interval),
         )
+
+    def check_database(self) -> None:
+        """A query round-trip to the metadata database."""
+        with self.keyring.database.read() as session:
+            session.execute(text("SELECT 1"))
+
+    def check_hsm(self) -> None:
+        """A real AES-GCM round-trip under the root key, inside the token."""
+        self.keyring.self_test()
 
     def close(self) -> None:
         """Stop the scheduler, close the HSM sessions, then the database."""

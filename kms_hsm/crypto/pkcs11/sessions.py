@@ -219,7 +219,7 @@ class SessionManager:
                 library.finalize_module(self._module_path, force=force)
         self._lib = None
 
-    def _reinitialize(self, seen_generation: int) -> None:
+    def _reinitialize(self, seen_generation: int, cause: str) -> None:
         """Finalise and reopen everything, unless another thread already did."""
         with self._lock:
             if self._generation != seen_generation and self._up:
@@ -227,6 +227,7 @@ class SessionManager:
             now = time.monotonic()
             if not self._up and now - self._last_failed_reinit < self._reinit_interval:
                 raise BackendUnavailable(log_detail="HSM down; waiting before the next reinit")
+            log.warning("PKCS#11 device fault (%s); reinitialising", cause)
             self._reinitializing = True
             try:
                 # Never finalise under a call in flight: SoftHSM frees state those calls use.
@@ -324,8 +325,7 @@ class SessionManager:
                     raise to_kms_error(exc, decrypting=decrypting) from None
                 self.stats.retries += 1
                 if kind is FailureKind.DEVICE:
-                    log.warning("PKCS#11 device fault (%s); reinitialising", type(exc).__name__)
-                    self._reinitialize(generation)
+                    self._reinitialize(generation, type(exc).__name__)
         raise AssertionError("unreachable")
 
 

@@ -1,0 +1,143 @@
+"""HSM outages injected at the PKCS#11 boundary by a real module (tests/faults/*.c, built
+here with gcc) that forwards to SoftHSM2 and fails every call while a control file exists.
+The service must answer 503/14 quickly, keep serving cached software keys, report itself
+unready, and recover on its own, in the same process, once the fault clears."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import (
+    KMS_HSM,
+    REPO,
+    SOFTHSM_MODULE,
+    free_port,
+    init_token,
+    serve_env,
+    stop,
+    wait_until_serving,
+)
+
+FAULTS = {
+    "CKR_DEVICE_REMOVED": "0x32",
+    "CKR_SESSION_HANDLE_INVALID": "0xB3",
+    "CKR_TOKEN_NOT_PRESENT": "0xE0",
+}
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shim") / "libpkcs11-fault.so"
+    subprocess.run(
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-Wall",
+            "-Werror",
+            "-o",
+            str(out),
+            str(REPO / "tests" / "faults" / "pkcs11_fault_shim.c"),
+            "-ldl",
+        ],
+        check=True,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(shim, tmp_path_factory):
+    root = tmp_path_factory.mktemp("outage")
+    init_token(root / "token")
+    fault = root / "fault"
+    port = free_port()
+    env = serve_env(
+        root / "data",
+        port,
+        KMS_HSM_PKCS11_LIBRARY=str(shim),
+        KMS_HSM_FAULT_REAL_MODULE=SOFTHSM_MODULE,
+        KMS_HSM_FAULT_FILE=str(fault),
+        KMS_HSM_PIN_FILE=str(root / "token" / "user-pin"),
+        KMS_HSM_CALL_TIMEOUT="2",
+        SOFTHSM2_CONF=str(root / "token" / "softhsm2.conf"),
+    )
+    log = (root / "serve.log").open("wb")
+    proc = subprocess.Popen([KMS_HSM, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(proc, base_url)
+        token = (root / "data" / "admin-token").read_text().strip()
+        client = httpx.Client(
+            base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+        yield client, fault, root / "serve.log"
+        client.close()
+    finally:
+        stop(proc)
+        log.close()
+
+
+def _key(client: httpx.Client, algorithm: str) -> str:
+    r = client.post("/kms/v1/keys", json={"folderId": "b1g", "defaultAlgorithm": algorithm})
+    assert r.status_code == 200, r.text
+    return r.json()["response"]["id"]
+
+
+def _encrypt(client: httpx.Client, key_id: str) -> httpx.Response:
+    return client.post(f"/kms/v1/keys/{key_id}:encrypt", json={"plaintext": "aGVsbG8="})
+
+
+@pytest.mark.parametrize("fault_name", list(FAULTS))
+def test_outage_gives_fast_503_then_recovers_in_process(server, fault_name) -> None:
+    client, fault, log = server
+    hsm_key, soft_key = _key(client, "AES_256_HSM"), _key(client, "AES_256")
+    before = _encrypt(client, hsm_key)
+    assert before.status_code == 200
+    old_ciphertext = before.json()["ciphertext"]
+    assert _encrypt(client, soft_key).status_code == 200  # its material is now cached
+    worker = before.headers["x-kms-worker"]
+    assert client.get("/readyz").status_code == 200
+
+    fault.write_text(FAULTS[fault_name])
+    try:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            r = _encrypt(client, hsm_key)
+            assert r.status_code == 503, r.text
+            assert r.json()["code"] == 14
+            assert time.monotonic() - started < 2.0  # the configured call timeout
+            gdk = client.post(
+                f"/kms/v1/keys/{hsm_key}:generateDataKey", json={"dataKeySpec": "AES_256_HSM"}
+            )
+            assert gdk.status_code == 503
+            assert _encrypt(client, soft_key).status_code == 200
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["database"] == "ok"
+        assert ready.json()["checks"]["hsm"] != "ok"
+    finally:
+        fault.unlink()
+
+    cleared = time.monotonic()
+    while True:
+        r = _encrypt(client, hsm_key)
+        if r.status_code == 200:
+            break
+        assert r.status_code == 503
+        assert time.monotonic() - cleared < 5, "not recovered within 5 s"
+        time.sleep(0.05)
+    assert r.headers["x-kms-worker"] == worker  # same process, no restart
+    opened = client.post(f"/kms/v1/keys/{hsm_key}:decrypt", json={"ciphertext": old_ciphertext})
+    assert base64.b64decode(opened.json()["plaintext"]) == b"hello"
+    assert client.get("/readyz").status_code == 200
+    text = log.read_text()
+    assert "HSM reinitialised" in text
+    assert "Traceback" not in text
