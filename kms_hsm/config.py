@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     tls_client_ca: Path | None = None
     # Audit events are also appended here as JSON lines (the database keeps the chain).
     audit_log_file: Path | None = None
+    # Seconds a token object must stay without a database row before it is destroyed.
+    orphan_grace: float = Field(default=60.0, ge=0)
     log_level: str = "INFO"
 
     @property

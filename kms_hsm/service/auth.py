@@ -33,6 +33,11 @@ class Principal:
     name: str
 
 
+def new_token() -> str:
+    """A fresh bearer token: 256 random bits."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
 def token_hash(token: str) -> str:
     """SHA-256 hex of a token string; what the database keeps."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
@@ -79,7 +84,7 @@ class AuthService:
 
     def issue_token(self, principal_id: str, expires_at: datetime | None = None) -> tuple[str, str]:
         """A new bearer token for ``principal_id``: (token, token id). Shown once, stored hashed."""
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = new_token()
         token_id = new_id("tok")
         with self._db.write() as session:
             principal = session.get(PrincipalRow, principal_id)

@@ -16,18 +16,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from kms_hsm.crypto.pkcs11.hsm import ROOT_KEY_PREFIX, HsmCrypto
 from kms_hsm.crypto.software import MaterialCache, SoftwareKey
 from kms_hsm.domain import envelope as env
 from kms_hsm.domain.ids import new_id
-from kms_hsm.domain.model import Algorithm, KeyVersion
+from kms_hsm.domain.model import Algorithm, KeyVersion, VersionStatus
 from kms_hsm.errors import DecryptionFailed, Internal, InvalidArgument
 from kms_hsm.store import repository
 from kms_hsm.store.engine import Database
 from kms_hsm.store.repository import StoredVersion
-from kms_hsm.store.tables import RootKeyRow, ServiceSecretRow
+from kms_hsm.store.tables import KeyVersionRow, RootKeyRow, ServiceSecretRow
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class Keyring:
     def create_material(self, key_id: str, version_id: str, algorithm: Algorithm) -> NewMaterial:
         """Make material for a new version; HSM keys are born in the token."""
         if algorithm.hosted_by_hsm:
-            self._hsm.generate_key(version_id.encode())
+            self._hsm.generate_key(version_id.encode(), self._object_label(version_id))
             return NewMaterial(None, None)
         material = self._rng(algorithm.key_bytes)
         nonce = self._rng(env.NONCE_BYTES)
@@ -162,6 +163,38 @@ class Keyring:
             self._root_object_id(), nonce, material, _material_aad(key_id, version_id)
         )
         return NewMaterial(nonce + sealed, self._root_key_id)
+
+    def _object_label(self, version_id: str) -> str:
+        # The label names this deployment (its root key), so that reconciliation never
+        # touches objects of another deployment that happens to share the token.
+        return f"{self._label_prefix()}{version_id}"
+
+    def _label_prefix(self) -> str:
+        return f"kms-hsm/{self._root_key_id}/"
+
+    def orphan_objects(self) -> set[bytes]:
+        """This deployment's version objects that no live database row accounts for.
+
+        Versions marked DESTROYED whose object is still there count as orphans too.
+        """
+        ours = set(self._hsm.find_key_ids(self._label_prefix()))
+        if not ours:
+            return set()
+        with self._db.read() as session:
+            live = {
+                v.encode()
+                for v in session.scalars(
+                    select(KeyVersionRow.id).where(
+                        KeyVersionRow.hosted_by_hsm.is_(True),
+                        KeyVersionRow.status != int(VersionStatus.DESTROYED),
+                    )
+                )
+            }
+        return ours - live
+
+    def destroy_objects(self, object_ids: set[bytes]) -> int:
+        """Destroy token objects by ``CKA_ID``; returns how many existed."""
+        return sum(1 for object_id in object_ids if self._hsm.destroy_key(object_id))
 
     def forget(self, version_id: str) -> None:
         """Drop a version's cached software material (it was scheduled or destroyed)."""

@@ -14,21 +14,28 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 
 from kms_hsm.audit.log import AuditLog
 from kms_hsm.config import Settings, write_secret_file
 from kms_hsm.crypto.pkcs11.hsm import HsmCrypto
 from kms_hsm.crypto.pkcs11.sessions import SessionManager
 from kms_hsm.crypto.software import MaterialCache
+from kms_hsm.domain.ids import PRINCIPAL_PREFIX, new_id
 from kms_hsm.errors import BackendUnavailable
-from kms_hsm.service.access import AccessService, Binding, Resource
-from kms_hsm.service.auth import AuthService
+from kms_hsm.service.access import AccessService
+from kms_hsm.service.auth import AuthService, new_token, token_hash
 from kms_hsm.service.crypto import CryptoService
 from kms_hsm.service.keyring import Keyring
 from kms_hsm.service.keys import Clock, KeyService, utc_now
 from kms_hsm.service.scheduler import Scheduler
-from kms_hsm.store.engine import Database, make_engine, upgrade_schema
+from kms_hsm.store.engine import (
+    Database,
+    make_engine,
+    serialize_with_migrations,
+    upgrade_schema,
+)
+from kms_hsm.store.tables import AccessBindingRow, PrincipalRow, TokenRow
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +95,40 @@ def prepare(settings: Settings) -> None:
 
 
 def bootstrap_admin(settings: Settings, engine: Engine) -> None:
-    """On first start, create an admin principal and write its token to a 0600 file."""
-    auth = AuthService(Database(engine))
-    if auth.has_principals():
-        return
-    principal = auth.create_principal("admin")
-    AccessService(Database(engine)).update_bindings(
-        Resource("instance", "*"),
-        [("ADD", Binding("kms.admin", "serviceAccount", principal.id))],
-        "system",
-    )
-    token, _token_id = auth.issue_token(principal.id)
-    write_secret_file(settings.admin_token_file, token)
+    """On first start, create an admin principal and write its token to a 0600 file.
+
+    One transaction under the migration lock, so that replicas starting together create
+    exactly one admin.
+    """
+    db = Database(engine)
+    with db.write() as session:
+        serialize_with_migrations(session)
+        if session.scalars(select(PrincipalRow.id).limit(1)).first() is not None:
+            return
+        now = utc_now()
+        admin = PrincipalRow(id=new_id(PRINCIPAL_PREFIX), name="admin", created_at=now)
+        session.add(admin)
+        session.flush()
+        session.add(
+            AccessBindingRow(
+                resource_type="instance",
+                resource_id="*",
+                role_id="kms.admin",
+                subject_type="serviceAccount",
+                subject_id=admin.id,
+                created_at=now,
+            )
+        )
+        token = new_token()
+        session.add(
+            TokenRow(
+                id=new_id("tok"),
+                principal_id=admin.id,
+                token_sha256=token_hash(token),
+                created_at=now,
+            )
+        )
+        write_secret_file(settings.admin_token_file, token)
     log.info("first admin token written to %s (mode 0600)", settings.admin_token_file)
 
 
@@ -156,7 +185,7 @@ class Runtime:
             auth=AuthService(db, clock),
             access=AccessService(db, audit, clock),
             audit=audit,
-            scheduler=Scheduler(keys, settings.scheduler_interval),
+            scheduler=Scheduler(keys, keyring, settings.scheduler_interval, settings.orphan_grace),
         )
 
     def check_database(self) -> None:

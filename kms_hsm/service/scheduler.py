@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kms_hsm.errors import KmsError
+from kms_hsm.service.keyring import Keyring
 from kms_hsm.service.keys import KeyService
 
 log = logging.getLogger(__name__)
@@ -28,11 +31,44 @@ class PassResult:
 class Scheduler:
     """Runs ``run_once`` every ``interval`` seconds on a daemon thread."""
 
-    def __init__(self, keys: KeyService, interval: float) -> None:
+    def __init__(
+        self,
+        keys: KeyService,
+        keyring: Keyring,
+        interval: float,
+        orphan_grace: float = 60.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._keys = keys
+        self._keyring = keyring
         self._interval = interval
+        self._orphan_grace = orphan_grace
+        self._monotonic = monotonic
+        # Objects seen without a row, and when: a create in another process may be about
+        # to commit its row, so an object is destroyed only if still orphaned after the grace.
+        self._orphans_seen: dict[bytes, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def reconcile_orphans(self) -> list[bytes]:
+        """Destroy token objects that stayed without a database row for the grace period."""
+        now = self._monotonic()
+        current = self._keyring.orphan_objects()
+        self._orphans_seen = {o: self._orphans_seen.get(o, now) for o in current}
+        due = {o for o, first in self._orphans_seen.items() if now - first >= self._orphan_grace}
+        if not due:
+            return []
+        # Look again right before destroying: a row may have committed meanwhile.
+        due &= self._keyring.orphan_objects()
+        self._keyring.destroy_objects(due)
+        for object_id in sorted(due):
+            self._orphans_seen.pop(object_id, None)
+            log.warning(
+                "reconciled: destroyed HSM object %s that had no database row "
+                "(left by an interrupted create or destroy)",
+                object_id.decode("ascii", "replace"),
+            )
+        return sorted(due)
 
     def run_once(self) -> PassResult:
         """Rotate every due key and destroy every due version, now."""
@@ -44,6 +80,10 @@ class Scheduler:
             except KmsError as exc:
                 log.warning("scheduled rotation of %s failed: %s", key_id, exc.message)
         destroyed = [v.id for v in self._keys.destroy_due_versions()]
+        try:
+            self.reconcile_orphans()
+        except KmsError as exc:
+            log.warning("orphan reconciliation skipped: %s", exc.message)
         return PassResult(rotated, destroyed)
 
     def start(self) -> None:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,6 +18,8 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
 _IMMEDIATE = "kms_hsm_immediate"
+# PostgreSQL advisory lock id for schema changes and first-start bootstrap ("kmshsm").
+_MIGRATION_LOCK = 0x6B6D7368736D
 
 
 def make_engine(url: str) -> Engine:
@@ -97,6 +99,15 @@ def upgrade_schema(engine: Engine) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as connection:
+    # Replicas may start at once: one migrates, the others wait and find nothing to do.
+    with engine.execution_options(**{_IMMEDIATE: True}).begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def serialize_with_migrations(session: Session) -> None:
+    """Inside a write transaction: wait for (and exclude) a concurrent schema migration."""
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        session.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))

@@ -77,7 +77,7 @@ class HsmCrypto:
     def __init__(self, sessions: SessionManager) -> None:
         self._sessions = sessions
 
-    def generate_key(self, object_id: bytes) -> None:
+    def generate_key(self, object_id: bytes, label: str | None = None) -> None:
         """Create a persistent, sensitive, never-extractable AES-256 key with ``CKA_ID``."""
 
         def op(pooled: PooledSession) -> None:
@@ -85,7 +85,7 @@ class HsmCrypto:
                 KeyType.AES,
                 256,
                 id=object_id,
-                label=object_id.decode("ascii", "replace"),
+                label=label or object_id.decode("ascii", "replace"),
                 store=True,
                 capabilities=_KEY_CAPABILITIES,
                 template=_TOKEN_KEY_TEMPLATE,
@@ -109,15 +109,14 @@ class HsmCrypto:
 
         return self._sessions.run(op)
 
-    def find_key_ids(self, prefix: bytes = b"") -> list[bytes]:
-        """The ``CKA_ID`` of every secret key in the token that starts with ``prefix``."""
+    def find_key_ids(self, label_prefix: str = "") -> list[bytes]:
+        """The ``CKA_ID`` of every secret key whose ``CKA_LABEL`` starts with ``label_prefix``."""
 
         def op(pooled: PooledSession) -> list[bytes]:
             ids = []
             for obj in pooled.session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}):
-                object_id = bytes(obj[Attribute.ID])
-                if object_id.startswith(prefix):
-                    ids.append(object_id)
+                if str(obj[Attribute.LABEL]).startswith(label_prefix):
+                    ids.append(bytes(obj[Attribute.ID]))
             return ids
 
         return self._sessions.run(op)
