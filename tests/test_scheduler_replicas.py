@@ -7,14 +7,11 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from kms_hsm.config import Settings
 from kms_hsm.domain.model import Algorithm
@@ -22,27 +19,10 @@ from kms_hsm.service.keys import KeySpec
 from kms_hsm.service.runtime import Runtime, prepare
 from tests.conftest import REPO, SteppingClock
 
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'shared.db'}"
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    schema = f"kms_test_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(PG_URL)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required: {exc}")
-    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    engine.dispose()
 
 
 def _run_two_schedulers(token_dir: Path, url: str, tmp_path: Path) -> list[dict]:

@@ -21,6 +21,7 @@ log = logging.getLogger("kms_hsm")
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from kms_hsm.api.protocol import HTTP_PROTOCOL
     from kms_hsm.service.runtime import Runtime, prepare
 
     # Workers are spawned and read their settings from the environment.
@@ -65,6 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=settings.workers,
         log_level=settings.log_level.lower(),
         access_log=False,
+        http=HTTP_PROTOCOL,
         **tls,
     )
     return 0

@@ -227,7 +227,7 @@ class SessionManager:
             now = time.monotonic()
             if not self._up and now - self._last_failed_reinit < self._reinit_interval:
                 raise BackendUnavailable(log_detail="HSM down; waiting before the next reinit")
-            log.warning("PKCS#11 device fault (%s); reinitialising", cause)
+            log.warning("reinitialising PKCS#11 (%s)", cause)
             self._reinitializing = True
             try:
                 # Never finalise under a call in flight: SoftHSM frees state those calls use.
@@ -308,7 +308,8 @@ class SessionManager:
         Raises:
             DecryptionFailed, KeyMaterialMissing, BackendUnavailable.
         """
-        for attempt in (1, 2):
+        missing_once = False
+        for attempt in (1, 2, 3):
             generation = self._generation
             try:
                 with self._lease() as pooled:
@@ -319,13 +320,20 @@ class SessionManager:
                 kind = failure_kind(exc, decrypting=decrypting)
                 if kind is FailureKind.INPUT:
                     raise to_kms_error(exc, decrypting=decrypting) from None
-                if attempt == 2:
-                    if isinstance(exc, p11.NoSuchKey):
+                missing = isinstance(exc, p11.NoSuchKey)
+                if attempt == 3 or (kind is FailureKind.DEVICE and attempt == 2):
+                    if missing:
                         raise KeyMaterialMissing(log_detail=str(exc)) from None
                     raise to_kms_error(exc, decrypting=decrypting) from None
                 self.stats.retries += 1
                 if kind is FailureKind.DEVICE:
                     self._reinitialize(generation, type(exc).__name__)
+                elif missing and missing_once:
+                    # SoftHSM2's file store can miss an object that another process made
+                    # while this one was writing too (its generation counter is not
+                    # atomic across processes); reloading the module re-reads the store.
+                    self._reinitialize(generation, "key object not visible; reloading")
+                missing_once = missing_once or missing
         raise AssertionError("unreachable")
 
 
