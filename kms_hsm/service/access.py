@@ -37,12 +37,14 @@ from sqlalchemy.orm import Session
 from kms_hsm.audit.log import AuditEvent, AuditLog
 from kms_hsm.domain import validation
 from kms_hsm.errors import InvalidArgument, NotFound, PermissionDenied
+from kms_hsm.service.cache import StateCache
 from kms_hsm.service.context import CallContext, as_context
 from kms_hsm.service.keys import Clock, utc_now
 from kms_hsm.service.operations import finished_operation
 from kms_hsm.store import repository
 from kms_hsm.store.engine import Database
 from kms_hsm.store.repository import StoredOperation
+from kms_hsm.store.state import StateWatch, bump_state
 from kms_hsm.store.tables import AccessBindingRow, KeyRow
 
 
@@ -158,14 +160,31 @@ def check_binding(binding: Binding) -> Binding:
 class AccessService:
     """Stores bindings and answers "may this principal do that here?"."""
 
-    def __init__(self, db: Database, audit: AuditLog | None = None, clock: Clock = utc_now) -> None:
+    def __init__(
+        self,
+        db: Database,
+        audit: AuditLog | None = None,
+        clock: Clock = utc_now,
+        watch: StateWatch | None = None,
+    ) -> None:
         self._db = db
         self._audit = audit
         self._clock = clock
+        self._granted: StateCache[frozenset[Permission]] = StateCache(watch)
+        self._folders: StateCache[tuple[str, bool]] = StateCache(watch)
 
-    def permissions(self, principal_id: str, resources: Iterable[Resource]) -> set[Permission]:
+    def permissions(
+        self, principal_id: str, resources: Iterable[Resource]
+    ) -> frozenset[Permission]:
         """Everything ``principal_id`` may do through bindings on any of ``resources``."""
-        places = [(r.type, r.id) for r in resources] + [INSTANCE]
+        places = tuple([(r.type, r.id) for r in resources] + [INSTANCE])
+        return self._granted.get(
+            (principal_id, places), lambda: self._load_permissions(principal_id, places)
+        )
+
+    def _load_permissions(
+        self, principal_id: str, places: tuple[tuple[str, str], ...]
+    ) -> frozenset[Permission]:
         with self._db.read() as session:
             roles = session.scalars(
                 select(AccessBindingRow.role_id).where(
@@ -183,17 +202,15 @@ class AccessService:
         granted: set[Permission] = set()
         for role in roles:
             granted |= ROLE_PERMISSIONS.get(role, frozenset())
-        return granted
+        return frozenset(granted)
 
     def authorize_key(
         self, principal_id: str, permission: Permission, key_id: str, *, deleted_too: bool = False
     ) -> None:
         """Allow, or raise NotFound (no role at all) / PermissionDenied (some role)."""
-        with self._db.read() as session:
-            row = session.get(KeyRow, key_id)
-            if row is None or (row.deleted_at is not None and not deleted_too):
-                raise NotFound(f"key {key_id} not found")
-            folder_id = row.folder_id
+        folder_id, deleted = self._folders.get(key_id, lambda: self._load_folder(key_id))
+        if deleted and not deleted_too:
+            raise NotFound(f"key {key_id} not found")
         granted = self.permissions(
             principal_id, [Resource("key", key_id), Resource("folder", folder_id)]
         )
@@ -202,6 +219,13 @@ class AccessService:
         if not granted:
             raise NotFound(f"key {key_id} not found")
         raise PermissionDenied(f"permission denied: {permission.value} on key {key_id}")
+
+    def _load_folder(self, key_id: str) -> tuple[str, bool]:
+        with self._db.read() as session:
+            row = session.get(KeyRow, key_id)
+            if row is None:
+                raise NotFound(f"key {key_id} not found")
+            return row.folder_id, row.deleted_at is not None
 
     def authorize_folder(self, principal_id: str, permission: Permission, folder_id: str) -> None:
         """Allow a folder-level action (Create, List), or raise PermissionDenied."""
@@ -277,6 +301,7 @@ class AccessService:
             return self._record(session, resource, "UpdateAccessBindings", by, now)
 
     def _lock(self, session: Session, resource: Resource) -> None:
+        bump_state(session)
         # Key bindings change under the key's lock, like every other change to the key.
         if resource.type == "key":
             repository.get_key_row(session, resource.id, for_update=not self._db.is_sqlite)

@@ -16,9 +16,11 @@ from sqlalchemy import select
 
 from kms_hsm.domain.ids import PRINCIPAL_PREFIX, new_id
 from kms_hsm.errors import NotFound, Unauthenticated
+from kms_hsm.service.cache import StateCache
 from kms_hsm.service.keys import Clock, utc_now
 from kms_hsm.store import repository
 from kms_hsm.store.engine import Database
+from kms_hsm.store.state import StateWatch, bump_state
 from kms_hsm.store.tables import PrincipalRow, TokenRow
 
 TOKEN_PREFIX = "kmsh1_"  # noqa: S105 - a format marker, not a secret
@@ -66,9 +68,12 @@ class PrincipalInfo:
 class AuthService:
     """Issues tokens and turns a presented token into a ``Principal``."""
 
-    def __init__(self, db: Database, clock: Clock = utc_now) -> None:
+    def __init__(
+        self, db: Database, clock: Clock = utc_now, watch: StateWatch | None = None
+    ) -> None:
         self._db = db
         self._clock = clock
+        self._known: StateCache[tuple[Principal, datetime | None]] = StateCache(watch)
 
     def has_principals(self) -> bool:
         """True once any principal exists."""
@@ -108,6 +113,7 @@ class AuthService:
             if row is None:
                 raise NotFound(f"token {token_id} not found")
             row.revoked_at = row.revoked_at or self._clock()
+            bump_state(session)
 
     def revoke_principal(self, principal_id: str) -> None:
         """Disable a principal and revoke all its tokens."""
@@ -117,6 +123,7 @@ class AuthService:
             if principal is None:
                 raise NotFound(f"principal {principal_id} not found")
             principal.disabled_at = principal.disabled_at or now
+            bump_state(session)
             for row in session.scalars(
                 select(TokenRow).where(TokenRow.principal_id == principal_id)
             ):
@@ -154,15 +161,20 @@ class AuthService:
         if scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN_CHARS:
             raise Unauthenticated("malformed Authorization header: use Bearer <token>")
         digest = token_hash(token)
+        principal, expires_at = self._known.get(digest, lambda: self._load_token(digest))
+        if expires_at is not None and expires_at <= self._clock():
+            raise Unauthenticated("token is invalid or has expired")
+        return principal
+
+    def _load_token(self, digest: str) -> tuple[Principal, datetime | None]:
         with self._db.read() as session:
             row = repository.find_token(session, digest)
             # The lookup is by hash; the compare is constant-time anyway.
             if row is None or not hmac.compare_digest(row.token_sha256, digest):
                 raise Unauthenticated("token is invalid or has expired")
-            now = self._clock()
-            if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
+            if row.revoked_at is not None:
                 raise Unauthenticated("token is invalid or has expired")
             principal = session.get(PrincipalRow, row.principal_id)
             if principal is None or principal.disabled_at is not None:
                 raise Unauthenticated("token is invalid or has expired")
-            return Principal(principal.id, principal.name)
+            return Principal(principal.id, principal.name), row.expires_at

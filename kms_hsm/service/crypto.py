@@ -8,10 +8,12 @@ from kms_hsm.domain import envelope as env
 from kms_hsm.domain import validation
 from kms_hsm.domain.model import Algorithm, Key, KeyStatus, VersionStatus
 from kms_hsm.errors import DecryptionFailed, FailedPrecondition, InvalidArgument, NotFound
+from kms_hsm.service.cache import StateCache
 from kms_hsm.service.keyring import Keyring, check_data_key_spec
 from kms_hsm.store import repository
 from kms_hsm.store.engine import Database
 from kms_hsm.store.repository import StoredVersion
+from kms_hsm.store.state import StateWatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +66,15 @@ def _check_usable(key: Key, stored: StoredVersion) -> None:
 class CryptoService:
     """The data plane; every call reads key state from the database (effective on commit)."""
 
-    def __init__(self, db: Database, keyring: Keyring) -> None:
+    def __init__(self, db: Database, keyring: Keyring, watch: StateWatch | None = None) -> None:
         self._db = db
         self._keyring = keyring
+        self._keys: StateCache[tuple[Key, StoredVersion]] = StateCache(watch)
 
     def _load(self, key_id: str, version_id: str | None) -> tuple[Key, StoredVersion]:
+        return self._keys.get((key_id, version_id), lambda: self._read(key_id, version_id))
+
+    def _read(self, key_id: str, version_id: str | None) -> tuple[Key, StoredVersion]:
         with self._db.read() as session:
             return repository.get_key_and_version(session, key_id, version_id)
 

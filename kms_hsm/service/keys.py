@@ -31,6 +31,7 @@ from kms_hsm.service.paging import PageTokens, check_page_size
 from kms_hsm.store import repository
 from kms_hsm.store.engine import Database
 from kms_hsm.store.repository import Cursor, StoredOperation
+from kms_hsm.store.state import bump_state
 from kms_hsm.store.tables import KeyRow, KeyVersionRow
 
 log = logging.getLogger(__name__)
@@ -569,6 +570,8 @@ class KeyService:
                 row.status = int(VersionStatus.DESTROYED)
                 row.wrapped_material = None
                 destroyed.append(_version_row(row, None))
+            if destroyed:
+                bump_state(session)
         for version in destroyed:
             self._keyring.discard_material(version)
             log.info("destroyed version %s of key %s", version.id, version.key_id)
@@ -593,6 +596,7 @@ class KeyService:
     def _lock_key(self, session: Session, key_id: str) -> KeyRow:
         row = repository.get_key_row(session, key_id, for_update=not self._db.is_sqlite)
         row.revision += 1
+        bump_state(session)
         return row
 
     @staticmethod

@@ -35,6 +35,7 @@ from kms_hsm.store.engine import (
     serialize_with_migrations,
     upgrade_schema,
 )
+from kms_hsm.store.state import StateWatch
 from kms_hsm.store.tables import AccessBindingRow, PrincipalRow, TokenRow
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ class Runtime:
             engine.dispose()
             raise
         audit = AuditLog(db, settings.audit_log_file)
+        watch = StateWatch(engine)
         keys = KeyService(db, keyring, clock, audit)
         return cls(
             settings=settings,
@@ -181,9 +183,9 @@ class Runtime:
             sessions=sessions,
             keyring=keyring,
             keys=keys,
-            crypto=CryptoService(db, keyring),
-            auth=AuthService(db, clock),
-            access=AccessService(db, audit, clock),
+            crypto=CryptoService(db, keyring, watch),
+            auth=AuthService(db, clock, watch),
+            access=AccessService(db, audit, clock, watch),
             audit=audit,
             scheduler=Scheduler(keys, keyring, settings.scheduler_interval, settings.orphan_grace),
         )

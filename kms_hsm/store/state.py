@@ -1,0 +1,63 @@
+"""The state version: one counter that every authoritative change bumps.
+
+Keys, versions, access bindings, principals and tokens change rarely; crypto calls read
+them constantly. Every transaction that changes one of them bumps ``state_version`` in the
+same transaction, and each process checks the counter (one primary-key read on its own
+autocommit connection) before trusting what it cached. So caches never outlive a commit,
+in this process or any other replica: state changes stay effective on commit.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, update
+from sqlalchemy.orm import Session
+
+from kms_hsm.store.tables import StateVersionRow
+
+
+def bump_state(session: Session) -> None:
+    """Inside a write transaction: mark that cached state is now stale everywhere."""
+    session.execute(
+        update(StateVersionRow)
+        .where(StateVersionRow.id == 1)
+        .values(version=StateVersionRow.version + 1)
+    )
+
+
+class StateWatch:
+    """Reads the state version cheaply: a raw autocommit connection per thread."""
+
+    _QUERY = "SELECT version FROM state_version WHERE id = 1"
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._local = threading.local()
+
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._engine.raw_connection()
+            if self._engine.dialect.name == "postgresql":
+                conn.rollback()
+                driver: Any = conn.driver_connection
+                driver.autocommit = True  # never sit on an old snapshot
+            self._local.conn = conn
+        return conn
+
+    def current(self) -> int:
+        """The committed state version now."""
+        conn = self._connection()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(self._QUERY)
+            row = cursor.fetchone()
+            cursor.close()
+        except Exception:
+            # A broken connection is replaced on the next call.
+            self._local.conn = None
+            conn.invalidate()
+            raise
+        return int(row[0]) if row else 0
