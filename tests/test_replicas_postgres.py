@@ -64,7 +64,9 @@ def test_two_replicas_share_keys_and_keep_one_primary(tmp_path: Path, postgres_u
                 if choice < 0.3:
                     r = client.post(f"/kms/v1/keys/{key_id}:rotate")
                 elif choice < 0.6:
-                    versions = client.get(f"/kms/v1/keys/{key_id}/versions").json()["keyVersions"]
+                    versions = client.get(
+                        f"/kms/v1/keys/{key_id}/versions", params={"pageSize": 1000}
+                    ).json()["keyVersions"]
                     r = client.post(
                         f"/kms/v1/keys/{key_id}:setPrimaryVersion",
                         json={"versionId": rng.choice(versions)["id"]},
@@ -86,7 +88,9 @@ def test_two_replicas_share_keys_and_keep_one_primary(tmp_path: Path, postgres_u
             w.join()
         assert errors == []
         for client in (a, b):
-            versions = client.get(f"/kms/v1/keys/{key_id}/versions").json()["keyVersions"]
+            versions = client.get(
+                f"/kms/v1/keys/{key_id}/versions", params={"pageSize": 1000}
+            ).json()["keyVersions"]
             primaries = [v["id"] for v in versions if v.get("primary")]
             assert len(primaries) == 1
             assert (

@@ -109,6 +109,10 @@ async def handle(request: Request, method: str, work: Work, *, key_id: str = "")
     return Response(wire.dumps(message), media_type="application/json")
 
 
+def _storable(value: str) -> str:
+    return value[:64].replace("\x00", "\ufffd")
+
+
 def _event(
     rt: Runtime,
     request: Request,
@@ -122,8 +126,9 @@ def _event(
         time=rt.keys.clock(),
         principal_id=principal_id,
         method=method,
-        key_id=(call.key_id if call else "") or key_id,
-        version_id=call.version_id if call else "",
+        # Ids of refused requests come straight from the caller: keep them storable.
+        key_id=_storable((call.key_id if call else "") or key_id),
+        version_id=_storable(call.version_id if call else ""),
         outcome=outcome,
         request_id=request.state.request_id,
         source=_source(request),

@@ -28,7 +28,13 @@ def request_id(request: Request) -> str:
     return rid
 
 
-def error_response(request: Request, code: int, message: str, field: str | None = None) -> Response:
+def error_response(
+    request: Request,
+    code: int,
+    message: str,
+    field: str | None = None,
+    http_status: int | None = None,
+) -> Response:
     """A ``google.rpc.Status`` body with RequestInfo (and BadRequest for a named field)."""
     rid = request_id(request)
     details: list[dict[str, Any]] = [
@@ -44,7 +50,7 @@ def error_response(request: Request, code: int, message: str, field: str | None 
     body = {"code": code, "message": message, "details": details}
     return Response(
         wire.dumps(body),
-        status_code=status.http_status(code),
+        status_code=http_status or status.http_status(code),
         media_type="application/json",
         headers={"x-request-id": rid},
     )
@@ -85,6 +91,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code = _CODE_BY_HTTP.get(exc.status_code, 2)
+        if exc.status_code == 405:
+            # The HTTP answer is 405 (the path exists, the method does not), with the
+            # gRPC code a transcoder gives an unknown method: 12 UNIMPLEMENTED.
+            return error_response(request, 12, "method not allowed on this path", None, 405)
         return error_response(request, code, str(exc.detail))
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:

@@ -170,7 +170,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         operation["operationId"] = OPERATION_IDS[(method, path)]
         if request is not None:
             operation["requestBody"] = {
-                "required": True,
+                # proto3: an empty body is every field at its default (then checked).
+                "required": False,
                 "content": {"application/json": {"schema": _ref(request)}},
             }
         params = [p for p in operation.get("parameters", []) if p.get("in") == "path"]

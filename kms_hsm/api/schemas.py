@@ -55,7 +55,7 @@ class SymmetricEncryptRequest(Message):
     versionId: str | None = Field(default=None, max_length=50)
     aadContext: str | None = _bytes("Additional authenticated data", 8192)
     plaintext: str = Field(
-        description="Plaintext, 1..32768 bytes", json_schema_extra={"format": "byte"}
+        min_length=1, description="Plaintext, 1..32768 bytes", json_schema_extra={"format": "byte"}
     )
 
 
@@ -71,7 +71,7 @@ class SymmetricDecryptRequest(Message):
     """Body of :decrypt (the version comes from the ciphertext)."""
 
     aadContext: str | None = _bytes("The aadContext given at encryption", 8192)
-    ciphertext: str = Field(json_schema_extra={"format": "byte"})
+    ciphertext: str = Field(min_length=1, json_schema_extra={"format": "byte"})
 
 
 class SymmetricDecryptResponse(Message):
@@ -87,9 +87,9 @@ class SymmetricReEncryptRequest(Message):
 
     versionId: str | None = Field(default=None, max_length=50)
     aadContext: str | None = _bytes("AAD for the new ciphertext", 8192)
-    sourceKeyId: str = Field(max_length=50)
+    sourceKeyId: str = Field(min_length=1, max_length=50)
     sourceAadContext: str | None = _bytes("AAD of the source ciphertext", 8192)
-    ciphertext: str = Field(json_schema_extra={"format": "byte"})
+    ciphertext: str = Field(min_length=1, json_schema_extra={"format": "byte"})
 
 
 class SymmetricReEncryptResponse(Message):
@@ -153,7 +153,7 @@ class SymmetricKey(Message):
 class CreateSymmetricKeyRequest(Message):
     """Body of Create."""
 
-    folderId: str = Field(max_length=50)
+    folderId: str = Field(min_length=1, max_length=50)
     name: str | None = Field(default=None, max_length=100)
     description: str | None = Field(default=None, max_length=1024)
     labels: dict[str, str] | None = Field(default=None, max_length=64)
@@ -165,7 +165,7 @@ class CreateSymmetricKeyRequest(Message):
 class UpdateSymmetricKeyRequest(Message):
     """Body of Update; ``updateMask`` is a comma-separated list of camelCase paths."""
 
-    updateMask: str = Field(json_schema_extra={"example": "name,rotationPeriod"})
+    updateMask: str = Field(min_length=1, json_schema_extra={"example": "name,rotationPeriod"})
     name: str | None = Field(default=None, max_length=100)
     description: str | None = Field(default=None, max_length=1024)
     status: KeyStatus | None = None
@@ -178,20 +178,20 @@ class UpdateSymmetricKeyRequest(Message):
 class SetPrimarySymmetricKeyVersionRequest(Message):
     """Body of :setPrimaryVersion."""
 
-    versionId: str = Field(max_length=50)
+    versionId: str = Field(min_length=1, max_length=50)
 
 
 class ScheduleSymmetricKeyVersionDestructionRequest(Message):
     """Body of :scheduleVersionDestruction; pendingPeriod defaults to 7 days."""
 
-    versionId: str = Field(max_length=50)
+    versionId: str = Field(min_length=1, max_length=50)
     pendingPeriod: str | None = _duration("86400s .. 31536000s")
 
 
 class CancelSymmetricKeyVersionDestructionRequest(Message):
     """Body of :cancelVersionDestruction."""
 
-    versionId: str = Field(max_length=50)
+    versionId: str = Field(min_length=1, max_length=50)
 
 
 class Any_(BaseModel):

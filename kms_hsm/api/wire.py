@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import json
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -41,8 +42,23 @@ class FieldError(InvalidArgument):
         super().__init__(f"{field}: {problem}")
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise FieldError(name, "given twice")
+            seen.add(name)
+    return obj
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object; empty body means ``{}``."""
+    """The request body as a JSON object; empty body means ``{}``.
+
+    orjson parses (and bounds nesting); a second pass refuses duplicate member names, as
+    proto3 JSON parsers do, instead of silently keeping the last one.
+    """
     if not raw.strip():
         return {}
     try:
@@ -51,6 +67,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise InvalidArgument("request body is not valid JSON") from None
     if not isinstance(value, dict):
         raise InvalidArgument("request body must be a JSON object")
+    json.loads(raw, object_pairs_hook=_no_duplicates)
     return value
 
 
@@ -87,9 +104,7 @@ class Fields:
             raise FieldError(name, "must be a string")
         if required and not value:
             raise FieldError(name, "is required")
-        if max_len is not None and len(value) > max_len:
-            raise FieldError(name, f"must be at most {max_len} characters")
-        return value
+        return check_text(name, value, max_len)
 
     def bytes_(self, name: str, *, required: bool = False, max_len: int | None = None) -> bytes:
         """A base64 bytes field (b"" when absent)."""
@@ -138,6 +153,9 @@ class Fields:
             isinstance(k, str) and isinstance(v, str) for k, v in value.items()
         ):
             raise FieldError(name, "must be an object of string values")
+        for k, v in value.items():
+            check_text(name, k)
+            check_text(name, v)
         return dict(value)
 
     def duration(self, name: str) -> timedelta | None:
@@ -185,18 +203,32 @@ class Query:
         value = self._values.get(name, "")
         if required and not value:
             raise FieldError(name, "is required")
-        if max_len is not None and len(value) > max_len:
-            raise FieldError(name, f"must be at most {max_len} characters")
-        return value
+        return check_text(name, value, max_len)
 
     def integer(self, name: str) -> int:
         """An int64 parameter (0 when absent)."""
         value = self._values.get(name, "")
         if not value:
             return 0
-        if not re.fullmatch(r"-?\d{1,18}", value):
+        if not re.fullmatch(r"-?[0-9]{1,18}", value):
             raise FieldError(name, "must be an integer")
         return int(value)
+
+
+def check_text(field: str, value: str, max_len: int | None = None) -> str:
+    """A text value: within ``max_len`` characters and free of NUL (no database stores it)."""
+    if max_len is not None and len(value) > max_len:
+        raise FieldError(field, f"must be at most {max_len} characters")
+    if "\x00" in value:
+        raise FieldError(field, "must not contain NUL characters")
+    return value
+
+
+def path_id(field: str, value: str, max_len: int = 50) -> str:
+    """An id taken from the URL path: 1..max_len characters, no ':' and no NUL."""
+    if not value or ":" in value:
+        raise FieldError(field, f"must be 1..{max_len} characters without ':'")
+    return check_text(field, value, max_len)
 
 
 def field_mask(field: str, value: str, paths: Mapping[str, str]) -> frozenset[str]:

@@ -59,10 +59,18 @@ def check_algorithm(field: str, algorithm: Algorithm) -> Algorithm:
     return algorithm
 
 
+# The contract sets no maximum; ten years keeps every due date computable and storable.
+MAX_ROTATION_PERIOD = timedelta(days=3650)
+
+
 def check_rotation_period(period: timedelta | None) -> timedelta | None:
-    """A positive whole number of seconds, or None for no automatic rotation."""
+    """A positive whole number of seconds up to ten years, or None for no rotation."""
     if period is None:
         return None
     if period <= timedelta(0) or period.microseconds:
         raise InvalidArgument("rotationPeriod must be a positive whole number of seconds")
+    if period > MAX_ROTATION_PERIOD:
+        raise InvalidArgument(
+            f"rotationPeriod must be at most {int(MAX_ROTATION_PERIOD.total_seconds())}s"
+        )
     return period

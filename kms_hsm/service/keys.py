@@ -538,12 +538,15 @@ class KeyService:
                 .where(KeyRow.deleted_at.is_(None), KeyRow.rotation_period_seconds.is_not(None))
                 .order_by(KeyRow.rotated_at)
             ).all()
-        due = [
-            key_id
-            for key_id, rotated_at, created_at, seconds in rows
-            if seconds is not None
-            and (rotated_at or created_at) + timedelta(seconds=seconds) <= now
-        ]
+        due = []
+        for key_id, rotated_at, created_at, seconds in rows:
+            if seconds is None:
+                continue
+            try:
+                if (rotated_at or created_at) + timedelta(seconds=seconds) <= now:
+                    due.append(key_id)
+            except OverflowError:
+                continue  # a due date past year 9999 is never due
         return due[:limit]
 
     def destroy_due_versions(self, limit: int = 500) -> list[KeyVersion]:

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from kms_hsm.errors import BackendUnavailable
+from kms_hsm.errors import BackendUnavailable, InvalidArgument
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -56,6 +56,10 @@ def _unavailable_on_outage() -> Iterator[None]:
     """A database that cannot be reached (or is locked too long) is a 503, not a 500."""
     try:
         yield
+    except DataError as exc:
+        raise InvalidArgument(
+            "a value in the request cannot be stored", log_detail=str(exc.orig)
+        ) from None
     except (OperationalError, InterfaceError) as exc:
         raise BackendUnavailable(
             "the metadata database is temporarily unavailable, retry later",

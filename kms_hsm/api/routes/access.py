@@ -21,9 +21,7 @@ MAX_BINDINGS_TOKEN = 100
 
 
 def _resource_id(value: str) -> str:
-    if not value or len(value) > MAX_RESOURCE_ID or ":" in value:
-        raise wire.FieldError("resourceId", f"must be 1..{MAX_RESOURCE_ID} characters")
-    return value
+    return wire.path_id("resourceId", value, MAX_RESOURCE_ID)
 
 
 def _binding(field: str, value: Any) -> Binding:

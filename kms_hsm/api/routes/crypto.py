@@ -18,9 +18,7 @@ router = APIRouter(tags=["SymmetricCrypto"])
 
 def path_key_id(key_id: str) -> str:
     """The path's keyId, checked like a body field."""
-    if len(key_id) > MAX_ID:
-        raise wire.FieldError("keyId", f"must be at most {MAX_ID} characters")
-    return key_id
+    return wire.path_id("keyId", key_id, MAX_ID)
 
 
 @router.post("/kms/v1/keys/{keyId}:encrypt", summary="Encrypt plaintext with a key version")

@@ -86,9 +86,7 @@ def operation_json(op: StoredOperation) -> dict[str, Any]:
 
 
 def _check_path_id(field: str, value: str) -> str:
-    if not value or len(value) > MAX_ID or ":" in value:
-        raise wire.FieldError(field, f"must be 1..{MAX_ID} characters")
-    return value
+    return wire.path_id(field, value, MAX_ID)
 
 
 def _mutation(call: Call, op: StoredOperation) -> dict[str, Any]:
