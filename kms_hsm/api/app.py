@@ -5,18 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kms_hsm import __version__
 from kms_hsm.api.deps import MAX_BODY_BYTES
-from kms_hsm.api.errors import error_response, install_error_handlers
+from kms_hsm.api.errors import error_response, install_error_handlers, kms_error_response
 from kms_hsm.api.openapi import install_openapi
 from kms_hsm.api.routes import access, crypto, health, keys
 from kms_hsm.config import Settings
+from kms_hsm.errors import KmsError
 from kms_hsm.service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,42 @@ class RequestGuard:
                 ]
             await send(message)
 
+        fast = _fast_route(scope)
+        if fast is not None:
+            handler, key_id = fast
+            request = Request(scope, receive)
+            try:
+                response = await handler(key_id, request)
+            except KmsError as exc:
+                response = kms_error_response(request, exc)
+            except Exception:
+                log.exception("unhandled error in %s", scope["path"])
+                response = error_response(request, 13, "internal error")
+            await response(scope, receive, send_with_headers)
+            return
         await self.app(scope, receive, send_with_headers)
+
+
+# The data plane skips FastAPI's router and dependency machinery: these handlers parse
+# their own bodies and raise KmsError, rendered exactly as the app's handlers would.
+_FAST_VERBS: dict[str, Callable[[str, Request], Awaitable[Response]]] = {
+    "encrypt": crypto.encrypt,
+    "decrypt": crypto.decrypt,
+    "reEncrypt": crypto.re_encrypt,
+    "generateDataKey": crypto.generate_data_key,
+}
+_KEYS_PREFIX = "/kms/v1/keys/"
+
+
+def _fast_route(scope: Scope) -> tuple[Callable[[str, Request], Awaitable[Response]], str] | None:
+    if scope["method"] != "POST":
+        return None
+    path: str = scope["path"]
+    if not path.startswith(_KEYS_PREFIX):
+        return None
+    key_id, sep, verb = path[len(_KEYS_PREFIX) :].rpartition(":")
+    handler = _FAST_VERBS.get(verb) if sep and "/" not in key_id else None
+    return (handler, key_id) if handler is not None else None
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:

@@ -93,6 +93,7 @@ async def handle(request: Request, method: str, work: Work, *, key_id: str = "")
     """
     rt = runtime(request)
     call: Call | None = None
+    pinned = rt.watch.pin()
     try:
         principal = rt.auth.authenticate(request.headers.get("authorization"))
         call = Call(request, method, rt, principal, key_id=key_id)
@@ -101,11 +102,15 @@ async def handle(request: Request, method: str, work: Work, *, key_id: str = "")
         outcome = GRPC_CODE_NAMES.get(status.grpc_code(exc), "UNKNOWN")
         principal_id = call.principal.id if call else ""
         # Fail closed: if the denial cannot be recorded, the caller sees 503 instead.
-        rt.audit.record(_event(rt, request, method, call, principal_id, outcome, key_id))
+        await rt.audit_batcher.record(
+            _event(rt, request, method, call, principal_id, outcome, key_id)
+        )
         raise
+    finally:
+        rt.watch.unpin(pinned)
     if not call.audited:
         # Fail closed: no event, no answer (BackendUnavailable -> 503, result discarded).
-        rt.audit.record(_event(rt, request, method, call, call.principal.id, "OK"))
+        await rt.audit_batcher.record(_event(rt, request, method, call, call.principal.id, "OK"))
     return Response(wire.dumps(message), media_type="application/json")
 
 

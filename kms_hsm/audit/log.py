@@ -13,18 +13,21 @@ their own transaction (``append``), so the change and its event commit together.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
+import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy import event as sa_event
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kms_hsm.errors import BackendUnavailable
@@ -79,6 +82,12 @@ class Verification:
     reason: str = ""
 
 
+def core_table(model: type[Any]) -> Table:
+    """The Core table of an ORM class (typed for mypy)."""
+    table: Table = model.__table__
+    return table
+
+
 def event_hash(prev_hash: str, seq: int, event: AuditEvent) -> str:
     """SHA-256 over the previous hash and the canonical JSON of (seq, event)."""
     body = asdict(event)
@@ -111,31 +120,43 @@ class AuditLog:
 
     def append(self, session: Session, event: AuditEvent) -> ChainedEvent:
         """Add ``event`` to the chain inside the caller's write transaction."""
-        stmt = select(AuditHeadRow).where(AuditHeadRow.id == 1)
+        return self.append_many(session, [event])[0]
+
+    def append_many(self, session: Session, events: list[AuditEvent]) -> list[ChainedEvent]:
+        """Add ``events`` in order, inside the caller's write transaction (one flush)."""
+        head_table = core_table(AuditHeadRow)
+        stmt = select(head_table.c.seq, head_table.c.hash).where(head_table.c.id == 1)
         if not self._db.is_sqlite:
             stmt = stmt.with_for_update()
-        head = session.scalars(stmt).one()
-        seq = head.seq + 1
-        chained = ChainedEvent(seq, event, head.hash, event_hash(head.hash, seq, event))
-        session.add(
-            AuditEventRow(
-                seq=seq,
-                time=event.time,
-                principal_id=event.principal_id,
-                method=event.method,
-                key_id=event.key_id,
-                version_id=event.version_id,
-                outcome=event.outcome,
-                request_id=event.request_id,
-                source=event.source,
-                prev_hash=head.hash,
-                hash=chained.hash,
+        seq, prev = session.execute(stmt).one()
+        chained: list[ChainedEvent] = []
+        rows = []
+        for event in events:
+            seq += 1
+            link = ChainedEvent(seq, event, prev, event_hash(prev, seq, event))
+            chained.append(link)
+            prev = link.hash
+            rows.append(
+                {
+                    "seq": seq,
+                    "time": event.time,
+                    "principal_id": event.principal_id,
+                    "method": event.method,
+                    "key_id": event.key_id,
+                    "version_id": event.version_id,
+                    "outcome": event.outcome,
+                    "request_id": event.request_id,
+                    "source": event.source,
+                    "prev_hash": link.prev_hash,
+                    "hash": link.hash,
+                }
             )
-        )
-        head.seq = seq
-        head.hash = chained.hash
         try:
-            session.flush()
+            # Core statements, not ORM units of work: this runs once per audited request.
+            session.execute(insert(core_table(AuditEventRow)), rows)
+            session.execute(
+                update(head_table).where(head_table.c.id == 1).values(seq=seq, hash=prev)
+            )
         except Exception as exc:
             log.error("audit event could not be written: %s", type(exc).__name__)
             raise BackendUnavailable(
@@ -159,12 +180,12 @@ class AuditLog:
                 log_detail=str(exc),
             ) from None
 
-    def stream(self, chained: ChainedEvent) -> None:
-        """Copy a committed event to the JSON-lines file, if one is configured."""
+    def stream(self, chained: list[ChainedEvent]) -> None:
+        """Copy committed events to the JSON-lines file, if one is configured."""
         if self._stream_path is None:
             return
         with self._stream_lock, self._stream_path.open("a", encoding="utf-8") as f:
-            f.write(chained.to_json() + "\n")
+            f.writelines(c.to_json() + "\n" for c in chained)
 
     def events(self, since: datetime | None = None) -> Iterator[ChainedEvent]:
         """Committed events in chain order (optionally from ``since``)."""
@@ -205,3 +226,91 @@ class AuditLog:
                 False, count, expected_seq, "events after this one were removed from the end"
             )
         return Verification(True, count)
+
+
+class AuditBatcher:
+    """Group commit for the data plane: events queued by many requests, written together.
+
+    A request awaits its event's commit (fail closed: if the batch fails, every request in
+    it gets ``BackendUnavailable``). Under load one transaction carries many events, which
+    is what keeps the audit trail from being the bottleneck of encrypt and decrypt.
+    """
+
+    def __init__(
+        self, audit: AuditLog, db: Database, max_batch: int = 512, linger: float = 0.0005
+    ) -> None:
+        self._audit = audit
+        self._db = db
+        self._max_batch = max_batch
+        self._linger = linger
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="kms-audit", daemon=True)
+        self._thread.start()
+
+    async def record(self, event: AuditEvent) -> None:
+        """Queue ``event`` and wait until it is committed."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._queue.put(_Pending(event, loop, done))
+        await done
+
+    def close(self) -> None:
+        """Write what is queued, then stop the writer thread."""
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            # Linger a moment so that requests in flight join this transaction: without
+            # it, the writer wins every race for the GIL and commits batches of one.
+            deadline = time.monotonic() + self._linger
+            stop = False
+            while len(batch) < self._max_batch:
+                timeout = deadline - time.monotonic()
+                try:
+                    item = self._queue.get(timeout=max(timeout, 0))
+                except queue.Empty:
+                    break
+                if item is None:  # close(): write what we have, then stop
+                    stop = True
+                    break
+                batch.append(item)
+            self._write(batch)
+            if stop:
+                return
+
+    def _write(self, batch: list[_Pending]) -> None:
+        failure: BaseException | None = None
+        try:
+            with self._db.write() as session:
+                self._audit.append_many(session, [p.event for p in batch])
+        except BackendUnavailable as exc:
+            failure = exc
+        except Exception as exc:  # a database error: fail closed, never lose the answer
+            log.error("audit batch could not be written: %s", type(exc).__name__)
+            failure = BackendUnavailable(
+                "the audit trail cannot be written; the request was not carried out",
+                log_detail=str(exc),
+            )
+        for pending in batch:
+            pending.loop.call_soon_threadsafe(_settle, pending.done, failure)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    event: AuditEvent
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[None]
+
+
+def _settle(done: asyncio.Future[None], failure: BaseException | None) -> None:
+    if done.cancelled():
+        return
+    if failure is None:
+        done.set_result(None)
+    else:
+        done.set_exception(failure)

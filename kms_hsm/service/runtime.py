@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, select, text
 
-from kms_hsm.audit.log import AuditLog
+from kms_hsm.audit.log import AuditBatcher, AuditLog
 from kms_hsm.config import Settings, write_secret_file
 from kms_hsm.crypto.pkcs11.hsm import HsmCrypto
 from kms_hsm.crypto.pkcs11.sessions import SessionManager
@@ -146,6 +146,8 @@ class Runtime:
     auth: AuthService
     access: AccessService
     audit: AuditLog
+    audit_batcher: AuditBatcher
+    watch: StateWatch
     scheduler: Scheduler
 
     @classmethod
@@ -187,6 +189,8 @@ class Runtime:
             auth=AuthService(db, clock, watch),
             access=AccessService(db, audit, clock, watch),
             audit=audit,
+            audit_batcher=AuditBatcher(audit, db),
+            watch=watch,
             scheduler=Scheduler(keys, keyring, settings.scheduler_interval, settings.orphan_grace),
         )
 
@@ -202,5 +206,6 @@ class Runtime:
     def close(self) -> None:
         """Stop the scheduler, close the HSM sessions, then the database."""
         self.scheduler.stop()
+        self.audit_batcher.close()
         self.sessions.close()
         self.engine.dispose()

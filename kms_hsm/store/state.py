@@ -10,6 +10,7 @@ in this process or any other replica: state changes stay effective on commit.
 from __future__ import annotations
 
 import threading
+from contextvars import ContextVar, Token
 from typing import Any
 
 from sqlalchemy import Engine, update
@@ -25,6 +26,12 @@ def bump_state(session: Session) -> None:
         .where(StateVersionRow.id == 1)
         .values(version=StateVersionRow.version + 1)
     )
+
+
+# Set for the duration of one API call by ``StateWatch.pin``: every cache lookup in that
+# call uses the version read at its start (one query per request instead of one per
+# lookup). Calls outside a request (scheduler, tests) read the version on each lookup.
+_pinned: ContextVar[int | None] = ContextVar("kms_hsm_state_version", default=None)
 
 
 class StateWatch:
@@ -47,7 +54,21 @@ class StateWatch:
             self._local.conn = conn
         return conn
 
+    def pin(self) -> Token[int | None]:
+        """Read the version once for the current request; undo with ``unpin``."""
+        return _pinned.set(self._read())
+
+    @staticmethod
+    def unpin(token: Token[int | None]) -> None:
+        """End the request's pinned version."""
+        _pinned.reset(token)
+
     def current(self) -> int:
+        """The version pinned for this request, or the committed version now."""
+        pinned = _pinned.get()
+        return pinned if pinned is not None else self._read()
+
+    def _read(self) -> int:
         """The committed state version now."""
         conn = self._connection()
         try:
