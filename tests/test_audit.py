@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sqlite3
@@ -177,3 +178,34 @@ def test_secrets_are_refused_on_the_command_line() -> None:
         result = subprocess.run([KMS_HSM, arg, "serve"], capture_output=True, text=True)
         assert result.returncode == 2
         assert "refused" in result.stderr and "1234" not in result.stderr
+
+
+def test_events_are_streamed_as_json_lines(token_dir, tmp_path) -> None:
+    stream = tmp_path / "audit.jsonl"
+    settings = Settings(
+        data_dir=tmp_path,
+        pin_file=token_dir / "user-pin",
+        database_url=f"sqlite:///{tmp_path / 'stream.db'}",
+        scheduler_interval=0,
+        audit_log_file=stream,
+    )
+    prepare(settings)
+    runtime = Runtime.start(settings)
+    token = (tmp_path / "admin-token").read_text().strip()
+    try:
+        with serve_inprocess(runtime) as base_url:
+            api = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"})
+            key = create_key(api, "AES_128")
+            for _ in range(5):
+                api.post(f"/kms/v1/keys/{key['id']}:encrypt", json={"plaintext": "c2VjcmV0"})
+            api.close()
+        exported = io.StringIO()
+        runtime.audit.export(exported)
+    finally:
+        runtime.close()
+    streamed = [json.loads(line) for line in stream.read_text().splitlines()]
+    assert streamed == [json.loads(line) for line in exported.getvalue().splitlines()]
+    assert [e["method"] for e in streamed] == ["SymmetricKey.Create"] + [
+        "SymmetricCrypto.Encrypt"
+    ] * 5
+    assert "c2VjcmV0" not in stream.read_text()
