@@ -8,6 +8,7 @@ import asyncio
 import base64
 import os
 import random
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -24,7 +25,12 @@ CLIENTS = 64
 async def _client(base: str, auth: dict[str, str], keys: list[str], seed: int, stats: dict) -> None:
     rng = random.Random(seed)
     deadline = time.monotonic() + SECONDS
-    async with httpx.AsyncClient(base_url=base, headers=auth, timeout=60) as client:
+    transport = httpx.AsyncHTTPTransport(
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+    )
+    async with httpx.AsyncClient(
+        base_url=base, headers=auth, timeout=60, transport=transport
+    ) as client:
         while time.monotonic() < deadline:
             key_id = rng.choice(keys)
             plaintext = rng.randbytes(rng.randint(1, 512))
@@ -71,6 +77,29 @@ async def _client(base: str, auth: dict[str, str], keys: list[str], seed: int, s
                 stats["errors"].append(f"{r.status_code} {r.text[:200]}")
 
 
+async def _verify_all(base: str, auth: dict[str, str], sealed: list) -> list[str]:
+    """Decrypt every ciphertext the load produced, 32 at a time."""
+    failures: list[str] = []
+    transport = httpx.AsyncHTTPTransport(
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+    )
+    async with httpx.AsyncClient(
+        base_url=base, headers=auth, timeout=60, transport=transport
+    ) as client:
+
+        async def check(chunk: list) -> None:
+            for key_id, ciphertext, aad, expected in chunk:
+                r = await client.post(
+                    f"/kms/v1/keys/{key_id}:decrypt",
+                    json={"ciphertext": ciphertext, "aadContext": base64.b64encode(aad).decode()},
+                )
+                if r.status_code != 200 or base64.b64decode(r.json()["plaintext"]) != expected:
+                    failures.append(f"{key_id}: {r.status_code} {r.text[:200]}")
+
+        await asyncio.gather(*(check(sealed[i::32]) for i in range(32)))
+    return failures
+
+
 @pytest.mark.slow
 def test_bounded_load_two_workers_zero_errors(tmp_path: Path) -> None:
     port = free_port()
@@ -103,14 +132,8 @@ def test_bounded_load_two_workers_zero_errors(tmp_path: Path) -> None:
         assert stats["errors"] == []
         assert stats["wrong"] == 0
         assert stats["requests"] > 200
-        with httpx.Client(base_url=base, headers=auth, timeout=60) as client:
-            for key_id, ciphertext, aad, expected in stats["sealed"]:
-                r = client.post(
-                    f"/kms/v1/keys/{key_id}:decrypt",
-                    json={"ciphertext": ciphertext, "aadContext": base64.b64encode(aad).decode()},
-                )
-                assert r.status_code == 200, r.text
-                assert base64.b64decode(r.json()["plaintext"]) == expected
+        failures = asyncio.run(_verify_all(base, auth, stats["sealed"]))
+        assert failures == []
     finally:
         stop(proc)
         log.close()
