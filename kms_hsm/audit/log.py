@@ -17,11 +17,9 @@ import asyncio
 import hashlib
 import json
 import logging
-import queue
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -64,8 +62,7 @@ class ChainedEvent:
 
     def to_json(self) -> str:
         """One JSON line (the export and stream format)."""
-        body = asdict(self.event)
-        body["time"] = self.event.time.isoformat()
+        body = _fields(self.event)
         return json.dumps(
             {"seq": self.seq, **body, "prevHash": self.prev_hash, "hash": self.hash},
             sort_keys=True,
@@ -88,11 +85,23 @@ def core_table(model: type[Any]) -> Table:
     return table
 
 
+def _fields(event: AuditEvent) -> dict[str, str]:
+    # Built by hand: dataclasses.asdict deep-copies, which showed in the encrypt profile.
+    return {
+        "time": event.time.isoformat(),
+        "principal_id": event.principal_id,
+        "method": event.method,
+        "key_id": event.key_id,
+        "version_id": event.version_id,
+        "outcome": event.outcome,
+        "request_id": event.request_id,
+        "source": event.source,
+    }
+
+
 def event_hash(prev_hash: str, seq: int, event: AuditEvent) -> str:
     """SHA-256 over the previous hash and the canonical JSON of (seq, event)."""
-    body = asdict(event)
-    body["time"] = event.time.isoformat()
-    body["seq"] = seq
+    body: dict[str, str | int] = {**_fields(event), "seq": seq}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(prev_hash.encode() + canonical.encode()).hexdigest()
 
@@ -229,75 +238,53 @@ class AuditLog:
 
 
 class AuditBatcher:
-    """Group commit for the data plane: events queued by many requests, written together.
+    """Group commit for the data plane: events of many requests written in one transaction.
 
-    A request awaits its event's commit (fail closed: if the batch fails, every request in
-    it gets ``BackendUnavailable``). Under load one transaction carries many events, which
-    is what keeps the audit trail from being the bottleneck of encrypt and decrypt.
+    It runs on the event loop itself, not on a thread: a writer thread would hold the GIL
+    while the loop waits at every system call (measured: encrypt throughput fell by half).
+    ``record`` queues the event and schedules one flush after the callbacks that are ready
+    now, so every request handled in the same loop iteration joins the transaction.
+    A request resumes only after its event committed (fail closed: if the transaction
+    fails, every request in it gets ``BackendUnavailable``).
     """
 
-    def __init__(
-        self, audit: AuditLog, db: Database, max_batch: int = 512, linger: float = 0.0005
-    ) -> None:
+    def __init__(self, audit: AuditLog, db: Database) -> None:
         self._audit = audit
         self._db = db
-        self._max_batch = max_batch
-        self._linger = linger
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="kms-audit", daemon=True)
-        self._thread.start()
+        self._pending: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
 
     async def record(self, event: AuditEvent) -> None:
         """Queue ``event`` and wait until it is committed."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._queue.put(_Pending(event, loop, done))
+        pending = self._pending.get(loop)
+        if pending is None:
+            pending = self._pending[loop] = []
+            loop.call_soon(self._flush, loop)
+        pending.append(_Pending(event, loop, done))
         await done
 
     def close(self) -> None:
-        """Write what is queued, then stop the writer thread."""
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+        """Nothing to stop: pending events are flushed by their own loops."""
 
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            # Linger a moment so that requests in flight join this transaction: without
-            # it, the writer wins every race for the GIL and commits batches of one.
-            deadline = time.monotonic() + self._linger
-            stop = False
-            while len(batch) < self._max_batch:
-                timeout = deadline - time.monotonic()
-                try:
-                    item = self._queue.get(timeout=max(timeout, 0))
-                except queue.Empty:
-                    break
-                if item is None:  # close(): write what we have, then stop
-                    stop = True
-                    break
-                batch.append(item)
-            self._write(batch)
-            if stop:
-                return
-
-    def _write(self, batch: list[_Pending]) -> None:
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._pending.pop(loop, [])
+        if not batch:
+            return
         failure: BaseException | None = None
         try:
             with self._db.write() as session:
                 self._audit.append_many(session, [p.event for p in batch])
         except BackendUnavailable as exc:
             failure = exc
-        except Exception as exc:  # a database error: fail closed, never lose the answer
+        except Exception as exc:  # a database error: fail closed
             log.error("audit batch could not be written: %s", type(exc).__name__)
             failure = BackendUnavailable(
                 "the audit trail cannot be written; the request was not carried out",
                 log_detail=str(exc),
             )
-        for pending in batch:
-            pending.loop.call_soon_threadsafe(_settle, pending.done, failure)
+        for item in batch:
+            _settle(item.done, failure)
 
 
 @dataclass(frozen=True, slots=True)
