@@ -62,7 +62,7 @@ class ChainedEvent:
 
     def to_json(self) -> str:
         """One JSON line (the export and stream format)."""
-        body = _fields(self.event)
+        body = {**_fields(self.event), "time": self.event.time.isoformat()}
         return json.dumps(
             {"seq": self.seq, **body, "prevHash": self.prev_hash, "hash": self.hash},
             sort_keys=True,
@@ -85,23 +85,27 @@ def core_table(model: type[Any]) -> Table:
     return table
 
 
-def _fields(event: AuditEvent) -> dict[str, str]:
+_EVENT_FIELDS = (
+    "principal_id",
+    "method",
+    "key_id",
+    "version_id",
+    "outcome",
+    "request_id",
+    "source",
+)
+
+
+def _fields(event: AuditEvent) -> dict[str, Any]:
     # Built by hand: dataclasses.asdict deep-copies, which showed in the encrypt profile.
-    return {
-        "time": event.time.isoformat(),
-        "principal_id": event.principal_id,
-        "method": event.method,
-        "key_id": event.key_id,
-        "version_id": event.version_id,
-        "outcome": event.outcome,
-        "request_id": event.request_id,
-        "source": event.source,
-    }
+    fields: dict[str, Any] = {name: getattr(event, name) for name in _EVENT_FIELDS}
+    fields["time"] = event.time
+    return fields
 
 
 def event_hash(prev_hash: str, seq: int, event: AuditEvent) -> str:
     """SHA-256 over the previous hash and the canonical JSON of (seq, event)."""
-    body: dict[str, str | int] = {**_fields(event), "seq": seq}
+    body: dict[str, Any] = {**_fields(event), "time": event.time.isoformat(), "seq": seq}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(prev_hash.encode() + canonical.encode()).hexdigest()
 
@@ -146,19 +150,7 @@ class AuditLog:
             chained.append(link)
             prev = link.hash
             rows.append(
-                {
-                    "seq": seq,
-                    "time": event.time,
-                    "principal_id": event.principal_id,
-                    "method": event.method,
-                    "key_id": event.key_id,
-                    "version_id": event.version_id,
-                    "outcome": event.outcome,
-                    "request_id": event.request_id,
-                    "source": event.source,
-                    "prev_hash": link.prev_hash,
-                    "hash": link.hash,
-                }
+                {**_fields(event), "seq": seq, "prev_hash": link.prev_hash, "hash": link.hash}
             )
         try:
             # Core statements, not ORM units of work: this runs once per audited request.

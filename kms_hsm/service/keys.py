@@ -424,10 +424,7 @@ class KeyService:
         with self._db.write() as session:
             row = self._lock_key(session, key_id)
             version = self._version_of(session, key_id, version_id)
-            if version.status != VersionStatus.ACTIVE:
-                raise FailedPrecondition(
-                    f"version {version_id} is {VersionStatus(version.status).name}, not ACTIVE"
-                )
+            _require_status(version, VersionStatus.ACTIVE)
             row.primary_version_id = version_id
             return self._record(
                 session,
@@ -459,10 +456,7 @@ class KeyService:
             version = self._version_of(session, key_id, version_id)
             if version_id == row.primary_version_id:
                 raise FailedPrecondition("the primary version cannot be scheduled for destruction")
-            if version.status != VersionStatus.ACTIVE:
-                raise FailedPrecondition(
-                    f"version {version_id} is {VersionStatus(version.status).name}, not ACTIVE"
-                )
+            _require_status(version, VersionStatus.ACTIVE)
             version.status = int(VersionStatus.SCHEDULED_FOR_DESTRUCTION)
             version.destroy_at = now + period
             self._keyring.forget(version_id)
@@ -488,11 +482,7 @@ class KeyService:
         with self._db.write() as session:
             row = self._lock_key(session, key_id)
             version = self._version_of(session, key_id, version_id)
-            if version.status != VersionStatus.SCHEDULED_FOR_DESTRUCTION:
-                raise FailedPrecondition(
-                    f"version {version_id} is {VersionStatus(version.status).name}, "
-                    "not SCHEDULED_FOR_DESTRUCTION"
-                )
+            _require_status(version, VersionStatus.SCHEDULED_FOR_DESTRUCTION)
             version.status = int(VersionStatus.ACTIVE)
             version.destroy_at = None
             return self._record(
@@ -665,6 +655,13 @@ class KeyService:
         )
         repository.add_operation(session, operation)
         return operation
+
+
+def _require_status(version: KeyVersionRow, expected: VersionStatus) -> None:
+    if version.status != expected:
+        raise FailedPrecondition(
+            f"version {version.id} is {VersionStatus(version.status).name}, not {expected.name}"
+        )
 
 
 def _seconds(period: timedelta | None) -> int | None:
