@@ -1,0 +1,434 @@
+"""kms-hsm benchmark harness (issue 6): kms-hsm and two baselines, loaded by wrk in one run.
+
+    .venv/bin/python bench/run.py                 # full run, ~4 minutes on 2 cores
+    .venv/bin/python bench/run.py --smoke         # ~10 s: what CI runs
+    .venv/bin/python bench/run.py --scale         # 10,000 + 10,000 keys; many minutes
+
+Prints a table with every measurement, the ratios against the baselines measured in the
+same run and issue 6's targets; writes everything as JSON (bench/results/latest.json).
+Exits 1 when any request failed or any scenario could not be measured. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import report
+import scale
+import scenarios
+from apiclient import ApiClient, RequestFailed
+from loadgen import Load, LoadError, LoadResult, ensure_wrk, run_wrk
+from scenarios import Measurement, Scenario
+from servers import (
+    BENCH_DIR,
+    Server,
+    ServerError,
+    read_token,
+    rss_bytes,
+    start_baseline,
+    start_kms,
+)
+
+RESULTS_DIR = BENCH_DIR / "results"
+BASELINES = {"F": "baseline_fastapi", "R": "baseline_raw"}
+
+
+@dataclass
+class Config:
+    """What one run measures."""
+
+    seconds: int
+    warmup: int
+    concurrency: list[int]
+    workers: list[int]
+    wrk_threads: int
+    hsm_seconds: float
+    only: tuple[str, ...] | None
+    stack_check: bool = True
+
+
+def _int_list(text: str) -> list[int]:
+    return sorted({int(part) for part in text.split(",") if part.strip()})
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--duration", type=int, default=5, help="seconds per scenario (5)")
+    parser.add_argument("--warmup", type=int, default=1, help="warm-up seconds (1)")
+    parser.add_argument("--concurrency", type=_int_list, default=[16, 64], help="16,64")
+    parser.add_argument("--workers", type=_int_list, default=[1, 2], help="1,2")
+    parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (1)")
+    parser.add_argument("--smoke", action="store_true", help="~10 s: 1 worker, c16, 1 s each")
+    parser.add_argument("--scale", action="store_true", help="10,000 keys of each kind")
+    parser.add_argument("--scale-keys", type=int, default=10_000, help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, help="results file (bench/results/latest.json)")
+    return parser.parse_args(argv)
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    """Defaults, or the smoke subset."""
+    if args.smoke:
+        return Config(
+            seconds=1,
+            warmup=0,
+            concurrency=[16],
+            workers=[1],
+            wrk_threads=args.wrk_threads,
+            hsm_seconds=0.2,
+            only=scenarios.SMOKE,
+            stack_check=False,
+        )
+    return Config(
+        seconds=args.duration,
+        warmup=args.warmup,
+        concurrency=args.concurrency,
+        workers=args.workers,
+        wrk_threads=args.wrk_threads,
+        hsm_seconds=2.0,
+        only=None,
+    )
+
+
+# ---------------------------------------------------------------------------- servers
+
+
+@contextlib.contextmanager
+def running_servers(data_dir: Path, workers: int, log_dir: Path) -> Iterator[dict[str, Server]]:
+    """kms-hsm, F and R with ``workers`` workers each, started together, ready on entry."""
+    servers = {"kms": start_kms(data_dir, workers, log_dir)}
+    try:
+        for name, module in BASELINES.items():
+            servers[name] = start_baseline(module, workers, log_dir)
+        for server in servers.values():
+            probe = ApiClient(server.base_url)
+            server.wait_ready(probe.responds)
+            probe.close()
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def measure_hsm_raw(data_dir: Path, seconds: float) -> dict[str, Any]:
+    """bench/hsm_raw.py in a subprocess, so that SOFTHSM2_CONF is set before the module loads."""
+    env = dict(os.environ, SOFTHSM2_CONF=str(data_dir / "softhsm2.conf"))
+    argv = [sys.executable, str(BENCH_DIR / "hsm_raw.py"), str(data_dir), "--seconds", str(seconds)]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"hsm_raw.py exited with {done.returncode}: {done.stderr.strip()}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+class BenchRun:
+    """One run: every scenario at every worker count and concurrency."""
+
+    def __init__(self, config: Config, work_dir: Path) -> None:
+        self.config = config
+        self.work_dir = work_dir
+        self.data_dir = work_dir / "data"
+        self.log_dir = work_dir / "logs"
+        self.measurements: list[Measurement] = []
+        self.failures: list[str] = []
+        self.memory: list[dict[str, Any]] = []
+        self.hsm_raw: dict[str, Any] | None = None
+        self.stack_p50_ms: dict[int, float] = {}
+        self._kms_requests = 0
+
+    def run(self) -> None:
+        """Start the servers for each worker count and measure everything."""
+        plan: list[Scenario] | None = None
+        for workers in self.config.workers:
+            with running_servers(self.data_dir, workers, self.log_dir) as servers:
+                clients = self._clients(servers)
+                try:
+                    if plan is None:
+                        plan = self._prepare(clients["kms"])
+                    self._measure_all(servers, clients, plan, workers)
+                finally:
+                    for client in clients.values():
+                        client.close()
+
+    def _clients(self, servers: dict[str, Server]) -> dict[str, ApiClient]:
+        token = read_token(self.data_dir)
+        return {
+            name: ApiClient(server.base_url, token if name == "kms" else None)
+            for name, server in servers.items()
+        }
+
+    def _prepare(self, kms: ApiClient) -> list[Scenario]:
+        """Create the two keys, measure the idle token, build the request bodies."""
+        sw_key = kms.create_key("bench-sw", "AES_256")
+        hsm_key = kms.create_key("bench-hsm", "AES_256_HSM")
+        try:
+            self.hsm_raw = measure_hsm_raw(self.data_dir, self.config.hsm_seconds)
+        except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+            self.failures.append(f"raw PKCS#11 measurement: {exc}")
+        return scenarios.build(kms, sw_key, hsm_key, self.config.only)
+
+    def _measure_all(
+        self,
+        servers: dict[str, Server],
+        clients: dict[str, ApiClient],
+        plan: list[Scenario],
+        workers: int,
+    ) -> None:
+        self._kms_requests = 0
+        if self.config.stack_check:
+            self._check_stack(clients["R"], workers)
+        for index, concurrency in enumerate(self.config.concurrency):
+            warmup = self.config.warmup if index == 0 else 0
+            for scenario in plan:
+                if self._alive(servers[scenario.server]):
+                    client = clients[scenario.server]
+                    self._measure(client, scenario, workers, concurrency, warmup)
+                if index == 0 and scenario is plan[0]:
+                    self._sample_memory(servers["kms"])  # after the first scenario
+        self._sample_memory(servers["kms"])
+
+    def _alive(self, server: Server) -> bool:
+        """False (and one failure recorded) once a server has exited under the run."""
+        if server.process.poll() is None:
+            return True
+        failure = f"{server.name} (w{server.workers}) exited with {server.process.returncode}"
+        if not any(f.startswith(failure) for f in self.failures):
+            self.failures.append(f"{failure} during the run; its log ends:\n{server.log_tail()}")
+        return False
+
+    def _measure(
+        self, client: ApiClient, scenario: Scenario, workers: int, concurrency: int, warmup: int
+    ) -> None:
+        point = f"{scenario.name} (w{workers} c{concurrency})"
+        try:
+            client.post(scenario.path, scenario.body)
+        except RequestFailed as exc:
+            self.failures.append(f"{point}: probe request failed:\n{exc}")
+            print(f"FAILED {point}: {exc}", flush=True)
+            return
+        load = Load(client.base_url + scenario.path, scenario.body, client.authorization)
+        try:
+            if warmup:
+                self._count(scenario, self._wrk(load, concurrency, warmup))
+            result = self._count(scenario, self._wrk(load, concurrency, self.config.seconds))
+        except (LoadError, subprocess.TimeoutExpired) as exc:
+            self.failures.append(f"{point}: {exc}")
+            return
+        measurement = Measurement(
+            scenario.name,
+            scenario.server,
+            workers,
+            concurrency,
+            result.rps,
+            result.p50_ms,
+            result.p90_ms,
+            result.p99_ms,
+            result.max_ms,
+            result.requests,
+            result.error_count,
+            result.errors,
+        )
+        self.measurements.append(measurement)
+        _print_progress(measurement)
+        if result.error_count:
+            self._explain_errors(client, scenario, point, result)
+
+    def _check_stack(self, client: ApiClient, workers: int) -> None:
+        """R with one keep-alive connection: the latency floor of the HTTP stack."""
+        load = Load(client.base_url + scenarios.BASELINE_PATH, scenarios.encrypt_body())
+        try:
+            self.stack_p50_ms[workers] = self._wrk(load, 1, 1).p50_ms
+        except (LoadError, subprocess.TimeoutExpired) as exc:
+            self.failures.append(f"HTTP stack check (w{workers}): {exc}")
+
+    def _wrk(self, load: Load, concurrency: int, seconds: int) -> LoadResult:
+        return run_wrk(
+            load,
+            connections=concurrency,
+            seconds=seconds,
+            threads=self.config.wrk_threads,
+            work_dir=self.work_dir,
+        )
+
+    def _count(self, scenario: Scenario, result: LoadResult) -> LoadResult:
+        if scenario.server == "kms":
+            self._kms_requests += result.requests
+        return result
+
+    def _explain_errors(
+        self, client: ApiClient, scenario: Scenario, point: str, result: LoadResult
+    ) -> None:
+        """wrk does not keep failed responses: send the request once more and show it."""
+        try:
+            client.post(scenario.path, scenario.body)
+            again = "the same request sent again afterwards succeeded"
+        except RequestFailed as exc:
+            again = f"sent again afterwards:\n{exc}"
+        self.failures.append(f"{point}: wrk counted errors {result.errors}; {again}")
+
+    def _sample_memory(self, server: Server) -> None:
+        if server.process.poll() is not None:
+            return
+        rss = [round(rss_bytes(pid) / 2**20, 1) for pid in server.worker_pids()]
+        self.memory.append(
+            {"workers": server.workers, "after_requests": self._kms_requests, "rss_mib": rss}
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Everything measured, with ratios and targets, as JSON-ready data."""
+        results = report.Results(self.measurements)
+        return {
+            "config": asdict(self.config),
+            "measurements": [asdict(m) for m in self.measurements],
+            "ratios": [asdict(r) for r in report.ratios(results)] if self.measurements else [],
+            "targets": [asdict(t) for t in self.targets(results)],
+            "hsm_raw": self.hsm_raw,
+            "memory": self.memory,
+            "stack_p50_ms": self.stack_p50_ms,
+            "failures": self.failures,
+        }
+
+    def targets(self, results: report.Results) -> list[report.Target]:
+        """Issue 6's targets: measured ones, then the ones only --scale measures."""
+        stalled = report.stalled_workers(self.stack_p50_ms)
+        measured = report.targets(results, stalled) if self.measurements else []
+        return measured + report.not_run_targets()
+
+    def print_report(self) -> None:
+        """The table, the ratios, the targets, the token's rate, memory and failures."""
+        results = report.Results(self.measurements)
+        _section("Measurements (req/s as a multiple of F and R at the same point)")
+        _print_lines(report.measurement_table(results))
+        if self.measurements:
+            _section("Ratios (same run)")
+            _print_lines(report.ratio_table(report.ratios(results)))
+        _section("HTTP stack (R, one keep-alive connection)")
+        _print_lines(report.stack_lines(self.stack_p50_ms))
+        _section("HSM")
+        _print_lines(report.hsm_lines(self.hsm_raw, results))
+        _section("Memory (kms-hsm RSS per worker)")
+        _print_lines(memory_lines(self.memory))
+        _section("Targets (issue 6; one run, the issue asks for the median of 3)")
+        _print_lines(report.target_table(self.targets(results)))
+        report.print_failures(self.failures)
+
+
+def memory_lines(samples: list[dict[str, Any]]) -> list[str]:
+    """RSS after the first scenario and at the end, per worker count."""
+    return [
+        f"w{s['workers']}: after {s['after_requests']:>9,} requests: "
+        + ", ".join(f"{mib:.1f} MiB" for mib in s["rss_mib"])
+        for s in samples
+    ]
+
+
+def _print_progress(m: Measurement) -> None:
+    print(
+        f"  w{m.workers} c{m.concurrency:<3} {m.scenario:<26} {m.rps:>8,.0f} req/s "
+        f"p50 {m.p50_ms:6.2f} ms  p99 {m.p99_ms:6.2f} ms  errors {m.errors}",
+        flush=True,
+    )
+
+
+def _section(title: str) -> None:
+    print(f"\n== {title}")
+
+
+def _print_lines(lines: list[str]) -> None:
+    print("\n".join(lines), flush=True)
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def meta(started: float) -> dict[str, Any]:
+    """Where and with what the run happened."""
+    packages = ("kms-hsm", "uvicorn", "fastapi", "starlette", "pydantic", "cryptography")
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "packages": {name: _version(name) for name in packages},
+        "uvicorn_uvloop": importlib.util.find_spec("uvloop") is not None,
+        "uvicorn_httptools": importlib.util.find_spec("httptools") is not None,
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` (parents created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    print(f"\nresults written to {path}")
+
+
+def keep_logs(work_dir: Path, json_path: Path) -> None:
+    """Copy the server logs next to the results (after a failure)."""
+    target = json_path.with_name(json_path.stem + "-logs")
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(work_dir / "logs", target)
+    print(f"server logs copied to {target}")
+
+
+def run_bench(args: argparse.Namespace, work_dir: Path) -> tuple[dict[str, Any], bool]:
+    """The default (or smoke) run; returns (results, failed)."""
+    bench = BenchRun(config_from(args), work_dir)
+    try:
+        bench.run()
+    except (ServerError, RequestFailed) as exc:
+        bench.failures.append(f"run aborted: {exc}")
+    bench.print_report()
+    data = bench.summary()
+    failed = bool(bench.failures) or any(m.errors for m in bench.measurements)
+    return data, failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, print, write JSON; 1 when any request failed."""
+    args = parse_args(argv)
+    started = time.monotonic()
+    ensure_wrk()
+    default_name = "scale.json" if args.scale else "latest.json"
+    json_path: Path = args.json or RESULTS_DIR / default_name
+    with tempfile.TemporaryDirectory(prefix="kms-bench-") as tmp:
+        work_dir = Path(tmp)
+        if args.scale:
+            data, failed = scale.run_scale(args, work_dir)
+        else:
+            data, failed = run_bench(args, work_dir)
+        data["meta"] = meta(started)
+        write_json(json_path, data)
+        if failed and (work_dir / "logs").is_dir():
+            keep_logs(work_dir, json_path)
+    print("FAILED: see FAILURES above" if failed else "OK: no request failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

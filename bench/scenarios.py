@@ -1,0 +1,93 @@
+"""What is measured: the scenarios, their request bodies, and one measurement's record."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from apiclient import ApiClient, b64
+
+# Scenario names, also the keys of the JSON results and of the ratios.
+ENC_SW = "encrypt sw-key"
+ENC_HSM = "encrypt hsm-key"
+DEC_SW = "decrypt sw-key"
+DEC_HSM = "decrypt hsm-key"
+GDK_SW = "gdk AES_256 sw-key"
+GDK_HSM = "gdk AES_256 hsm-key"
+GDKH_SW = "gdk AES_256_HSM sw-key"
+GDKH_HSM = "gdk AES_256_HSM hsm-key"
+BASE_F = "F encrypt (FastAPI)"
+BASE_R = "R encrypt (raw ASGI)"
+
+SMOKE = (ENC_SW, ENC_HSM, BASE_F, BASE_R)
+PLAINTEXT = bytes(range(32))
+BASELINE_PATH = "/kms/v1/keys/baseline:encrypt"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One endpoint with one body, on one server: ``kms``, ``F`` or ``R``."""
+
+    name: str
+    server: str
+    path: str
+    body: bytes
+
+
+@dataclass
+class Measurement:
+    """The result of one scenario at one worker count and concurrency."""
+
+    scenario: str
+    server: str
+    workers: int
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    requests: int
+    errors: int
+    error_detail: dict[str, int] = field(default_factory=dict)
+
+
+def _json(message: dict[str, object]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+def encrypt_body() -> bytes:
+    """The :encrypt body every encrypt scenario sends (32-byte plaintext)."""
+    return _json({"plaintext": b64(PLAINTEXT)})
+
+
+def _decrypt_body(kms: ApiClient, key_id: str) -> bytes:
+    sealed = kms.post(f"/kms/v1/keys/{key_id}:encrypt", encrypt_body())["ciphertext"]
+    return _json({"ciphertext": sealed})
+
+
+def build(
+    kms: ApiClient, sw_key: str, hsm_key: str, names: tuple[str, ...] | None = None
+) -> list[Scenario]:
+    """Every scenario, or only ``names``; decrypt bodies are encrypted once, here."""
+
+    def wanted(name: str) -> bool:
+        return names is None or name in names
+
+    keys = {"sw-key": sw_key, "hsm-key": hsm_key}
+    scenarios = [
+        Scenario(f"encrypt {kind}", "kms", f"/kms/v1/keys/{key_id}:encrypt", encrypt_body())
+        for kind, key_id in keys.items()
+    ]
+    for kind, key_id in keys.items():
+        if wanted(f"decrypt {kind}"):
+            path = f"/kms/v1/keys/{key_id}:decrypt"
+            scenarios.append(Scenario(f"decrypt {kind}", "kms", path, _decrypt_body(kms, key_id)))
+    for spec in ("AES_256", "AES_256_HSM"):
+        for kind, key_id in keys.items():
+            path = f"/kms/v1/keys/{key_id}:generateDataKey"
+            body = _json({"dataKeySpec": spec})
+            scenarios.append(Scenario(f"gdk {spec} {kind}", "kms", path, body))
+    scenarios.append(Scenario(BASE_F, "F", BASELINE_PATH, encrypt_body()))
+    scenarios.append(Scenario(BASE_R, "R", BASELINE_PATH, encrypt_body()))
+    return [s for s in scenarios if wanted(s.name)]
