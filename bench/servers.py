@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kms_hsm.api.protocol import HTTP_PROTOCOL
+
 BENCH_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 LOG_LEVEL = "info"
@@ -197,5 +199,9 @@ def start_baseline(module: str, workers: int, log_dir: Path) -> Server:
         "--log-level",
         LOG_LEVEL,
         "--no-access-log",
+        # The same HTTP protocol class as `kms-hsm serve`: uvicorn's fastest available,
+        # with TCP_NODELAY on every connection (see kms_hsm/api/protocol.py).
+        "--http",
+        HTTP_PROTOCOL,
     ]
     return _spawn(module, argv, dict(os.environ), port, workers, log_dir)
