@@ -141,3 +141,29 @@ def test_outage_gives_fast_503_then_recovers_in_process(server, fault_name) -> N
     text = log.read_text()
     assert "HSM reinitialised" in text
     assert "Traceback" not in text
+
+
+def test_hung_token_costs_one_call_timeout_not_the_process(server) -> None:
+    """A token that stops answering: HSM requests get 503 within the call timeout (2 s),
+    software keys keep working, and service resumes once the token answers again."""
+    client, fault, _log = server
+    hsm_key, soft_key = _key(client, "AES_256_HSM"), _key(client, "AES_256")
+    assert _encrypt(client, hsm_key).status_code == 200
+    assert _encrypt(client, soft_key).status_code == 200
+    fault.write_text("hang")
+    try:
+        started = time.monotonic()
+        r = _encrypt(client, hsm_key)
+        assert r.status_code == 503 and r.json()["code"] == 14
+        assert time.monotonic() - started < 2.0 + 1.0
+        for _ in range(5):
+            started = time.monotonic()
+            assert _encrypt(client, hsm_key).status_code == 503
+            assert time.monotonic() - started < 0.5  # marked down: fails at once
+            assert _encrypt(client, soft_key).status_code == 200
+    finally:
+        fault.unlink()
+    cleared = time.monotonic()
+    while _encrypt(client, hsm_key).status_code != 200:
+        assert time.monotonic() - cleared < 5, "not recovered within 5 s"
+        time.sleep(0.05)

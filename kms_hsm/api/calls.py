@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request, Response
 
@@ -23,6 +23,8 @@ from kms_hsm.service.access import METHOD_PERMISSIONS, Permission
 from kms_hsm.service.auth import Principal
 from kms_hsm.service.context import CallContext
 from kms_hsm.service.runtime import Runtime
+
+T = TypeVar("T")
 
 GRPC_CODE_NAMES = {
     3: "INVALID_ARGUMENT",
@@ -69,6 +71,19 @@ class Call:
             key_id,
             deleted_too=deleted_too,
         )
+
+    async def run(self, work: Callable[[], T], *, needs_hsm: bool) -> T:
+        """Run data-plane work: inline when it needs no HSM, else on a worker thread.
+
+        PKCS#11 calls cannot be interrupted; off the event loop, a hung token costs one
+        thread, not the whole process: the caller gets 503 after the call timeout, the
+        token is marked down (so later HSM calls fail at once until it recovers), and
+        requests that do not need the HSM go on being served. Work that needs no HSM
+        (software keys whose material is cached) skips the thread hop.
+        """
+        if not needs_hsm:
+            return work()
+        return await self.rt.offload(work)
 
     def authorize_folder(self, folder_id: str) -> None:
         """Allow the method in ``folder_id`` or raise PermissionDenied."""

@@ -84,6 +84,12 @@ class MaterialCache:
                     self._entries.popitem(last=False)
         return key
 
+    def has(self, version_id: str) -> bool:
+        """True when ``version_id`` is cached and fresh (using it needs no HSM call)."""
+        with self._lock:
+            hit = self._entries.get(version_id)
+            return hit is not None and hit[0] > self._clock()
+
     def evict(self, version_id: str) -> None:
         """Forget one version (destroyed or scheduled for destruction)."""
         with self._lock:

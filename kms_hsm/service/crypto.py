@@ -7,7 +7,13 @@ from dataclasses import dataclass
 from kms_hsm.domain import envelope as env
 from kms_hsm.domain import validation
 from kms_hsm.domain.model import Algorithm, Key, KeyStatus, VersionStatus
-from kms_hsm.errors import DecryptionFailed, FailedPrecondition, InvalidArgument, NotFound
+from kms_hsm.errors import (
+    DecryptionFailed,
+    FailedPrecondition,
+    InvalidArgument,
+    KmsError,
+    NotFound,
+)
 from kms_hsm.service.cache import StateCache
 from kms_hsm.service.keyring import Keyring, check_data_key_spec
 from kms_hsm.store import repository
@@ -77,6 +83,29 @@ class CryptoService:
     def _read(self, key_id: str, version_id: str | None) -> tuple[Key, StoredVersion]:
         with self._db.read() as session:
             return repository.get_key_and_version(session, key_id, version_id)
+
+    def needs_hsm(
+        self,
+        key_id: str,
+        *,
+        version_id: str = "",
+        ciphertext: bytes | None = None,
+        data_key_spec: Algorithm | None = None,
+    ) -> bool:
+        """Whether the call would reach the HSM (True when in doubt).
+
+        The API runs calls that may reach the HSM off the event loop, so that a hung token
+        cannot stall requests that only use software keys with cached material.
+        """
+        if data_key_spec is Algorithm.AES_256_HSM:
+            return True
+        try:
+            if ciphertext is not None:
+                version_id = env.Envelope.parse(ciphertext).version_id
+            _key, stored = self._load(key_id, version_id or None)
+        except KmsError:
+            return True
+        return not self._keyring.works_locally(stored)
 
     def _require_key(self, key_id: str) -> None:
         with self._db.read() as session:

@@ -196,6 +196,10 @@ class Keyring:
         """Destroy token objects by ``CKA_ID``; returns how many existed."""
         return sum(1 for object_id in object_ids if self._hsm.destroy_key(object_id))
 
+    def works_locally(self, stored: StoredVersion) -> bool:
+        """True when using ``stored`` needs no HSM call (software, material cached)."""
+        return not stored.version.hosted_by_hsm and self._cache.has(stored.version.id)
+
     def forget(self, version_id: str) -> None:
         """Drop a version's cached software material (it was scheduled or destroyed)."""
         self._cache.evict(version_id)

@@ -7,12 +7,17 @@ the fork or spawn) and is the only place the PKCS#11 module is initialised.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine, select, text
 
@@ -39,6 +44,15 @@ from kms_hsm.store.state import StateWatch
 from kms_hsm.store.tables import AccessBindingRow, PrincipalRow, TokenRow
 
 log = logging.getLogger(__name__)
+
+
+T = TypeVar("T")
+
+
+def _in_context(work: Callable[[], T]) -> Callable[[], T]:
+    # The request's pinned state version (a ContextVar) must follow the work to its thread.
+    context = contextvars.copy_context()
+    return lambda: context.run(work)
 
 
 def init_script() -> Path:
@@ -148,6 +162,7 @@ class Runtime:
     audit: AuditLog
     audit_batcher: AuditBatcher
     watch: StateWatch
+    executor: ThreadPoolExecutor
     scheduler: Scheduler
 
     @classmethod
@@ -191,8 +206,23 @@ class Runtime:
             audit=audit,
             audit_batcher=AuditBatcher(audit, db),
             watch=watch,
+            executor=ThreadPoolExecutor(
+                max_workers=settings.pool_size * 2, thread_name_prefix="kms-call"
+            ),
             scheduler=Scheduler(keys, keyring, settings.scheduler_interval, settings.orphan_grace),
         )
+
+    async def offload(self, work: Callable[[], T]) -> T:
+        """Run ``work`` on a worker thread; 503 if it takes longer than the call timeout."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.executor, _in_context(work))
+        try:
+            return await asyncio.wait_for(future, timeout=self.settings.call_timeout)
+        except TimeoutError:
+            self.sessions.suspend(f"a call took longer than {self.settings.call_timeout:g}s")
+            raise BackendUnavailable(
+                log_detail="call timed out; the HSM is marked down until it answers again"
+            ) from None
 
     def check_database(self) -> None:
         """A query round-trip to the metadata database."""
@@ -207,5 +237,6 @@ class Runtime:
         """Stop the scheduler, close the HSM sessions, then the database."""
         self.scheduler.stop()
         self.audit_batcher.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
         self.sessions.close()
         self.engine.dispose()

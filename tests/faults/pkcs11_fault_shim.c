@@ -2,7 +2,9 @@
  * A PKCS#11 module for the outage tests: it forwards every call to a real module
  * (KMS_HSM_FAULT_REAL_MODULE, e.g. SoftHSM2) and, while the file named by
  * KMS_HSM_FAULT_FILE exists, answers every call except the clean-up ones with the
- * CK_RV written in that file (hex, e.g. "0x32" = CKR_DEVICE_REMOVED).
+ * CK_RV written in that file (hex, e.g. "0x32" = CKR_DEVICE_REMOVED), or, when the file
+ * says "hang", holds every such call until the file is removed (a token that stops
+ * answering), then forwards it.
  *
  * It needs no PKCS#11 header: every PKCS#11 v2.40 function returns CK_RV (unsigned
  * long) and takes only integers and pointers, so one forwarding wrapper per slot of the
@@ -14,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define SLOTS 68
 typedef unsigned long rv_t;
@@ -40,8 +43,14 @@ static rv_t fault(void) {
     if (path == NULL || stat(path, &st) != 0) return 0;
     FILE *f = fopen(path, "r");
     unsigned long code = 0x32; /* CKR_DEVICE_REMOVED */
+    char word[16] = {0};
     if (f != NULL) {
-        if (fscanf(f, "%lx", &code) != 1) code = 0x32;
+        if (fscanf(f, "%15s", word) == 1 && strcmp(word, "hang") == 0) {
+            fclose(f);
+            while (stat(path, &st) == 0) usleep(10000);
+            return 0;
+        }
+        code = strtoul(word, NULL, 16);
         fclose(f);
     }
     return code ? code : 0x32;

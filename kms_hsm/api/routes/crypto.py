@@ -28,11 +28,12 @@ async def encrypt(keyId: str, request: Request) -> Response:
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(await json_body(request), ("keyId", "versionId", "aadContext", "plaintext"))
         call.authorize_key(path_key_id(keyId))
-        result = call.rt.crypto.encrypt(
-            keyId,
-            f.string("versionId", max_len=MAX_ID),
-            f.bytes_("plaintext", required=True, max_len=MAX_PLAINTEXT),
-            f.bytes_("aadContext", max_len=MAX_AAD),
+        version_id = f.string("versionId", max_len=MAX_ID)
+        plaintext = f.bytes_("plaintext", required=True, max_len=MAX_PLAINTEXT)
+        aad = f.bytes_("aadContext", max_len=MAX_AAD)
+        result = await call.run(
+            lambda: call.rt.crypto.encrypt(keyId, version_id, plaintext, aad),
+            needs_hsm=call.rt.crypto.needs_hsm(keyId, version_id=version_id),
         )
         call.version_id = result.version_id
         return {
@@ -51,8 +52,11 @@ async def decrypt(keyId: str, request: Request) -> Response:
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(await json_body(request), ("keyId", "aadContext", "ciphertext"))
         call.authorize_key(path_key_id(keyId))
-        result = call.rt.crypto.decrypt(
-            keyId, f.bytes_("ciphertext", required=True), f.bytes_("aadContext", max_len=MAX_AAD)
+        ciphertext = f.bytes_("ciphertext", required=True)
+        aad = f.bytes_("aadContext", max_len=MAX_AAD)
+        result = await call.run(
+            lambda: call.rt.crypto.decrypt(keyId, ciphertext, aad),
+            needs_hsm=call.rt.crypto.needs_hsm(keyId, ciphertext=ciphertext),
         )
         call.version_id = result.version_id
         return wire.compact(
@@ -78,13 +82,16 @@ async def re_encrypt(keyId: str, request: Request) -> Response:
         source_key_id = f.string("sourceKeyId", required=True, max_len=MAX_ID)
         call.authorize_key(path_key_id(keyId))
         call.authorize_key(source_key_id, Permission.DECRYPT)
-        result = call.rt.crypto.re_encrypt(
-            keyId,
-            f.string("versionId", max_len=MAX_ID),
-            f.bytes_("aadContext", max_len=MAX_AAD),
-            source_key_id,
-            f.bytes_("sourceAadContext", max_len=MAX_AAD),
-            f.bytes_("ciphertext", required=True),
+        version_id = f.string("versionId", max_len=MAX_ID)
+        aad = f.bytes_("aadContext", max_len=MAX_AAD)
+        source_aad = f.bytes_("sourceAadContext", max_len=MAX_AAD)
+        ciphertext = f.bytes_("ciphertext", required=True)
+        result = await call.run(
+            lambda: call.rt.crypto.re_encrypt(
+                keyId, version_id, aad, source_key_id, source_aad, ciphertext
+            ),
+            needs_hsm=call.rt.crypto.needs_hsm(source_key_id, ciphertext=ciphertext)
+            or call.rt.crypto.needs_hsm(keyId, version_id=version_id),
         )
         call.version_id = result.version_id
         return {
@@ -108,12 +115,13 @@ async def generate_data_key(keyId: str, request: Request) -> Response:
             ("keyId", "versionId", "aadContext", "dataKeySpec", "skipPlaintext"),
         )
         call.authorize_key(path_key_id(keyId))
-        result = call.rt.crypto.generate_data_key(
-            keyId,
-            f.string("versionId", max_len=MAX_ID),
-            f.bytes_("aadContext", max_len=MAX_AAD),
-            f.enum("dataKeySpec", Algorithm),
-            f.boolean("skipPlaintext"),
+        version_id = f.string("versionId", max_len=MAX_ID)
+        aad = f.bytes_("aadContext", max_len=MAX_AAD)
+        spec = f.enum("dataKeySpec", Algorithm)
+        skip = f.boolean("skipPlaintext")
+        result = await call.run(
+            lambda: call.rt.crypto.generate_data_key(keyId, version_id, aad, spec, skip),
+            needs_hsm=call.rt.crypto.needs_hsm(keyId, version_id=version_id, data_key_spec=spec),
         )
         call.version_id = result.version_id
         return wire.compact(

@@ -166,6 +166,14 @@ class SessionManager:
             self._up = False
             self._close_quietly()
 
+    def suspend(self, reason: str) -> None:
+        """Mark the token down (a call hung): HSM calls fail at once until a reinit works."""
+        with self._lock:
+            if self._up:
+                log.warning("HSM marked down: %s", reason)
+            self._up = False
+            self._last_failed_reinit = time.monotonic()
+
     @property
     def generation(self) -> int:
         """Increases by one at every successful (re)initialisation."""
@@ -231,7 +239,15 @@ class SessionManager:
             self._reinitializing = True
             try:
                 # Never finalise under a call in flight: SoftHSM frees state those calls use.
-                self._quiesce.wait_for(lambda: self._inflight == 0, timeout=10.0)
+                idle = self._quiesce.wait_for(
+                    lambda: self._inflight == 0, timeout=self._lease_timeout
+                )
+                if not idle:
+                    # A call is still inside the module (a hung token): finalising under it
+                    # could crash the process. Stay down and try again later.
+                    self._up = False
+                    self._last_failed_reinit = time.monotonic()
+                    raise BackendUnavailable(log_detail="a PKCS#11 call is still in flight")
                 self._up = False
                 # The device is gone for every user of the module in this process.
                 self._close_quietly(force=True)
