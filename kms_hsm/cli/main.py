@@ -21,6 +21,7 @@ log = logging.getLogger("kms_hsm")
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from kms_hsm.api.app import create_app
     from kms_hsm.api.protocol import HTTP_PROTOCOL
     from kms_hsm.service.runtime import Runtime, prepare
 
@@ -44,9 +45,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     try:
         prepare(settings)
-        # Pre-flight: reach the HSM and settle the root key once, then let go of the
-        # module again; every worker initialises PKCS#11 itself after it starts.
-        Runtime.start(settings).close()
+        # One worker is served in this process by the runtime started here. With several,
+        # this start is a pre-flight (reach the HSM, settle the root key, fail with a clear
+        # message) and is closed again before uvicorn spawns the workers, each of which
+        # initialises PKCS#11 for itself.
+        runtime = Runtime.start(settings)
     except KmsError as exc:
         log.critical("cannot start: %s", exc.message)
         return 1
@@ -58,17 +61,23 @@ def _serve(args: argparse.Namespace) -> int:
         settings.workers,
         settings.data_dir.resolve(),
     )
-    uvicorn.run(
-        "kms_hsm.api.asgi:build",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        http=HTTP_PROTOCOL,
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level.lower(),
+        "access_log": False,
+        "http": HTTP_PROTOCOL,
         **tls,
-    )
+    }
+    if settings.workers == 1:
+        runtime.scheduler.start()
+        try:
+            uvicorn.Server(uvicorn.Config(create_app(settings, runtime), **options)).run()
+        finally:
+            runtime.close()
+        return 0
+    runtime.close()
+    uvicorn.run("kms_hsm.api.asgi:build", factory=True, workers=settings.workers, **options)
     return 0
 
 
