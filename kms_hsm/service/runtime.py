@@ -219,9 +219,10 @@ class Runtime:
         try:
             return await asyncio.wait_for(future, timeout=self.settings.call_timeout)
         except TimeoutError:
-            self.sessions.suspend(f"a call took longer than {self.settings.call_timeout:g}s")
+            # The call goes on in its thread; later HSM calls queue behind it for at most
+            # the call timeout (SessionManager.run) and get 503 too, until it returns.
             raise BackendUnavailable(
-                log_detail="call timed out; the HSM is marked down until it answers again"
+                log_detail=f"call took longer than {self.settings.call_timeout:g}s"
             ) from None
 
     def check_database(self) -> None:

@@ -97,7 +97,7 @@ class HsmCrypto:
         """Destroy every token object with ``CKA_ID``; False when there was none."""
 
         def op(pooled: PooledSession) -> bool:
-            pooled.keys.pop(object_id, None)
+            pooled.forget(object_id)
             found = list(
                 pooled.session.get_objects(
                     {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.ID: object_id}
