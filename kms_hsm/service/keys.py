@@ -235,49 +235,51 @@ class KeyService:
     def list_keys(self, folder_id: str, page_size: int, page_token: str) -> Page:
         """Live keys of a folder, oldest first."""
         validation.check_id("folderId", folder_id)
-        size = check_page_size(page_size)
-        scope = f"keys|{folder_id}"
-        cursor = self._tokens().decode(scope, page_token, MAX_LIST_TOKEN)
-        with self._db.read() as session:
-            keys = repository.list_keys(session, folder_id, cursor, size + 1)
-        return self._page(scope, keys[:size], len(keys) > size, lambda k: (k.created_at, k.id))
+
+        def query(session: Session, cursor: Cursor | None, limit: int) -> list[Any]:
+            return repository.list_keys(session, folder_id, cursor, limit)
+
+        return self._list(f"keys|{folder_id}", MAX_LIST_TOKEN, page_size, page_token, query)
 
     def list_versions(self, key_id: str, page_size: int, page_token: str) -> Page:
         """Versions of a live key, oldest first."""
         validation.check_id("keyId", key_id)
-        size = check_page_size(page_size)
-        scope = f"versions|{key_id}"
-        cursor = self._tokens().decode(scope, page_token, MAX_SUB_LIST_TOKEN)
-        with self._db.read() as session:
-            row = repository.get_key_row(session, key_id)
-            rows = repository.list_version_rows(session, key_id, cursor, size + 1)
-            versions = [_version_row(r, row.primary_version_id) for r in rows]
-        return self._page(
-            scope, versions[:size], len(versions) > size, lambda v: (v.created_at, v.id)
-        )
+
+        def query(session: Session, cursor: Cursor | None, limit: int) -> list[Any]:
+            primary_id = repository.get_key_row(session, key_id).primary_version_id
+            rows = repository.list_version_rows(session, key_id, cursor, limit)
+            return [_version_row(r, primary_id) for r in rows]
+
+        return self._list(f"versions|{key_id}", MAX_SUB_LIST_TOKEN, page_size, page_token, query)
 
     def list_operations(self, key_id: str, page_size: int, page_token: str) -> Page:
         """Operations on a live key, oldest first."""
         validation.check_id("keyId", key_id)
-        size = check_page_size(page_size)
-        scope = f"operations|{key_id}"
-        cursor = self._tokens().decode(scope, page_token, MAX_SUB_LIST_TOKEN)
-        with self._db.read() as session:
-            repository.get_key_row(session, key_id)
-            ops = repository.list_operations(session, key_id, cursor, size + 1)
-        return self._page(scope, ops[:size], len(ops) > size, lambda o: (o.created_at, o.id))
 
-    def _page(
+        def query(session: Session, cursor: Cursor | None, limit: int) -> list[Any]:
+            repository.get_key_row(session, key_id)
+            return repository.list_operations(session, key_id, cursor, limit)
+
+        return self._list(f"operations|{key_id}", MAX_SUB_LIST_TOKEN, page_size, page_token, query)
+
+    def _list(
         self,
         scope: str,
-        items: list[Any],
-        more: bool,
-        position: Callable[[Any], tuple[datetime, str]],
+        max_token: int,
+        page_size: int,
+        page_token: str,
+        query: Callable[[Session, Cursor | None, int], list[Any]],
     ) -> Page:
-        if not more or not items:
+        """One page of any (created_at, id)-ordered list, with a signed next-page token."""
+        size = check_page_size(page_size)
+        cursor = self._tokens().decode(scope, page_token, max_token)
+        with self._db.read() as session:
+            items = query(session, cursor, size + 1)
+        if len(items) <= size:
             return Page(items, "")
-        created_at, last_id = position(items[-1])
-        return Page(items, self._tokens().encode(scope, Cursor(created_at, last_id)))
+        last = items[size - 1]
+        next_token = self._tokens().encode(scope, Cursor(last.created_at, last.id))
+        return Page(items[:size], next_token)
 
     # ----------------------------------------------------------------- mutations
 
