@@ -34,13 +34,13 @@ from datetime import datetime
 from sqlalchemy import delete, or_, select, tuple_
 from sqlalchemy.orm import Session
 
-from kms_hsm.audit.log import AuditEvent, AuditLog
+from kms_hsm.audit.log import AuditLog
 from kms_hsm.domain import validation
 from kms_hsm.errors import InvalidArgument, NotFound, PermissionDenied
 from kms_hsm.service.cache import StateCache
 from kms_hsm.service.context import CallContext, as_context
 from kms_hsm.service.keys import Clock, utc_now
-from kms_hsm.service.operations import finished_operation
+from kms_hsm.service.operations import finished_operation, persist_with_audit
 from kms_hsm.store import repository
 from kms_hsm.store.engine import Database
 from kms_hsm.store.repository import StoredOperation
@@ -321,22 +321,7 @@ class AccessService:
             response_type="google.protobuf.Empty",
             response={},
         )
-        repository.add_operation(session, operation)
-        if self._audit is not None:
-            self._audit.append(
-                session,
-                AuditEvent(
-                    time=now,
-                    principal_id=caller.principal_id,
-                    method=caller.method,
-                    key_id=resource.id if resource.type == "key" else "",
-                    version_id="",
-                    outcome="OK",
-                    request_id=caller.request_id,
-                    source=caller.source,
-                ),
-            )
-        return operation
+        return persist_with_audit(session, operation, self._audit, caller)
 
     @staticmethod
     def _check_resource(resource: Resource) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kms_hsm.audit.log import AuditEvent, AuditLog
+from kms_hsm.audit.log import AuditLog
 from kms_hsm.domain import validation
 from kms_hsm.domain.ids import KEY_PREFIX, new_id
 from kms_hsm.domain.model import Algorithm, Key, KeyStatus, KeyVersion, VersionStatus
@@ -26,7 +26,7 @@ from kms_hsm.domain.records import key_record, version_record
 from kms_hsm.errors import FailedPrecondition, InvalidArgument, NotFound
 from kms_hsm.service.context import CallContext, as_context
 from kms_hsm.service.keyring import Keyring
-from kms_hsm.service.operations import finished_operation
+from kms_hsm.service.operations import finished_operation, persist_with_audit
 from kms_hsm.service.paging import PageTokens, check_page_size
 from kms_hsm.store import repository
 from kms_hsm.store.engine import Database
@@ -627,22 +627,8 @@ class KeyService:
     ) -> StoredOperation:
         """Persist the Operation and, in the same transaction, its audit event."""
         caller = as_context(by, _METHOD_BY_METADATA[metadata_type])
-        if self._audit is not None:
-            version_id = metadata.get("version_id") or metadata.get("new_primary_version_id")
-            version_id = version_id or metadata.get("primary_version_id") or ""
-            self._audit.append(
-                session,
-                AuditEvent(
-                    time=now,
-                    principal_id=caller.principal_id,
-                    method=caller.method,
-                    key_id=key_id,
-                    version_id=str(version_id),
-                    outcome="OK",
-                    request_id=caller.request_id,
-                    source=caller.source,
-                ),
-            )
+        version_id = metadata.get("version_id") or metadata.get("new_primary_version_id")
+        version_id = version_id or metadata.get("primary_version_id") or ""
         operation = finished_operation(
             key_id=key_id,
             description=description,
@@ -655,8 +641,7 @@ class KeyService:
             response_type=_KMS + response_type,
             response=response,
         )
-        repository.add_operation(session, operation)
-        return operation
+        return persist_with_audit(session, operation, self._audit, caller, str(version_id))
 
 
 def _require_status(version: KeyVersionRow, expected: VersionStatus) -> None:

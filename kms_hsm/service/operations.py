@@ -5,7 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.orm import Session
+
+from kms_hsm.audit.log import AuditEvent, AuditLog
 from kms_hsm.domain.ids import OPERATION_PREFIX, new_id
+from kms_hsm.service.context import CallContext
+from kms_hsm.store import repository
 from kms_hsm.store.repository import StoredOperation
 
 
@@ -33,3 +38,29 @@ def finished_operation(
         response={"type": response_type, "value": response or {}},
         error=None,
     )
+
+
+def persist_with_audit(
+    session: Session,
+    operation: StoredOperation,
+    audit: AuditLog | None,
+    caller: CallContext,
+    version_id: str = "",
+) -> StoredOperation:
+    """Store a finished Operation and, in the same transaction, its audit event."""
+    repository.add_operation(session, operation)
+    if audit is not None:
+        audit.append(
+            session,
+            AuditEvent(
+                time=operation.created_at,
+                principal_id=caller.principal_id,
+                method=caller.method,
+                key_id=operation.key_id or "",
+                version_id=version_id,
+                outcome="OK",
+                request_id=caller.request_id,
+                source=caller.source,
+            ),
+        )
+    return operation
