@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import sqlite3
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from kms_hsm.audit.log import GENESIS, AuditEvent, canonical_event, event_hash
 from kms_hsm.config import Settings
 from kms_hsm.service.runtime import Runtime, prepare
 from tests.conftest import KMS_HSM, create_key, serve_inprocess
@@ -209,3 +214,40 @@ def test_events_are_streamed_as_json_lines(token_dir, tmp_path) -> None:
         "SymmetricCrypto.Encrypt"
     ] * 5
     assert "c2VjcmV0" not in stream.read_text()
+
+
+@given(
+    st.integers(min_value=1, max_value=2**62),
+    st.lists(st.text(max_size=70), min_size=7, max_size=7),
+    st.datetimes(timezones=st.just(UTC)),
+)
+def test_canonical_event_is_sorted_compact_json(seq, texts, time) -> None:
+    """The hand-built canonical form is exactly json.dumps(sort_keys, no spaces), so
+    chains written before and after it verify alike."""
+    event = AuditEvent(time, *texts)
+    body = {**event._asdict(), "time": time.isoformat(), "seq": seq}
+    assert canonical_event(seq, event) == json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+def test_event_hash_vector() -> None:
+    """A fixed event hashes to a fixed value (the chain format must not drift)."""
+    event = AuditEvent(
+        datetime(2026, 11, 28, 6, 0, 0, 123456, tzinfo=UTC),
+        "ajeadmin",
+        "SymmetricCrypto.Encrypt",
+        "abjkey",
+        "abjversion",
+        "OK",
+        "0b7c6ad0-8f7a-4b5e-9a43-0f7e5a1c2d3e",
+        "127.0.0.1",
+    )
+    expected = hashlib.sha256(
+        (
+            GENESIS
+            + '{"key_id":"abjkey","method":"SymmetricCrypto.Encrypt","outcome":"OK",'
+            '"principal_id":"ajeadmin","request_id":"0b7c6ad0-8f7a-4b5e-9a43-0f7e5a1c2d3e",'
+            '"seq":1,"source":"127.0.0.1","time":"2026-11-28T06:00:00.123456+00:00",'
+            '"version_id":"abjversion"}'
+        ).encode()
+    ).hexdigest()
+    assert event_hash(GENESIS, 1, event) == expected

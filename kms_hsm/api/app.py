@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kms_hsm import __version__
+from kms_hsm.api import wire
 from kms_hsm.api.deps import MAX_BODY_BYTES
 from kms_hsm.api.errors import error_response, install_error_handlers, kms_error_response
 from kms_hsm.api.openapi import install_openapi
@@ -21,6 +23,31 @@ from kms_hsm.errors import KmsError
 from kms_hsm.service.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+
+# Request ids need uniqueness, not secrecy: no getrandom() syscall per request.
+_REQUEST_IDS = random.Random()  # noqa: S311
+
+
+def new_request_id() -> str:
+    """A random UUID (version 4) for a request that brought none."""
+    bits = _REQUEST_IDS.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET
+    h = f"{bits:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# The version (4) and variant (RFC 4122) bits, as uuid.UUID(version=4) sets them.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def _request_id(headers: dict[bytes, bytes]) -> str:
+    return headers.get(b"x-request-id", b"")[:100].decode("latin-1") or new_request_id()
+
+
+def _too_large(headers: dict[bytes, bytes]) -> bool:
+    length = headers.get(b"content-length")
+    return length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES)
 
 
 class RequestGuard:
@@ -38,14 +65,10 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        rid = headers.get(b"x-request-id", b"")[:100].decode("latin-1") or str(uuid.uuid4())
+        rid = _request_id(headers)
         scope.setdefault("state", {})["request_id"] = rid
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            response = error_response(
-                Request(scope), 3, f"request body must be at most {MAX_BODY_BYTES} bytes"
-            )
-            await response(scope, receive, send)
+        if _too_large(headers):
+            await _body_too_large(scope, receive, send)
             return
         extra = [(b"x-request-id", rid.encode("latin-1")), (b"x-kms-worker", self.worker)]
 
@@ -57,35 +80,31 @@ class RequestGuard:
                 ]
             await send(message)
 
-        fast = _fast_route(scope)
-        if fast is not None:
-            handler, key_id = fast
-            request = Request(scope, receive)
-            try:
-                response = await handler(key_id, request)
-            except KmsError as exc:
-                response = kms_error_response(request, exc)
-            except Exception:
-                log.exception("unhandled error in %s", scope["path"])
-                response = error_response(request, 13, "internal error")
-            await response(scope, receive, send_with_headers)
-            return
         await self.app(scope, receive, send_with_headers)
 
 
-# The data plane skips FastAPI's router and dependency machinery: these handlers parse
-# their own bodies and raise KmsError, rendered exactly as the app's handlers would.
-_FAST_VERBS: dict[str, Callable[[str, Request], Awaitable[Response]]] = {
-    "encrypt": crypto.encrypt,
-    "decrypt": crypto.decrypt,
-    "reEncrypt": crypto.re_encrypt,
-    "generateDataKey": crypto.generate_data_key,
+async def _body_too_large(scope: Scope, receive: Receive, send: Send) -> None:
+    response = error_response(
+        Request(scope), 3, f"request body must be at most {MAX_BODY_BYTES} bytes"
+    )
+    await response(scope, receive, send)
+
+
+# The data plane skips FastAPI's middleware stack, router and dependency machinery: these
+# handlers parse their own bodies and raise KmsError, rendered exactly as the app's
+# handlers would, and the answer goes out as two ASGI messages built here.
+Handler = Callable[[str, Request], Awaitable[dict[str, Any]]]
+_FAST_VERBS: dict[str, Handler] = {
+    "encrypt": crypto.encrypt_message,
+    "decrypt": crypto.decrypt_message,
+    "reEncrypt": crypto.re_encrypt_message,
+    "generateDataKey": crypto.generate_data_key_message,
 }
 _KEYS_PREFIX = "/kms/v1/keys/"
 
 
-def _fast_route(scope: Scope) -> tuple[Callable[[str, Request], Awaitable[Response]], str] | None:
-    if scope["method"] != "POST":
+def _fast_route(scope: Scope) -> tuple[Handler, str] | None:
+    if scope["type"] != "http" or scope["method"] != "POST":
         return None
     path: str = scope["path"]
     if not path.startswith(_KEYS_PREFIX):
@@ -95,7 +114,52 @@ def _fast_route(scope: Scope) -> tuple[Callable[[str, Request], Awaitable[Respon
     return (handler, key_id) if handler is not None else None
 
 
-def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+class KmsApp(FastAPI):
+    """FastAPI, with the SymmetricCrypto verbs answered before its middleware stack."""
+
+    worker = str(os.getpid()).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = _fast_route(scope)
+        if fast is None:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        headers = dict(scope["headers"])
+        rid = _request_id(headers)
+        scope.setdefault("state", {})["request_id"] = rid
+        if _too_large(headers):
+            await _body_too_large(scope, receive, send)
+            return
+        handler, key_id = fast
+        request = Request(scope, receive)
+        try:
+            body = wire.dumps(await handler(key_id, request))
+        except KmsError as exc:
+            response = kms_error_response(request, exc)
+        except Exception:
+            log.exception("unhandled error in %s", scope["path"])
+            response = error_response(request, 13, "internal error")
+        else:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", b"%d" % len(body)),
+                        (b"x-request-id", rid.encode("latin-1")),
+                        (b"x-kms-worker", self.worker),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        response.headers["x-kms-worker"] = self.worker.decode()
+        await response(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> KmsApp:
     """The app; it opens its own Runtime in lifespan unless one is handed in (tests)."""
 
     @asynccontextmanager
@@ -110,7 +174,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             if owned:
                 app.state.runtime.close()
 
-    app = FastAPI(
+    app = KmsApp(
         title="kms-hsm",
         version=__version__,
         description="Yandex Cloud KMS v1 (symmetric keys) on premises, keys in a PKCS#11 HSM",

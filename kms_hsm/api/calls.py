@@ -100,7 +100,17 @@ def _source(request: Request) -> str:
 
 
 async def handle(request: Request, method: str, work: Work, *, key_id: str = "") -> Response:
-    """Run ``work`` as ``method`` and answer with its message as JSON.
+    """Run ``work`` as ``method`` and answer with its message as JSON (see ``run``)."""
+    return json_response(await run(request, method, work, key_id=key_id))
+
+
+def json_response(message: dict[str, Any]) -> Response:
+    """A 200 answer carrying ``message``."""
+    return Response(wire.dumps(message), media_type="application/json")
+
+
+async def run(request: Request, method: str, work: Work, *, key_id: str = "") -> dict[str, Any]:
+    """Run ``work`` as ``method``: authenticate, audit, and return the answer's message.
 
     Raises:
         KmsError: the request failed (rendered by the error handlers); if even the audit
@@ -126,7 +136,7 @@ async def handle(request: Request, method: str, work: Work, *, key_id: str = "")
     if not call.audited:
         # Fail closed: no event, no answer (BackendUnavailable -> 503, result discarded).
         await rt.audit_batcher.record(_event(rt, request, method, call, call.principal.id, "OK"))
-    return Response(wire.dumps(message), media_type="application/json")
+    return message
 
 
 def _storable(value: str) -> str:

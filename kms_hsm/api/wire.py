@@ -67,8 +67,30 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise InvalidArgument("request body is not valid JSON") from None
     if not isinstance(value, dict):
         raise InvalidArgument("request body must be a JSON object")
-    json.loads(raw, object_pairs_hook=_no_duplicates)
+    if _may_repeat_a_name(raw, value):
+        json.loads(raw, object_pairs_hook=_no_duplicates)
     return value
+
+
+def _may_repeat_a_name(raw: bytes, value: Any) -> bool:
+    """False only when no object in ``raw`` can hold a member name twice.
+
+    Without backslashes every member name appears in ``raw`` exactly as ``"name"``, so a
+    name found once cannot have been given twice; anything else gets the full check.
+    """
+    if b"\\" in raw:
+        return True
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for name, member in item.items():
+                if raw.count(b'"' + name.encode() + b'"') > 1:
+                    return True
+                stack.append(member)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 class Fields:

@@ -9,6 +9,7 @@ in this process or any other replica: state changes stay effective on commit.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from contextvars import ContextVar, Token
 from typing import Any
@@ -42,6 +43,8 @@ class StateWatch:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._local = threading.local()
+        self._turn_loop: asyncio.AbstractEventLoop | None = None
+        self._turn_value: int | None = None
 
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
@@ -55,8 +58,29 @@ class StateWatch:
         return conn
 
     def pin(self) -> Token[int | None]:
-        """Read the version once for the current request; undo with ``unpin``."""
-        return _pinned.set(self._read())
+        """Read the version once for the current request; undo with ``unpin``.
+
+        On an event loop, requests that start in the same turn of the loop share one
+        read: every one of them arrived before the read was made (their tasks were
+        created by an earlier poll), and the shared value is dropped by a callback that
+        runs before any task created by a later poll (see ``_turn_version``).
+        """
+        return _pinned.set(self._turn_version())
+
+    def _turn_version(self) -> int:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return self._read()
+        if self._turn_loop is loop and self._turn_value is not None:
+            return self._turn_value
+        value = self._read()
+        self._turn_loop, self._turn_value = loop, value
+        loop.call_soon(self._end_turn)
+        return value
+
+    def _end_turn(self) -> None:
+        self._turn_value = None
 
     @staticmethod
     def unpin(token: Token[int | None]) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from kms_hsm.api import wire
-from kms_hsm.api.calls import Call, handle
+from kms_hsm.api.calls import Call, json_response, run
 from kms_hsm.api.deps import json_body
 from kms_hsm.domain.model import Algorithm
 from kms_hsm.domain.validation import MAX_AAD, MAX_ID, MAX_PLAINTEXT
@@ -21,9 +21,8 @@ def path_key_id(key_id: str) -> str:
     return wire.path_id("keyId", key_id, MAX_ID)
 
 
-@router.post("/kms/v1/keys/{keyId}:encrypt", summary="Encrypt plaintext with a key version")
-async def encrypt(keyId: str, request: Request) -> Response:
-    """Encrypt."""
+async def encrypt_message(keyId: str, request: Request) -> dict[str, Any]:
+    """The Encrypt answer's message."""
 
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(await json_body(request), ("keyId", "versionId", "aadContext", "plaintext"))
@@ -42,12 +41,11 @@ async def encrypt(keyId: str, request: Request) -> Response:
             "ciphertext": wire.b64(result.ciphertext),
         }
 
-    return await handle(request, "SymmetricCrypto.Encrypt", work, key_id=keyId[:MAX_ID])
+    return await run(request, "SymmetricCrypto.Encrypt", work, key_id=keyId[:MAX_ID])
 
 
-@router.post("/kms/v1/keys/{keyId}:decrypt", summary="Decrypt a ciphertext")
-async def decrypt(keyId: str, request: Request) -> Response:
-    """Decrypt."""
+async def decrypt_message(keyId: str, request: Request) -> dict[str, Any]:
+    """The Decrypt answer's message."""
 
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(await json_body(request), ("keyId", "aadContext", "ciphertext"))
@@ -67,12 +65,11 @@ async def decrypt(keyId: str, request: Request) -> Response:
             }
         )
 
-    return await handle(request, "SymmetricCrypto.Decrypt", work, key_id=keyId[:MAX_ID])
+    return await run(request, "SymmetricCrypto.Decrypt", work, key_id=keyId[:MAX_ID])
 
 
-@router.post("/kms/v1/keys/{keyId}:reEncrypt", summary="Re-encrypt under another key or version")
-async def re_encrypt(keyId: str, request: Request) -> Response:
-    """ReEncrypt: decrypt permission on the source key, encrypt permission on the target."""
+async def re_encrypt_message(keyId: str, request: Request) -> dict[str, Any]:
+    """The ReEncrypt answer's message."""
 
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(
@@ -102,12 +99,11 @@ async def re_encrypt(keyId: str, request: Request) -> Response:
             "ciphertext": wire.b64(result.ciphertext),
         }
 
-    return await handle(request, "SymmetricCrypto.ReEncrypt", work, key_id=keyId[:MAX_ID])
+    return await run(request, "SymmetricCrypto.ReEncrypt", work, key_id=keyId[:MAX_ID])
 
 
-@router.post("/kms/v1/keys/{keyId}:generateDataKey", summary="Generate a wrapped data key")
-async def generate_data_key(keyId: str, request: Request) -> Response:
-    """GenerateDataKey; dataKeySpec SYMMETRIC_ALGORITHM_UNSPECIFIED means AES_256."""
+async def generate_data_key_message(keyId: str, request: Request) -> dict[str, Any]:
+    """The GenerateDataKey answer's message."""
 
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(
@@ -133,4 +129,28 @@ async def generate_data_key(keyId: str, request: Request) -> Response:
             }
         )
 
-    return await handle(request, "SymmetricCrypto.GenerateDataKey", work, key_id=keyId[:MAX_ID])
+    return await run(request, "SymmetricCrypto.GenerateDataKey", work, key_id=keyId[:MAX_ID])
+
+
+@router.post("/kms/v1/keys/{keyId}:encrypt", summary="Encrypt plaintext with a key version")
+async def encrypt(keyId: str, request: Request) -> Response:
+    """Encrypt."""
+    return json_response(await encrypt_message(keyId, request))
+
+
+@router.post("/kms/v1/keys/{keyId}:decrypt", summary="Decrypt a ciphertext")
+async def decrypt(keyId: str, request: Request) -> Response:
+    """Decrypt."""
+    return json_response(await decrypt_message(keyId, request))
+
+
+@router.post("/kms/v1/keys/{keyId}:reEncrypt", summary="Re-encrypt under another key or version")
+async def re_encrypt(keyId: str, request: Request) -> Response:
+    """ReEncrypt: decrypt permission on the source key, encrypt permission on the target."""
+    return json_response(await re_encrypt_message(keyId, request))
+
+
+@router.post("/kms/v1/keys/{keyId}:generateDataKey", summary="Generate a wrapped data key")
+async def generate_data_key(keyId: str, request: Request) -> Response:
+    """GenerateDataKey; dataKeySpec SYMMETRIC_ALGORITHM_UNSPECIFIED means AES_256."""
+    return json_response(await generate_data_key_message(keyId, request))
