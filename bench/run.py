@@ -3,6 +3,7 @@
     .venv/bin/python bench/run.py                 # full run, ~4 minutes on 2 cores
     .venv/bin/python bench/run.py --smoke         # ~10 s: what CI runs
     .venv/bin/python bench/run.py --scale         # 10,000 + 10,000 keys; many minutes
+    .venv/bin/python bench/run.py --memory        # worker RSS over 1,000,000 requests
 
 Prints a table with every measurement, the ratios against the baselines measured in the
 same run and issue 6's targets; writes everything as JSON (bench/results/latest.json).
@@ -29,6 +30,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import memory
 import report
 import scale
 import scenarios
@@ -78,6 +80,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="~10 s: 1 worker, c16, 1 s each")
     parser.add_argument("--scale", action="store_true", help="10,000 keys of each kind")
     parser.add_argument("--scale-keys", type=int, default=10_000, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory", action="store_true", help="worker RSS over 1,000,000 requests (~2 min)"
+    )
+    parser.add_argument(
+        "--memory-requests", type=int, default=1_000_000, help="requests for --memory"
+    )
     parser.add_argument("--json", type=Path, help="results file (bench/results/latest.json)")
     return parser.parse_args(argv)
 
@@ -414,12 +422,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     ensure_wrk()
-    default_name = "scale.json" if args.scale else "latest.json"
+    default_name = "scale.json" if args.scale else "memory.json" if args.memory else "latest.json"
     json_path: Path = args.json or RESULTS_DIR / default_name
     with tempfile.TemporaryDirectory(prefix="kms-bench-") as tmp:
         work_dir = Path(tmp)
         if args.scale:
             data, failed = scale.run_scale(args, work_dir)
+        elif args.memory:
+            data, failed = memory.run_memory(args, work_dir)
         else:
             data, failed = run_bench(args, work_dir)
         data["meta"] = meta(started)

@@ -243,8 +243,7 @@ def test_event_hash_vector() -> None:
     )
     expected = hashlib.sha256(
         (
-            GENESIS
-            + '{"key_id":"abjkey","method":"SymmetricCrypto.Encrypt","outcome":"OK",'
+            GENESIS + '{"key_id":"abjkey","method":"SymmetricCrypto.Encrypt","outcome":"OK",'
             '"principal_id":"ajeadmin","request_id":"0b7c6ad0-8f7a-4b5e-9a43-0f7e5a1c2d3e",'
             '"seq":1,"source":"127.0.0.1","time":"2026-11-28T06:00:00.123456+00:00",'
             '"version_id":"abjversion"}'

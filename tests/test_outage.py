@@ -6,6 +6,8 @@ unready, and recover on its own, in the same process, once the fault clears."""
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -167,3 +169,50 @@ def test_hung_token_costs_one_call_timeout_not_the_process(server) -> None:
     while _encrypt(client, hsm_key).status_code != 200:
         assert time.monotonic() - cleared < 5, "not recovered within 5 s"
         time.sleep(0.05)
+
+
+def _agent_pid(worker: int) -> int:
+    children = []
+    for task in Path(f"/proc/{worker}/task").iterdir():
+        children += (task / "children").read_text().split()
+    agents = [
+        int(pid)
+        for pid in children
+        if b"kms_hsm.crypto.pkcs11.agent" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(agents) == 1, agents
+    return agents[0]
+
+
+def test_hsm_agent_gets_the_pin_only_over_its_socket(server) -> None:
+    """The agent's command line and environment carry no PIN."""
+    client, _fault, log = server
+    hsm_key = _key(client, "AES_256_HSM")
+    r = _encrypt(client, hsm_key)
+    assert r.status_code == 200
+    agent = _agent_pid(int(r.headers["x-kms-worker"]))
+    pin = (log.parent / "token" / "user-pin").read_text().strip()
+    assert pin.encode() not in Path(f"/proc/{agent}/cmdline").read_bytes()
+    assert pin.encode() not in Path(f"/proc/{agent}/environ").read_bytes()
+
+
+def test_killed_hsm_agent_is_replaced(server) -> None:
+    """An agent that dies (here: SIGKILL) costs at most the calls in flight; the worker
+    starts a new one and serves HSM keys again, software keys throughout."""
+    client, _fault, log = server
+    hsm_key, soft_key = _key(client, "AES_256_HSM"), _key(client, "AES_256")
+    r = _encrypt(client, hsm_key)
+    assert r.status_code == 200
+    assert _encrypt(client, soft_key).status_code == 200  # its material is now cached
+    worker = int(r.headers["x-kms-worker"])
+    old_agent = _agent_pid(worker)
+    os.kill(old_agent, signal.SIGKILL)
+    assert _encrypt(client, soft_key).status_code == 200
+    started = time.monotonic()
+    while (r := _encrypt(client, hsm_key)).status_code != 200:
+        assert r.status_code == 503, r.text
+        assert time.monotonic() - started < 5, "no new agent within 5 s"
+        time.sleep(0.05)
+    assert int(r.headers["x-kms-worker"]) == worker
+    assert _agent_pid(worker) != old_agent
+    assert "exited" in log.read_text()

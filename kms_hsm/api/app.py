@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import random
@@ -168,6 +169,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         app.state.runtime = runtime or Runtime.start(settings or Settings())
         if owned:
             app.state.runtime.scheduler.start()
+        # Everything made so far lives as long as the process: out of the collector's
+        # sight, a full collection walks only what requests create. Measured at 12k req/s:
+        # full collections of 36-73 ms every ~1.1 s (p99 44 ms) became 1.5 ms (p99 10 ms).
+        gc.freeze()
         try:
             yield
         finally:

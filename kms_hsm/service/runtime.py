@@ -20,7 +20,9 @@ from sqlalchemy import Engine, select, text
 
 from kms_hsm.audit.log import AuditBatcher, AuditLog
 from kms_hsm.config import Settings, write_secret_file
-from kms_hsm.crypto.pkcs11.hsm import HsmCrypto
+from kms_hsm.crypto.bridge import run_bridged
+from kms_hsm.crypto.pkcs11.agent import AgentConfig
+from kms_hsm.crypto.pkcs11.remote import AgentPool, RoutedHsm
 from kms_hsm.crypto.pkcs11.sessions import SessionManager
 from kms_hsm.crypto.software import MaterialCache
 from kms_hsm.domain.ids import PRINCIPAL_PREFIX, new_id
@@ -30,7 +32,6 @@ from kms_hsm.service.auth import AuthService, new_token, token_hash
 from kms_hsm.service.crypto import CryptoService
 from kms_hsm.service.keyring import Keyring
 from kms_hsm.service.keys import Clock, KeyService, utc_now
-from kms_hsm.service.lane import WorkLane
 from kms_hsm.service.scheduler import Scheduler
 from kms_hsm.store.engine import (
     Database,
@@ -42,9 +43,6 @@ from kms_hsm.store.state import StateWatch
 from kms_hsm.store.tables import AccessBindingRow, PrincipalRow, TokenRow
 
 log = logging.getLogger(__name__)
-
-SWITCH_INTERVAL = 0.00001  # seconds; see Runtime.start
-
 
 T = TypeVar("T")
 
@@ -156,19 +154,12 @@ class Runtime:
     audit: AuditLog
     audit_batcher: AuditBatcher
     watch: StateWatch
-    hsm_lane: WorkLane
+    agents: AgentPool
     scheduler: Scheduler
 
     @classmethod
     def start(cls, settings: Settings, clock: Clock = utc_now) -> Runtime:
         """Open the database and the HSM (retrying until the start-up deadline)."""
-        # HSM work runs on the lane thread next to the event loop, and python-pkcs11
-        # releases the GIL around every PKCS#11 call (three per AES-GCM encrypt). Each
-        # time, the lane must win the GIL back from a busy loop, which CPython forces
-        # only after the switch interval. Measured on SoftHSM2, one HSM encrypt next to a
-        # busy thread: 1,356 us at a 0.5 ms interval, 357 us at 50 us; HSM-key encrypt
-        # over HTTP went from 1.9k to 4.1k req/s at 10 us (CPython's default is 5 ms).
-        sys.setswitchinterval(SWITCH_INTERVAL)
         use_embedded_token_env(settings)
         engine = make_engine(settings.effective_database_url())
         db = Database(engine)
@@ -182,8 +173,20 @@ class Runtime:
         )
         try:
             sessions.start()
+            agents = AgentPool(
+                AgentConfig(
+                    library=settings.pkcs11_library,
+                    token_label=settings.token_label,
+                    pin=settings.read_pin(),
+                    pool_size=1,  # the agent runs one call at a time
+                    lease_timeout=settings.call_timeout,
+                    startup_timeout=settings.call_timeout,
+                    log_level=settings.log_level.upper(),
+                ),
+                settings.call_timeout,
+            )
             keyring = Keyring(
-                HsmCrypto(sessions),
+                RoutedHsm(sessions, agents),
                 MaterialCache(settings.material_cache_size, settings.material_cache_ttl),
                 db,
             )
@@ -207,13 +210,13 @@ class Runtime:
             audit=audit,
             audit_batcher=AuditBatcher(audit, db),
             watch=watch,
-            hsm_lane=WorkLane("kms-hsm-lane", settings.call_timeout),
+            agents=agents,
             scheduler=Scheduler(keys, keyring, settings.scheduler_interval, settings.orphan_grace),
         )
 
     async def offload(self, work: Callable[[], T]) -> T:
-        """Run ``work`` on the HSM lane; 503 if it takes longer than the call timeout."""
-        return await self.hsm_lane.run(work)
+        """Run ``work`` on the loop, its token calls in the HSM agent (``RoutedHsm``)."""
+        return await run_bridged(work)
 
     def check_database(self) -> None:
         """A query round-trip to the metadata database."""
@@ -228,6 +231,6 @@ class Runtime:
         """Stop the scheduler, close the HSM sessions, then the database."""
         self.scheduler.stop()
         self.audit_batcher.close()
-        self.hsm_lane.close()
+        self.agents.close()
         self.sessions.close()
         self.engine.dispose()
