@@ -11,11 +11,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kms_hsm import __version__
 from kms_hsm.api import wire
-from kms_hsm.api.deps import MAX_BODY_BYTES
+from kms_hsm.api.deps import BODY_KEY, HEADERS_KEY, MAX_BODY_BYTES, read_body
 from kms_hsm.api.errors import error_response, install_error_handlers, kms_error_response
 from kms_hsm.api.openapi import install_openapi
 from kms_hsm.api.routes import access, crypto, health, keys
@@ -132,10 +133,14 @@ class KmsApp(FastAPI):
         if _too_large(headers):
             await _body_too_large(scope, receive, send)
             return
+        scope[HEADERS_KEY] = headers
         handler, key_id = fast
         request = Request(scope, receive)
         try:
+            scope[BODY_KEY] = await read_body(receive)
             body = wire.dumps(await handler(key_id, request))
+        except ClientDisconnect:
+            return  # nobody to answer
         except KmsError as exc:
             response = kms_error_response(request, exc)
         except Exception:

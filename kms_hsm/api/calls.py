@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from fastapi import Request, Response
 
 from kms_hsm.api import status, wire
-from kms_hsm.api.deps import runtime
+from kms_hsm.api.deps import header, runtime
 from kms_hsm.audit.log import AuditEvent
 from kms_hsm.errors import KmsError
 from kms_hsm.service.access import METHOD_PERMISSIONS, Permission
@@ -120,7 +120,7 @@ async def run(request: Request, method: str, work: Work, *, key_id: str = "") ->
     call: Call | None = None
     pinned = rt.watch.pin()
     try:
-        principal = rt.auth.authenticate(request.headers.get("authorization"))
+        principal = rt.auth.authenticate(header(request, "authorization"))
         call = Call(request, method, rt, principal, key_id=key_id)
         message = await work(call)
     except KmsError as exc:

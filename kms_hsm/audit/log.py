@@ -14,10 +14,13 @@ their own transaction (``append``), so the change and its event commit together.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -171,32 +174,12 @@ class AuditLog:
         return self.append_many(session, [event])[0]
 
     def append_many(self, session: Session, events: list[AuditEvent]) -> list[ChainedEvent]:
-        """Add ``events`` in order, inside the caller's write transaction.
-
-        Straight DB-API statements on the transaction's connection: this runs for every
-        audited request, and SQLAlchemy's statement compilation and per-row parameter
-        processing cost more than the insert itself.
-        """
+        """Add ``events`` in order, inside the caller's write transaction."""
         try:
             connection = session.connection()
-            sql = self._statements(connection.dialect)
             cursor = connection.connection.cursor()
             try:
-                cursor.execute(sql.read_head)
-                head = cursor.fetchone()
-                if head is None:
-                    raise LookupError("audit_head row is missing")
-                seq, prev = head
-                chained: list[ChainedEvent] = []
-                rows = []
-                for event in events:
-                    seq += 1
-                    link = ChainedEvent(seq, event, prev, event_hash(prev, seq, event))
-                    chained.append(link)
-                    rows.append((seq, sql.bind_time(event.time), *event[1:], prev, link.hash))
-                    prev = link.hash
-                cursor.executemany(sql.insert_events, rows)
-                cursor.execute(sql.write_head, (seq, prev))
+                chained = self.append_on(cursor, connection.dialect, events)
             finally:
                 cursor.close()
         except Exception as exc:
@@ -207,6 +190,32 @@ class AuditLog:
             ) from None
         if self._stream_path is not None:
             sa_event.listen(session, "after_commit", lambda _s: self.stream(chained), once=True)
+        return chained
+
+    def append_on(
+        self, cursor: Any, dialect: Dialect, events: list[AuditEvent]
+    ) -> list[ChainedEvent]:
+        """Add ``events`` with a DB-API cursor inside an open write transaction.
+
+        Straight DB-API statements: this runs for every audited request, and SQLAlchemy's
+        statement compilation and per-row parameter processing cost more than the insert.
+        """
+        sql = self._statements(dialect)
+        cursor.execute(sql.read_head)
+        head = cursor.fetchone()
+        if head is None:
+            raise LookupError("audit_head row is missing")
+        seq, prev = head
+        chained: list[ChainedEvent] = []
+        rows = []
+        for event in events:
+            seq += 1
+            link = ChainedEvent(seq, event, prev, event_hash(prev, seq, event))
+            chained.append(link)
+            rows.append((seq, sql.bind_time(event.time), *event[1:], prev, link.hash))
+            prev = link.hash
+        cursor.executemany(sql.insert_events, rows)
+        cursor.execute(sql.write_head, (seq, prev))
         return chained
 
     def _statements(self, dialect: Dialect) -> _Statements:
@@ -286,12 +295,25 @@ class AuditBatcher:
     now, so every request handled in the same loop iteration joins the transaction.
     A request resumes only after its event committed (fail closed: if the transaction
     fails, every request in it gets ``BackendUnavailable``).
+
+    On SQLite the flush never waits for the write lock: several worker processes share
+    one database file, and SQLite's busy handler sleeps 1 ms and more per retry, which
+    would stall the whole event loop. The flush tries ``BEGIN IMMEDIATE`` without waiting
+    and, when another process holds the lock, tries again ``_RETRY_AFTER`` seconds later
+    with every event queued meanwhile; after ``_GIVE_UP_AFTER`` seconds the batch fails
+    (503), as a database that cannot be written is unavailable.
     """
+
+    _RETRY_AFTER = 0.0002
+    _GIVE_UP_AFTER = 5.0
 
     def __init__(self, audit: AuditLog, db: Database) -> None:
         self._audit = audit
         self._db = db
         self._pending: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
+        # SQLite: one connection per loop, with no busy wait of its own.
+        self._connections: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._waiting_since: dict[asyncio.AbstractEventLoop, float] = {}
 
     async def record(self, event: AuditEvent) -> None:
         """Queue ``event`` and wait until it is committed."""
@@ -300,21 +322,31 @@ class AuditBatcher:
         pending = self._pending.get(loop)
         if pending is None:
             pending = self._pending[loop] = []
-            loop.call_soon(self._flush, loop)
+            if loop not in self._waiting_since:  # else a retry is already scheduled
+                loop.call_soon(self._flush, loop)
         pending.append(_Pending(event, loop, done))
         await done
 
     def close(self) -> None:
-        """Nothing to stop: pending events are flushed by their own loops."""
+        """Close the batcher's own connections (pending events are flushed by their loops)."""
+        for connection in self._connections.values():
+            with contextlib.suppress(Exception):
+                connection.close()
+        self._connections.clear()
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch = self._pending.pop(loop, [])
+        batch = self._pending.get(loop)
         if not batch:
+            self._pending.pop(loop, None)
             return
         failure: BaseException | None = None
         try:
-            with self._db.write() as session:
-                self._audit.append_many(session, [p.event for p in batch])
+            if self._db.is_sqlite:
+                if not self._write_sqlite(loop, batch):
+                    return  # locked by another process: retried with more events
+            else:
+                with self._db.write() as session:
+                    self._audit.append_many(session, [p.event for p in batch])
         except BackendUnavailable as exc:
             failure = exc
         except Exception as exc:  # a database error: fail closed
@@ -323,8 +355,52 @@ class AuditBatcher:
                 "the audit trail cannot be written; the request was not carried out",
                 log_detail=str(exc),
             )
+        self._pending.pop(loop, None)
+        self._waiting_since.pop(loop, None)
         for item in batch:
             _settle(item.done, failure)
+
+    def _write_sqlite(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> bool:
+        """Commit ``batch``; False (and a retry scheduled) when the write lock is taken."""
+        connection = self._connections.get(loop)
+        if connection is None:
+            connection = self._connections[loop] = self._db.engine.raw_connection()
+            setup = connection.cursor()
+            setup.execute("PRAGMA busy_timeout = 0")
+            setup.close()
+        cursor = connection.cursor()
+        try:
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                now = time.monotonic()
+                since = self._waiting_since.setdefault(loop, now)
+                if now - since > self._GIVE_UP_AFTER:
+                    raise
+                loop.call_later(self._RETRY_AFTER, self._flush, loop)
+                return False
+            try:
+                chained = self._audit.append_on(
+                    cursor, self._db.engine.dialect, [p.event for p in batch]
+                )
+                cursor.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    cursor.execute("ROLLBACK")
+                raise
+        except Exception:
+            # Start the next batch on a fresh connection.
+            self._connections.pop(loop, None)
+            with contextlib.suppress(Exception):
+                connection.invalidate()
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                cursor.close()
+        self._audit.stream(chained)
+        return True
 
 
 @dataclass(frozen=True, slots=True)
