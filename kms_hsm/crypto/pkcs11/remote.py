@@ -47,9 +47,13 @@ class _Agent:
         self.writer = writer
         self.reader_task: asyncio.Task[None] | None = None
 
-    def kill(self) -> None:
-        self.writer.close()
-        if self.process.poll() is None:
+    def stop(self, grace: float = 0.0) -> None:
+        """Close the socket (the agent logs out and exits at EOF); kill it after ``grace``."""
+        with contextlib.suppress(Exception):  # the loop may be closed already
+            self.writer.close()
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
             self.process.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=5)
@@ -104,7 +108,7 @@ class AgentClient:
         """Stop the agent (from any thread; the loop may be gone)."""
         agent, self._agent = self._agent, None
         if agent is not None:
-            agent.kill()
+            agent.stop(grace=2.0)
 
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, []
@@ -122,15 +126,32 @@ class AgentClient:
         self._starting = asyncio.get_running_loop().create_task(self._start())
 
     async def _start(self) -> None:
+        try:
+            agent, reader = await self._spawn()
+        except Exception as exc:
+            self._healthy = False
+            log.warning("HSM agent did not start: %s", getattr(exc, "log_detail", None) or exc)
+            return
+        agent.reader_task = asyncio.get_running_loop().create_task(self._read(reader, agent))
+        self._agent = agent
+        self._healthy = True
+        log.info("HSM agent %d serving", agent.process.pid)
+
+    async def _spawn(self) -> tuple[_Agent, asyncio.StreamReader]:
         parent_sock, child_sock = socket.socketpair()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kms_hsm.crypto.pkcs11.agent", str(child_sock.fileno())],
-            pass_fds=(child_sock.fileno(),),
-            stdin=subprocess.DEVNULL,
-            # The PIN reaches the agent over the socket only.
-            env={k: v for k, v in os.environ.items() if k != "KMS_HSM_PIN"},
-        )
-        child_sock.close()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "kms_hsm.crypto.pkcs11.agent", str(child_sock.fileno())],
+                pass_fds=(child_sock.fileno(),),
+                stdin=subprocess.DEVNULL,
+                # The PIN reaches the agent over the socket only.
+                env={k: v for k, v in os.environ.items() if k != "KMS_HSM_PIN"},
+            )
+        except BaseException:
+            parent_sock.close()
+            raise
+        finally:
+            child_sock.close()
         reader, writer = await asyncio.open_unix_connection(sock=parent_sock)
         agent = _Agent(process, writer)
         try:
@@ -138,15 +159,10 @@ class AgentClient:
             status, detail = await asyncio.wait_for(_read_message(reader), self._timeout)
             if status != "ready":
                 raise BackendUnavailable(log_detail=f"HSM agent: {detail}")
-        except (Exception, asyncio.CancelledError) as exc:
-            agent.kill()
-            self._healthy = False
-            log.warning("HSM agent did not start: %s", getattr(exc, "log_detail", None) or exc)
-            return
-        agent.reader_task = asyncio.get_running_loop().create_task(self._read(reader, agent))
-        self._agent = agent
-        self._healthy = True
-        log.info("HSM agent %d serving", process.pid)
+        except BaseException:
+            agent.stop()
+            raise
+        return agent, reader
 
     async def _read(self, reader: asyncio.StreamReader, agent: _Agent) -> None:
         try:
@@ -190,7 +206,7 @@ class AgentClient:
         self._healthy = False
         if agent.reader_task is not None and agent.reader_task is not asyncio.current_task():
             agent.reader_task.cancel()
-        agent.kill()
+        agent.stop()
         self._fail_all(reason)
 
     def _fail_all(self, reason: str) -> None:
