@@ -8,17 +8,19 @@ import json
 import os
 import sqlite3
 import subprocess
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from kms_hsm.audit.log import GENESIS, AuditEvent, canonical_event, event_hash
+from kms_hsm.audit.log import GENESIS, AuditEvent, canonical_event, event_hash, sqlite_time
 from kms_hsm.config import Settings
 from kms_hsm.service.runtime import Runtime, prepare
+from kms_hsm.store.tables import AuditEventRow
 from tests.conftest import KMS_HSM, create_key, serve_inprocess
 
 
@@ -250,3 +252,12 @@ def test_event_hash_vector() -> None:
         ).encode()
     ).hexdigest()
     assert event_hash(GENESIS, 1, event) == expected
+
+
+@given(st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=3))])))
+def test_sqlite_time_is_what_the_orm_stores(value) -> None:
+    """The audit insert writes times as the ORM column type would, so reads agree."""
+    column_type = AuditEventRow.__table__.c.time.type
+    dialect = sqlite_dialect.dialect()
+    orm = column_type.dialect_impl(dialect).bind_processor(dialect)
+    assert sqlite_time(value) == orm(column_type.process_bind_param(value, dialect))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -96,11 +97,8 @@ def _may_repeat_a_name(raw: bytes, value: Any) -> bool:
 class Fields:
     """Typed, named access to the fields of one request message."""
 
-    def __init__(self, data: dict[str, Any], names: Iterable[str]) -> None:
-        allowed = {}
-        for name in names:
-            allowed[name] = name
-            allowed[_snake(name)] = name
+    def __init__(self, data: dict[str, Any], names: tuple[str, ...]) -> None:
+        allowed = _accepted_names(names)
         values: dict[str, Any] = {}
         for key, value in data.items():
             canonical = allowed.get(key)
@@ -264,6 +262,16 @@ def field_mask(field: str, value: str, paths: Mapping[str, str]) -> frozenset[st
             raise FieldError(field, f"unknown path {path!r}; allowed: {', '.join(paths)}")
         names.add(paths[path])
     return frozenset(names)
+
+
+@functools.cache
+def _accepted_names(names: tuple[str, ...]) -> dict[str, str]:
+    """Each accepted JSON name (camelCase and snake_case) -> the field's camelCase name."""
+    accepted = {}
+    for name in names:
+        accepted[name] = name
+        accepted[_snake(name)] = name
+    return accepted
 
 
 def _snake(name: str) -> str:

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
@@ -94,6 +94,11 @@ def core_table(model: type[Any]) -> Table:
 _quote = json.encoder.encode_basestring_ascii  # what json.dumps uses for str
 
 
+def sqlite_time(value: datetime) -> str:
+    """What SQLAlchemy's ``UtcDateTime`` stores on SQLite: UTC, microseconds, no zone."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
 def canonical_event(seq: int, event: AuditEvent) -> str:
     """``json.dumps`` of the event and ``seq`` with sorted keys and no spaces, built directly.
 
@@ -144,9 +149,14 @@ class _Statements:
     @classmethod
     def for_dialect(cls, dialect: Dialect) -> _Statements:
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
-        # The column type's own conversion, so rows match what the ORM writes and reads.
+        # The column type's own conversion, so rows match what the ORM writes and reads;
+        # on SQLite the same text, written directly (a test holds the two together).
         time_type = core_table(AuditEventRow).c.time.type
-        convert = time_type.dialect_impl(dialect).bind_processor(dialect)
+        convert = (
+            sqlite_time
+            if dialect.name == "sqlite"
+            else time_type.dialect_impl(dialect).bind_processor(dialect)
+        )
         lock = "" if dialect.name == "sqlite" else " FOR UPDATE"
         # Only constant names and placeholders go into these strings (hence the noqa).
         return cls(

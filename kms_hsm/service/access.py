@@ -172,6 +172,7 @@ class AccessService:
         self._clock = clock
         self._granted: StateCache[frozenset[Permission]] = StateCache(watch)
         self._folders: StateCache[tuple[str, bool]] = StateCache(watch)
+        self._allowed: StateCache[bool] = StateCache(watch)
 
     def permissions(
         self, principal_id: str, resources: Iterable[Resource]
@@ -208,6 +209,15 @@ class AccessService:
         self, principal_id: str, permission: Permission, key_id: str, *, deleted_too: bool = False
     ) -> None:
         """Allow, or raise NotFound (no role at all) / PermissionDenied (some role)."""
+        # Grants are remembered until the next state change; refusals are worked out anew.
+        self._allowed.get(
+            (principal_id, permission, key_id, deleted_too),
+            lambda: self._authorize_key(principal_id, permission, key_id, deleted_too),
+        )
+
+    def _authorize_key(
+        self, principal_id: str, permission: Permission, key_id: str, deleted_too: bool
+    ) -> bool:
         folder_id, deleted = self._folders.get(key_id, lambda: self._load_folder(key_id))
         if deleted and not deleted_too:
             raise NotFound(f"key {key_id} not found")
@@ -215,7 +225,7 @@ class AccessService:
             principal_id, [Resource("key", key_id), Resource("folder", folder_id)]
         )
         if permission in granted:
-            return
+            return True
         if not granted:
             raise NotFound(f"key {key_id} not found")
         raise PermissionDenied(f"permission denied: {permission.value} on key {key_id}")
