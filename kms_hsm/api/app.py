@@ -178,6 +178,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         app.state.runtime = runtime or Runtime.start(settings or Settings())
         if owned:
             app.state.runtime.scheduler.start()
+        # The HSM agent logs in now, not under the first requests: a login rewrites the
+        # token file that other workers' agents may be reading (SoftHSM2).
+        if not await app.state.runtime.agents.client().start():
+            log.warning("HSM agent not started yet; HSM requests will retry it")
         # Everything made so far lives as long as the process: out of the collector's
         # sight, a full collection walks only what requests create. Measured at 12k req/s:
         # full collections of 36-73 ms every ~1.1 s (p99 44 ms) became 1.5 ms (p99 10 ms).

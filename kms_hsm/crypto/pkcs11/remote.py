@@ -104,6 +104,14 @@ class AgentClient:
         finally:
             self._calls.pop(call_id, None)
 
+    async def start(self) -> bool:
+        """Start the agent now rather than at the first call; True once it serves."""
+        self._ensure_starting()
+        if self._starting is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._starting), self._timeout)
+        return self._agent is not None
+
     def close(self) -> None:
         """Stop the agent (from any thread; the loop may be gone)."""
         agent, self._agent = self._agent, None

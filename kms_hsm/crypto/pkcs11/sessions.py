@@ -158,6 +158,7 @@ class SessionManager:
         self._generation = 0
         self._up = False
         self._last_failed_reinit = 0.0
+        self._last_reload = 0.0
         self._lib: Any = None
         self._token: Any = None
         self._anchor: Any = None
@@ -409,9 +410,21 @@ class SessionManager:
                     # SoftHSM2's file store can miss an object that another process made
                     # while this one was writing too (its generation counter is not
                     # atomic across processes); reloading the module re-reads the store.
-                    self._reinitialize(generation, "key object not visible; reloading")
+                    # But a reload logs in again, which rewrites the token file that the
+                    # other processes are reading: at most one reload a second, else a
+                    # short wait (seen in CI: two HSM agents reloading each other 8,500
+                    # times in a few seconds).
+                    if time.monotonic() - self._last_reload >= _RELOAD_SPACING:
+                        self._last_reload = time.monotonic()
+                        self._reinitialize(generation, "key object not visible; reloading")
+                    else:
+                        time.sleep(_MISSING_RETRY_WAIT)
                 missing_once = missing_once or missing
         raise AssertionError("unreachable")
+
+
+_RELOAD_SPACING = 1.0
+_MISSING_RETRY_WAIT = 0.02
 
 
 class _FatalLogin(Exception):
