@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import report
-from apiclient import ApiClient, RequestFailed
-from loadgen import Load, LoadError, run_wrk
+from apiclient import ApiClient
+from loadgen import Load, run_wrk
+from scale import run_mode
 from scenarios import encrypt_body
-from servers import Server, ServerError, read_token, rss_bytes, start_kms
+from servers import Server, read_token, rss_bytes, start_kms
 
 EARLY = 10_000
 CONNECTIONS = 64
@@ -135,10 +136,4 @@ class MemoryRun:
 
 def run_memory(args: argparse.Namespace, work_dir: Path) -> tuple[dict[str, Any], bool]:
     """The memory mode; returns (results, failed)."""
-    run = MemoryRun(args, work_dir)
-    try:
-        run.run()
-    except (ServerError, RequestFailed, LoadError) as exc:
-        run.failures.append(f"memory run aborted: {exc}")
-    run.print_report()
-    return run.summary(), bool(run.failures)
+    return run_mode(MemoryRun(args, work_dir), "memory")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import report
 from apiclient import ApiClient, RequestFailed
@@ -230,12 +230,26 @@ class ScaleRun:
         report.print_failures(self.failures)
 
 
+class Mode(Protocol):
+    """A measurement mode: runs, collects failures, prints, summarises."""
+
+    failures: list[str]
+
+    def run(self) -> None: ...
+    def print_report(self) -> None: ...
+    def summary(self) -> dict[str, Any]: ...
+
+
+def run_mode(mode: Mode, name: str) -> tuple[dict[str, Any], bool]:
+    """Run ``mode``, print its report; returns (results, failed)."""
+    try:
+        mode.run()
+    except (ServerError, RequestFailed, LoadError) as exc:
+        mode.failures.append(f"{name} run aborted: {exc}")
+    mode.print_report()
+    return mode.summary(), bool(mode.failures)
+
+
 def run_scale(args: argparse.Namespace, work_dir: Path) -> tuple[dict[str, Any], bool]:
     """The scale mode; returns (results, failed)."""
-    scale = ScaleRun(args, work_dir)
-    try:
-        scale.run()
-    except (ServerError, RequestFailed, LoadError) as exc:
-        scale.failures.append(f"scale run aborted: {exc}")
-    scale.print_report()
-    return scale.summary(), bool(scale.failures)
+    return run_mode(ScaleRun(args, work_dir), "scale")

@@ -70,12 +70,10 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        rid = _request_id(headers)
-        scope.setdefault("state", {})["request_id"] = rid
-        if _too_large(headers):
-            await _body_too_large(scope, receive, send)
+        admitted = await _admit(scope, receive, send)
+        if admitted is None:
             return
+        _headers, rid = admitted
         extra = [(b"x-request-id", rid.encode("latin-1")), (b"x-kms-worker", self.worker)]
 
         async def send_with_headers(message: Message) -> None:
@@ -89,11 +87,20 @@ class RequestGuard:
         await self.app(scope, receive, send_with_headers)
 
 
-async def _body_too_large(scope: Scope, receive: Receive, send: Send) -> None:
-    response = error_response(
-        Request(scope), 3, f"request body must be at most {MAX_BODY_BYTES} bytes"
-    )
-    await response(scope, receive, send)
+async def _admit(
+    scope: Scope, receive: Receive, send: Send
+) -> tuple[dict[bytes, bytes], str] | None:
+    """Headers and request id of an HTTP request; None when it was refused (too large)."""
+    headers = dict(scope["headers"])
+    rid = _request_id(headers)
+    scope.setdefault("state", {})["request_id"] = rid
+    if _too_large(headers):
+        response = error_response(
+            Request(scope), 3, f"request body must be at most {MAX_BODY_BYTES} bytes"
+        )
+        await response(scope, receive, send)
+        return None
+    return headers, rid
 
 
 # The data plane skips FastAPI's middleware stack, router and dependency machinery: these
@@ -131,12 +138,10 @@ class KmsApp(FastAPI):
             await super().__call__(scope, receive, send)
             return
         scope["app"] = self
-        headers = dict(scope["headers"])
-        rid = _request_id(headers)
-        scope.setdefault("state", {})["request_id"] = rid
-        if _too_large(headers):
-            await _body_too_large(scope, receive, send)
+        admitted = await _admit(scope, receive, send)
+        if admitted is None:
             return
+        headers, rid = admitted
         scope[HEADERS_KEY] = headers
         handler, key_id = fast
         request = Request(scope, receive)
