@@ -11,6 +11,7 @@ from pkcs11 import exceptions as p11
 from sqlalchemy import select
 
 from kms_hsm.crypto.pkcs11.hsm import ROOT_KEY_PREFIX, HsmCrypto
+from kms_hsm.crypto.pkcs11.sessions import KeyHandles
 from kms_hsm.domain.model import Algorithm
 from kms_hsm.service.keys import KeySpec
 from kms_hsm.service.runtime import Runtime
@@ -105,3 +106,36 @@ def _material_bytes(runtime: Runtime, key_id: str, row: KeyVersionRow) -> bytes:
         blob[12:],
         _material_aad(key_id, row.id),
     )
+
+
+def test_key_handles_list_once_then_find_new_keys(runtime: Runtime) -> None:
+    """The first miss lists every token key; a key made after that is found on its own,
+    and a destroyed one is reported missing, not served from a stale handle."""
+    _key, first = _create(runtime, Algorithm.AES_256_HSM)
+
+    def lookups(pooled):
+        handles = KeyHandles()
+        listed = handles.get(first.encode(), pooled.session)
+        later = _create_in_token(pooled)
+        found = handles.get(later, pooled.session)
+        found_id = bytes(found[Attribute.ID])
+        with pytest.raises(p11.NoSuchKey):
+            handles.get(b"no-such-version", pooled.session)
+        found.destroy()
+        handles.forget(later)
+        with pytest.raises(p11.NoSuchKey):
+            handles.get(later, pooled.session)
+        return bytes(listed[Attribute.ID]), found_id == later
+
+    listed_id, later_found = runtime.sessions.run(lookups)
+    assert listed_id == first.encode()
+    assert later_found
+
+
+def _create_in_token(pooled) -> bytes:
+    """A token key made directly, after the handles were listed."""
+    object_id = b"custody-later-key"
+    pooled.session.generate_key(
+        KeyType.AES, 256, id=object_id, store=True, template={Attribute.TOKEN: True}
+    )
+    return object_id
