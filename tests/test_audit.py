@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import sqlite3
 import subprocess
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -104,41 +107,54 @@ def test_audit_export_since(api, settings, tmp_path) -> None:
     assert 1 <= len(recent) < len(everything)
 
 
-def test_audit_failure_fails_the_request_closed(token_dir, tmp_path) -> None:
-    """A real write failure (a trigger refusing inserts) -> 503, no ciphertext, no key."""
-    url = f"sqlite:///{tmp_path / 'closed.db'}"
-    settings = Settings(
-        data_dir=tmp_path, pin_file=token_dir / "user-pin", database_url=url, scheduler_interval=0
+@contextlib.contextmanager
+def _own_service(
+    token_dir: Path, tmp_path: Path, db_name: str, **settings: Any
+) -> Iterator[tuple[Runtime, httpx.Client]]:
+    """A runtime on its own SQLite file, served over real HTTP, and an admin client."""
+    config = Settings(
+        data_dir=tmp_path,
+        pin_file=token_dir / "user-pin",
+        database_url=f"sqlite:///{tmp_path / db_name}",
+        scheduler_interval=0,
+        **settings,
     )
-    prepare(settings)
-    runtime = Runtime.start(settings)
+    prepare(config)
+    runtime = Runtime.start(config)
     token = (tmp_path / "admin-token").read_text().strip()
     try:
-        with serve_inprocess(runtime) as base_url:
-            api = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"})
-            key = create_key(api, "AES_256_HSM")
-            with sqlite3.connect(tmp_path / "closed.db") as db:
-                db.execute(
-                    "CREATE TRIGGER audit_down BEFORE INSERT ON audit_events "
-                    "BEGIN SELECT RAISE(ABORT, 'audit store full'); END"
-                )
-            r = api.post(f"/kms/v1/keys/{key['id']}:encrypt", json={"plaintext": "c2VjcmV0"})
-            assert r.status_code == 503 and r.json()["code"] == 14
-            assert "ciphertext" not in r.text
-            r = api.post(
-                "/kms/v1/keys", json={"folderId": "b1gtestfolder", "defaultAlgorithm": "AES_128"}
-            )
-            assert r.status_code == 503
-            with sqlite3.connect(tmp_path / "closed.db") as db:
-                (keys,) = db.execute("SELECT count(*) FROM keys").fetchone()
-            assert keys == 1  # the refused create left nothing behind
-            with sqlite3.connect(tmp_path / "closed.db") as db:
-                db.execute("DROP TRIGGER audit_down")
-            r = api.post(f"/kms/v1/keys/{key['id']}:encrypt", json={"plaintext": "c2VjcmV0"})
-            assert r.status_code == 200
-            api.close()
+        with (
+            serve_inprocess(runtime) as base_url,
+            httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}) as api,
+        ):
+            yield runtime, api
     finally:
         runtime.close()
+
+
+def test_audit_failure_fails_the_request_closed(token_dir, tmp_path) -> None:
+    """A real write failure (a trigger refusing inserts) -> 503, no ciphertext, no key."""
+    with _own_service(token_dir, tmp_path, "closed.db") as (_runtime, api):
+        key = create_key(api, "AES_256_HSM")
+        with sqlite3.connect(tmp_path / "closed.db") as db:
+            db.execute(
+                "CREATE TRIGGER audit_down BEFORE INSERT ON audit_events "
+                "BEGIN SELECT RAISE(ABORT, 'audit store full'); END"
+            )
+        r = api.post(f"/kms/v1/keys/{key['id']}:encrypt", json={"plaintext": "c2VjcmV0"})
+        assert r.status_code == 503 and r.json()["code"] == 14
+        assert "ciphertext" not in r.text
+        r = api.post(
+            "/kms/v1/keys", json={"folderId": "b1gtestfolder", "defaultAlgorithm": "AES_128"}
+        )
+        assert r.status_code == 503
+        with sqlite3.connect(tmp_path / "closed.db") as db:
+            (keys,) = db.execute("SELECT count(*) FROM keys").fetchone()
+        assert keys == 1  # the refused create left nothing behind
+        with sqlite3.connect(tmp_path / "closed.db") as db:
+            db.execute("DROP TRIGGER audit_down")
+        r = api.post(f"/kms/v1/keys/{key['id']}:encrypt", json={"plaintext": "c2VjcmV0"})
+        assert r.status_code == 200
 
 
 def test_principal_and_token_cli(api, settings, base_url) -> None:
@@ -189,27 +205,12 @@ def test_secrets_are_refused_on_the_command_line() -> None:
 
 def test_events_are_streamed_as_json_lines(token_dir, tmp_path) -> None:
     stream = tmp_path / "audit.jsonl"
-    settings = Settings(
-        data_dir=tmp_path,
-        pin_file=token_dir / "user-pin",
-        database_url=f"sqlite:///{tmp_path / 'stream.db'}",
-        scheduler_interval=0,
-        audit_log_file=stream,
-    )
-    prepare(settings)
-    runtime = Runtime.start(settings)
-    token = (tmp_path / "admin-token").read_text().strip()
-    try:
-        with serve_inprocess(runtime) as base_url:
-            api = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"})
-            key = create_key(api, "AES_128")
-            for _ in range(5):
-                api.post(f"/kms/v1/keys/{key['id']}:encrypt", json={"plaintext": "c2VjcmV0"})
-            api.close()
+    with _own_service(token_dir, tmp_path, "stream.db", audit_log_file=stream) as (runtime, api):
+        key = create_key(api, "AES_128")
+        for _ in range(5):
+            api.post(f"/kms/v1/keys/{key['id']}:encrypt", json={"plaintext": "c2VjcmV0"})
         exported = io.StringIO()
         runtime.audit.export(exported)
-    finally:
-        runtime.close()
     streamed = [json.loads(line) for line in stream.read_text().splitlines()]
     assert streamed == [json.loads(line) for line in exported.getvalue().splitlines()]
     assert [e["method"] for e in streamed] == ["SymmetricKey.Create"] + [

@@ -94,8 +94,8 @@ class CryptoService:
     ) -> bool:
         """Whether the call would reach the HSM (True when in doubt).
 
-        The API runs calls that may reach the HSM off the event loop, so that a hung token
-        cannot stall requests that only use software keys with cached material.
+        The API sends calls that may reach the HSM through the HSM agent, so that a hung
+        token cannot stall requests that only use software keys with cached material.
         """
         if data_key_spec is Algorithm.AES_256_HSM:
             return True
