@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 
+import greenlet
 import pytest
 
 from kms_hsm.crypto.bridge import await_in_bridge, in_bridge, run_bridged
@@ -55,13 +56,50 @@ def test_await_outside_the_bridge_is_refused() -> None:
     coroutine.close()
 
 
-def test_many_bridged_calls_interleave_on_one_loop() -> None:
+@pytest.mark.parametrize("calls", [50, 600])  # 600: more at once than the idle pool keeps
+def test_many_bridged_calls_interleave_on_one_loop(calls: int) -> None:
     async def main() -> list[int]:
-        return await asyncio.gather(
-            *(run_bridged(lambda n=n: await_in_bridge(_later(n))) for n in range(50))
+        first = await asyncio.gather(
+            *(run_bridged(lambda n=n: await_in_bridge(_later(n))) for n in range(calls))
         )
+        again = await asyncio.gather(*(run_bridged(lambda n=n: n) for n in range(calls)))
+        return first + again
 
-    assert asyncio.run(main()) == [2 * n for n in range(50)]
+    assert asyncio.run(main()) == [2 * n for n in range(calls)] + list(range(calls))
+
+
+def test_greenlets_are_reused_and_carry_nothing_from_the_previous_work() -> None:
+    def whoami() -> tuple[object, str]:
+        await_in_bridge(_later(0))
+        return greenlet.getcurrent(), _request.get()
+
+    def fails() -> None:
+        raise DecryptionFailed(log_detail="tag")
+
+    async def main() -> list[tuple[object, str]]:
+        seen = []
+        for n in range(3):
+            _request.set(f"r-{n}")
+            seen.append(await run_bridged(whoami))
+            with pytest.raises(DecryptionFailed):
+                await run_bridged(fails)
+        return seen
+
+    seen = asyncio.run(main())
+    assert [request for _g, request in seen] == ["r-0", "r-1", "r-2"]
+    assert len({id(g) for g, _r in seen}) == 1  # one greenlet served all six calls
+
+
+def test_a_cancelled_caller_leaves_the_bridge_usable() -> None:
+    async def main() -> int:
+        task = asyncio.ensure_future(run_bridged(lambda: await_in_bridge(asyncio.sleep(10))))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await run_bridged(lambda: await_in_bridge(_later(4)))
+
+    assert asyncio.run(main()) == 8
 
 
 @pytest.mark.parametrize(
