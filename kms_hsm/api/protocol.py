@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
+from typing import Any, cast
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
@@ -66,7 +66,8 @@ class NoDelayHttpProtocol(_Base):  # type: ignore[misc,unused-ignore]
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().connection_made(CoalescingTransport(transport, self.loop))
+        # Duck-typed: everything but write/close passes through to the real transport.
+        super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport, self.loop)))
 
 
 HTTP_PROTOCOL = "kms_hsm.api.protocol:NoDelayHttpProtocol"
