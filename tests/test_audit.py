@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -155,6 +156,22 @@ def test_audit_failure_fails_the_request_closed(token_dir, tmp_path) -> None:
             db.execute("DROP TRIGGER audit_down")
         r = api.post(f"/kms/v1/keys/{key['id']}:encrypt", json={"plaintext": "c2VjcmV0"})
         assert r.status_code == 200
+
+
+def test_audit_wal_is_checkpointed_by_the_batchers_thread(token_dir, tmp_path) -> None:
+    """The batcher's own thread checkpoints the WAL while the service runs."""
+    with _own_service(token_dir, tmp_path, "ckpt.db") as (runtime, api):
+        key = create_key(api, "AES_256")
+        for _ in range(20):
+            r = api.post(f"/kms/v1/keys/{key['id']}:encrypt", json={"plaintext": "c2VjcmV0"})
+            assert r.status_code == 200
+        checkpointer = runtime.audit_batcher.checkpointer
+        assert checkpointer is not None
+        deadline = time.monotonic() + 5
+        while checkpointer.stats.runs == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert checkpointer.stats.runs > 0 and checkpointer.stats.failures == 0
+    assert checkpointer._thread is None  # stopped with the runtime
 
 
 def test_principal_and_token_cli(api, settings, base_url) -> None:

@@ -32,6 +32,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
 from kms_hsm.errors import BackendUnavailable
+from kms_hsm.store.checkpoint import WalCheckpointer
 from kms_hsm.store.engine import Database
 from kms_hsm.store.tables import AuditEventRow, AuditHeadRow
 
@@ -311,7 +312,9 @@ class AuditBatcher:
     would stall the whole event loop. The flush tries ``BEGIN IMMEDIATE`` without waiting
     and, when another process holds the lock, tries again ``_RETRY_AFTER`` seconds later
     with every event queued meanwhile; after ``_GIVE_UP_AFTER`` seconds the batch fails
-    (503), as a database that cannot be written is unavailable.
+    (503), as a database that cannot be written is unavailable. Copying the WAL back into
+    the database file is left to a thread (``store/checkpoint.py``), so the checkpoints
+    SQLite runs inside these commits stay short.
     """
 
     _RETRY_AFTER = 0.0002
@@ -324,6 +327,10 @@ class AuditBatcher:
         # SQLite: one connection per loop, with no busy wait of its own.
         self._connections: dict[asyncio.AbstractEventLoop, Any] = {}
         self._waiting_since: dict[asyncio.AbstractEventLoop, float] = {}
+        # SQLite file: this thread copies the WAL back, so the checkpoints that SQLite
+        # still runs inside these commits find little left to copy.
+        path = db.engine.url.database if db.is_sqlite else None
+        self.checkpointer = WalCheckpointer(path) if path and path != ":memory:" else None
 
     async def record(self, event: AuditEvent) -> None:
         """Queue ``event`` and wait until it is committed."""
@@ -339,6 +346,8 @@ class AuditBatcher:
 
     def close(self) -> None:
         """Close the batcher's own connections (pending events are flushed by their loops)."""
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         for connection in self._connections.values():
             with contextlib.suppress(Exception):
                 connection.close()
@@ -377,6 +386,8 @@ class AuditBatcher:
             connection = self._connections[loop] = self._db.engine.raw_connection()
             setup = connection.cursor()
             setup.execute("PRAGMA busy_timeout = 0")
+            if self.checkpointer is not None:
+                self.checkpointer.start()
             setup.close()
         cursor = connection.cursor()
         try:
