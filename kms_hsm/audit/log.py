@@ -32,6 +32,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
 from kms_hsm.errors import BackendUnavailable
+from kms_hsm.loops import current_loop
 from kms_hsm.store.checkpoint import WalCheckpointer
 from kms_hsm.store.engine import Database
 from kms_hsm.store.tables import AuditEventRow, AuditHeadRow
@@ -334,7 +335,7 @@ class AuditBatcher:
 
     async def record(self, event: AuditEvent) -> None:
         """Queue ``event`` and wait until it is committed."""
-        loop = asyncio.get_running_loop()
+        loop = current_loop()
         done: asyncio.Future[None] = loop.create_future()
         pending = self._pending.get(loop)
         if pending is None:

@@ -31,6 +31,7 @@ from kms_hsm.crypto.pkcs11.agent import AgentConfig, decode_error, frame
 from kms_hsm.crypto.pkcs11.hsm import HsmCrypto
 from kms_hsm.crypto.pkcs11.sessions import SessionManager
 from kms_hsm.errors import BackendUnavailable
+from kms_hsm.loops import current_loop
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class AgentClient:
                 raise BackendUnavailable(log_detail="the HSM agent did not start in time") from None
             if self._agent is None:
                 raise BackendUnavailable(log_detail="the HSM agent could not start")
-        loop = asyncio.get_running_loop()
+        loop = current_loop()
         call_id = next(self._ids)
         future: asyncio.Future[Any] = loop.create_future()
         self._calls[call_id] = (future, time.monotonic())
@@ -238,7 +239,7 @@ class AgentPool:
 
     def client(self) -> AgentClient:
         """The running loop's client (its agent starts with its first call)."""
-        loop = asyncio.get_running_loop()
+        loop = current_loop()
         client = self._clients.get(loop)
         if client is None:
             client = self._clients[loop] = AgentClient(self._config, self._timeout)
