@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from kms_hsm.crypto.nonces import NonceSource
 from kms_hsm.crypto.pkcs11.hsm import ROOT_KEY_PREFIX, HsmCrypto
 from kms_hsm.crypto.software import MaterialCache, SoftwareKey
 from kms_hsm.domain import envelope as env
@@ -58,11 +59,13 @@ class Keyring:
         cache: MaterialCache,
         sessions: Database,
         rng: Rng = os.urandom,
+        nonces: Rng | None = None,
     ) -> None:
         self._hsm = hsm
         self._cache = cache
         self._db = sessions
-        self._rng = rng
+        self._rng = rng  # key material
+        self._nonce = nonces or NonceSource()
         self._root_key_id: str | None = None
 
     # ------------------------------------------------------------------ root key
@@ -100,7 +103,7 @@ class Keyring:
 
     def self_test(self) -> None:
         """Encrypt and decrypt a fresh value under the root key in the token."""
-        nonce = self._rng(env.NONCE_BYTES)
+        nonce = self._nonce(env.NONCE_BYTES)
         probe = self._rng(16)
         sealed = self._hsm.encrypt(self._root_object_id(), nonce, probe, b"kms-hsm readiness")
         if self._hsm.decrypt(self._root_object_id(), nonce, sealed, b"kms-hsm readiness") != probe:
@@ -116,7 +119,7 @@ class Keyring:
             row = repository.get_service_secret(session, name)
         if row is None:
             secret = self._rng(length)
-            nonce = self._rng(env.NONCE_BYTES)
+            nonce = self._nonce(env.NONCE_BYTES)
             sealed = self._hsm.encrypt(self._root_object_id(), nonce, secret, aad)
             try:
                 with self._db.write() as session:
@@ -158,7 +161,7 @@ class Keyring:
             self._hsm.generate_key(version_id.encode(), self._object_label(version_id))
             return NewMaterial(None, None)
         material = self._rng(algorithm.key_bytes)
-        nonce = self._rng(env.NONCE_BYTES)
+        nonce = self._nonce(env.NONCE_BYTES)
         sealed = self._hsm.encrypt(
             self._root_object_id(), nonce, material, _material_aad(key_id, version_id)
         )
@@ -237,7 +240,7 @@ class Keyring:
         """Seal ``plaintext`` under ``stored``; returns a format 0x01 envelope."""
         header = env.make_header(env.EnvelopeFormat.AES_GCM, stored.version.id)
         aad = env.authenticated_data(header, key_id, aad_context)
-        nonce = self._rng(env.NONCE_BYTES)
+        nonce = self._nonce(env.NONCE_BYTES)
         if stored.version.hosted_by_hsm:
             sealed = self._hsm.encrypt(stored.version.id.encode(), nonce, plaintext, aad)
         else:
@@ -286,7 +289,7 @@ class Keyring:
         if spec is Algorithm.AES_256_HSM and stored.version.hosted_by_hsm:
             header = env.make_header(env.EnvelopeFormat.HSM_WRAPPED_KEY, stored.version.id)
             aad = env.authenticated_data(header, key_id, aad_context)
-            nonce = self._rng(env.NONCE_BYTES)
+            nonce = self._nonce(env.NONCE_BYTES)
             plaintext, tag, wrapped = self._hsm.generate_wrapped_data_key(
                 stored.version.id.encode(),
                 spec.key_bytes,
