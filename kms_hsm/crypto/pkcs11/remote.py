@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from kms_hsm.crypto.bridge import await_in_bridge, in_bridge
@@ -78,18 +79,31 @@ class AgentClient:
         self._watchdog: asyncio.TimerHandle | None = None
         self._outbox: list[tuple[int, str, tuple[Any, ...], dict[str, Any]]] = []
 
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Run ``HsmCrypto.<method>(*args)`` in the agent."""
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        """Run ``HsmCrypto.<method>(*args)`` in the agent; await what this returns."""
         if self._agent is None:
-            self._ensure_starting()
-            if not self._healthy or self._starting is None:
-                raise BackendUnavailable(log_detail="the HSM agent is not running")
-            try:
-                await asyncio.wait_for(asyncio.shield(self._starting), self._timeout)
-            except TimeoutError:
-                raise BackendUnavailable(log_detail="the HSM agent did not start in time") from None
-            if self._agent is None:
-                raise BackendUnavailable(log_detail="the HSM agent could not start")
+            return self._call_once_started(method, args, kwargs)
+        return self._send(method, args, kwargs)
+
+    async def _call_once_started(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        self._ensure_starting()
+        if not self._healthy or self._starting is None:
+            raise BackendUnavailable(log_detail="the HSM agent is not running")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._starting), self._timeout)
+        except TimeoutError:
+            raise BackendUnavailable(log_detail="the HSM agent did not start in time") from None
+        if self._agent is None:
+            raise BackendUnavailable(log_detail="the HSM agent could not start")
+        return await self._send(method, args, kwargs)
+
+    def _send(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> asyncio.Future[Any]:
+        # A plain future, not a coroutine: the answer (or the agent's end) settles it and
+        # takes it off ``_calls``; a caller that gave up leaves it there until then.
         loop = current_loop()
         call_id = next(self._ids)
         future: asyncio.Future[Any] = loop.create_future()
@@ -100,10 +114,7 @@ class AgentClient:
         if self._watchdog is None:
             # One timer for all calls (not one each): it looks at the oldest call.
             self._watchdog = loop.call_later(self._timeout / 4, self._check_oldest)
-        try:
-            return await future
-        finally:
-            self._calls.pop(call_id, None)
+        return future
 
     async def start(self) -> bool:
         """Start the agent now rather than at the first call; True once it serves."""
@@ -177,7 +188,7 @@ class AgentClient:
         try:
             while True:
                 for call_id, ok, value in await _read_message(reader):
-                    future = self._calls.get(call_id, _SETTLED)[0]
+                    future = self._calls.pop(call_id, _SETTLED)[0]
                     if future is None or future.done():
                         continue
                     if ok:
@@ -219,7 +230,8 @@ class AgentClient:
         self._fail_all(reason)
 
     def _fail_all(self, reason: str) -> None:
-        for future, _sent in self._calls.values():
+        calls, self._calls = self._calls, {}
+        for future, _sent in calls.values():
             if not future.done():
                 future.set_exception(BackendUnavailable(log_detail=reason))
 
