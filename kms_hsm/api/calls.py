@@ -57,7 +57,7 @@ class Call:
     def context(self) -> CallContext:
         """Who is calling, for services that write Operations and audit events."""
         return CallContext(
-            self.principal.id, self.method, self.request.state.request_id, _source(self.request)
+            self.principal.id, self.method, _request_id(self.request), _source(self.request)
         )
 
     def authorize_key(
@@ -96,7 +96,15 @@ Work = Callable[[Call], Awaitable[dict[str, Any]]]
 
 
 def _source(request: Request) -> str:
-    return request.client.host if request.client else ""
+    # From the scope, not ``request.client``: that builds a new Address on every access.
+    client = request.scope.get("client")
+    return str(client[0]) if client else ""
+
+
+def _request_id(request: Request) -> str:
+    # Set by the app's admission step (api/app.py) for every HTTP request.
+    request_id: str = request.scope["state"]["request_id"]
+    return request_id
 
 
 async def handle(request: Request, method: str, work: Work, *, key_id: str = "") -> Response:
@@ -160,6 +168,6 @@ def _event(
         key_id=_storable((call.key_id if call else "") or key_id),
         version_id=_storable(call.version_id if call else ""),
         outcome=outcome,
-        request_id=request.state.request_id,
+        request_id=_request_id(request),
         source=_source(request),
     )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from kms_hsm.store.state import StateWatch
 
 V = TypeVar("V")
+
+_MISSING = object()
 
 
 class StateCache(Generic[V]):
@@ -30,6 +32,12 @@ class StateCache(Generic[V]):
         if self._watch is None:
             return load()
         version = self._watch.current()
+        if version == self._version:
+            # The hit path takes no lock: under the GIL the lookup is atomic, and a value
+            # stored meanwhile by another thread belongs to this version or a newer one.
+            found = self._values.get(key, _MISSING)
+            if found is not _MISSING:
+                return cast(V, found)
         with self._lock:
             if version != self._version:
                 self._values.clear()
