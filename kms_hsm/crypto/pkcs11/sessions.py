@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -150,8 +149,11 @@ class SessionManager:
         self._startup_timeout = startup_timeout
         self._reinit_interval = reinit_interval
         self._lock = threading.Lock()
-        self._idle: queue.LifoQueue[PooledSession] = queue.LifoQueue()
-        self._slots = threading.BoundedSemaphore(pool_size)
+        # Idle sessions, most recently used last; changed only under ``_lock``.
+        self._idle: list[PooledSession] = []
+        # Leases not yet handed out (at most pool_size at once); changed under ``_lock``.
+        self._free_slots = pool_size
+        self._slot_freed = threading.Condition(self._lock)
         self._inflight = 0
         self._quiesce = threading.Condition(self._lock)
         self._reinitializing = False
@@ -239,7 +241,7 @@ class SessionManager:
         self._handles = KeyHandles()
         self._generation += 1
         self._up = True
-        self._idle = queue.LifoQueue()
+        self._idle = []
 
     @staticmethod
     def _self_test(session: Any) -> None:
@@ -258,11 +260,8 @@ class SessionManager:
             key.destroy()
 
     def _close_quietly(self, *, force: bool = False) -> None:
-        while True:
-            try:
-                pooled = self._idle.get_nowait()
-            except queue.Empty:
-                break
+        idle, self._idle = self._idle, []
+        for pooled in idle:
             with contextlib.suppress(Exception):
                 pooled.session.close()
         if self._anchor is not None:
@@ -317,49 +316,50 @@ class SessionManager:
 
     @contextlib.contextmanager
     def _lease(self) -> Iterator[PooledSession]:
-        if not self._slots.acquire(timeout=self._lease_timeout):
-            raise BackendUnavailable(log_detail="no PKCS#11 session free within the lease timeout")
+        with self._lock:
+            if not self._free_slots and not self._slot_freed.wait_for(
+                lambda: self._free_slots > 0, timeout=self._lease_timeout
+            ):
+                raise BackendUnavailable(
+                    log_detail="no PKCS#11 session free within the lease timeout"
+                )
+            self._free_slots -= 1
+            self._inflight += 1
+        returned: PooledSession | None = None
         try:
             with self._lock:
                 if self._reinitializing:
                     self._quiesce.wait_for(lambda: not self._reinitializing, timeout=10.0)
-                if not self._up:
-                    generation = self._generation
-                    pooled = None
-                else:
-                    generation = self._generation
-                    try:
-                        pooled = self._idle.get_nowait()
-                    except queue.Empty:
-                        pooled = None
-                self._inflight += 1
+                generation = self._generation
+                pooled = self._idle.pop() if self._up and self._idle else None
+            if not self._up:
+                raise p11.DeviceRemoved("HSM is down")
+            if pooled is None:
+                pooled = PooledSession(self._token.open(rw=True), generation, self._handles)
+                self.stats.sessions_opened += 1
+            pooled.last_key = None
+            keep = True
             try:
-                if not self._up:
-                    raise p11.DeviceRemoved("HSM is down")
-                if pooled is None:
-                    pooled = PooledSession(self._token.open(rw=True), generation, self._handles)
-                    self.stats.sessions_opened += 1
-                pooled.last_key = None
-                keep = True
-                try:
-                    yield pooled
-                except p11.PKCS11Error as exc:
-                    kind = failure_kind(exc, decrypting=True)
-                    if kind is FailureKind.DEVICE:
-                        keep = False
-                    elif kind is FailureKind.OBJECT and pooled.last_key is not None:
-                        pooled.forget(pooled.last_key)
-                    raise
-                finally:
-                    if keep and pooled.generation == self._generation:
-                        self._idle.put(pooled)
+                yield pooled
+            except p11.PKCS11Error as exc:
+                kind = failure_kind(exc, decrypting=True)
+                if kind is FailureKind.DEVICE:
+                    keep = False
+                elif kind is FailureKind.OBJECT and pooled.last_key is not None:
+                    pooled.forget(pooled.last_key)
+                raise
             finally:
-                with self._lock:
-                    self._inflight -= 1
-                    if self._inflight == 0:
-                        self._quiesce.notify_all()
+                if keep:
+                    returned = pooled
         finally:
-            self._slots.release()
+            with self._lock:
+                if returned is not None and returned.generation == self._generation:
+                    self._idle.append(returned)
+                self._inflight -= 1
+                if self._inflight == 0:
+                    self._quiesce.notify_all()
+                self._free_slots += 1
+                self._slot_freed.notify()
 
     def run(self, operation: Callable[[PooledSession], T], *, decrypting: bool = False) -> T:
         """Run ``operation`` on a leased session, recovering from device and handle faults.
