@@ -78,8 +78,9 @@ class Call:
         PKCS#11 calls cannot be interrupted; in the agent process a hung token stalls
         only the agent: the caller gets 503 after the call timeout, the agent is replaced,
         and requests that need no token call go on being served. Work that needs no HSM
-        (software keys whose material is cached) skips the bridge: running every request
-        through it measured 8 % fewer software-key encrypts per second.
+        (software keys whose material is cached) skips the bridge and its greenlet
+        switches (~1 us a request with pooled greenlets; 8 % of software-key encrypts a
+        second when every request started a new greenlet).
         """
         if not needs_hsm:
             return work()
