@@ -23,8 +23,9 @@ class StateCache(Generic[V]):
     def __init__(self, watch: StateWatch | None, max_entries: int = 100_000) -> None:
         self._watch = watch
         self._max = max_entries
-        self._version = -1
-        self._values: dict[Hashable, V] = {}
+        # (state version, the values loaded under it): replaced as one object, never
+        # emptied in place, so a lookup without the lock sees one version's values only.
+        self._current: tuple[int, dict[Hashable, V]] = (-1, {})
         self._lock = threading.Lock()
 
     def get(self, key: Hashable, load: Callable[[], V]) -> V:
@@ -32,22 +33,17 @@ class StateCache(Generic[V]):
         if self._watch is None:
             return load()
         version = self._watch.current()
-        if version == self._version:
-            # The hit path takes no lock: under the GIL the lookup is atomic, and a value
-            # stored meanwhile by another thread belongs to this version or a newer one.
-            found = self._values.get(key, _MISSING)
+        current_version, values = self._current
+        if current_version == version:
+            # A hit takes no lock: ``values`` belongs to exactly this version.
+            found = values.get(key, _MISSING)
             if found is not _MISSING:
                 return cast(V, found)
-        with self._lock:
-            if version != self._version:
-                self._values.clear()
-                self._version = version
-            if key in self._values:
-                return self._values[key]
         value = load()
         with self._lock:
-            if version == self._version:
-                if len(self._values) >= self._max:
-                    self._values.clear()
-                self._values[key] = value
+            current_version, values = self._current
+            if current_version != version or len(values) >= self._max:
+                values = {}
+                self._current = (version, values)
+            values[key] = value
         return value
