@@ -54,3 +54,39 @@ def test_a_waiting_lease_gets_the_session_given_back(pool: SessionManager) -> No
         # Leaving this block returns the second and then the first session.
     waiter.join(timeout=2)
     assert len(got) == 1 and pool.stats.sessions_opened == 2  # a returned one, not a new one
+
+
+def test_a_lease_asked_for_during_reinitialisation_does_not_hold_it_up(
+    pool: SessionManager,
+) -> None:
+    """Reinitialising waits for the calls in flight; one that arrives meanwhile waits too."""
+    results: dict[str, object] = {}
+    held = threading.Event()
+
+    def holder() -> None:
+        with pool._lease():
+            held.set()
+            time.sleep(0.2)
+
+    def reinit() -> None:
+        try:
+            pool._reinitialize(pool.generation, "test")
+            results["reinit"] = "ok"
+        except BackendUnavailable as exc:
+            results["reinit"] = exc
+
+    def latecomer() -> None:
+        with pool._lease() as session:
+            results["late"] = session.generation
+
+    first = threading.Thread(target=holder)
+    first.start()
+    held.wait(2)
+    threads = [threading.Thread(target=reinit), threading.Thread(target=latecomer)]
+    threads[0].start()
+    time.sleep(0.05)  # the reinitialisation is waiting for the holder
+    threads[1].start()
+    for thread in [first, *threads]:
+        thread.join(5)
+    assert results["reinit"] == "ok" and pool.stats.reinitializations == 1
+    assert results["late"] == pool.generation  # a session of the new generation

@@ -324,14 +324,14 @@ class SessionManager:
                     log_detail="no PKCS#11 session free within the lease timeout"
                 )
             self._free_slots -= 1
+            # Counted in flight only after any reinitialisation: it waits for zero.
+            if self._reinitializing:
+                self._quiesce.wait_for(lambda: not self._reinitializing, timeout=10.0)
+            generation = self._generation
+            pooled = self._idle.pop() if self._up and self._idle else None
             self._inflight += 1
         returned: PooledSession | None = None
         try:
-            with self._lock:
-                if self._reinitializing:
-                    self._quiesce.wait_for(lambda: not self._reinitializing, timeout=10.0)
-                generation = self._generation
-                pooled = self._idle.pop() if self._up and self._idle else None
             if not self._up:
                 raise p11.DeviceRemoved("HSM is down")
             if pooled is None:
