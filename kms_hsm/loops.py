@@ -21,7 +21,9 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
     """This thread's running event loop, or None when no loop runs here."""
     loop: asyncio.AbstractEventLoop | None = getattr(_cache, "loop", None)
     if loop is not None and loop.is_running():
-        # A running loop runs in one thread only, and this one was running here.
+        # It was found running in this thread, and a loop runs in one thread at a time;
+        # assumed: no loop is stopped here and restarted in another thread while this
+        # thread goes on without one (asyncio and uvicorn never do that).
         return loop
     try:
         loop = asyncio.get_running_loop()
