@@ -8,7 +8,8 @@ the library loads), while the server is idle:
 It creates one token key, measures, destroys the key and prints one JSON object:
 
 * ``raw``: one thread calling ``C_EncryptInit``/``C_Encrypt`` through python-pkcs11 on a
-  single session, nothing else in the loop;
+  single session, nothing else in the loop, with the key's in-memory session copy (what
+  the service uses); ``raw_token_object``: the same with the token object;
 * ``threads``: ``HsmCrypto.encrypt`` (session lease + the same calls) from 1..N threads,
   as the service calls it.
 
@@ -37,11 +38,17 @@ PLAINTEXT = bytes(32)
 AAD = b"bench"
 
 
-def measure_raw(sessions: SessionManager, object_id: bytes, seconds: float) -> dict[str, float]:
-    """Back-to-back encrypts on one leased session, single thread."""
+def measure_raw(
+    sessions: SessionManager, object_id: bytes, seconds: float, *, token_object: bool = False
+) -> dict[str, float]:
+    """Back-to-back encrypts on one leased session, single thread.
+
+    With the in-memory session copy that the service computes with, or, with
+    ``token_object``, the token object itself (SoftHSM2 re-reads its files on every use).
+    """
 
     def loop(pooled: PooledSession) -> int:
-        key = pooled.key(object_id)
+        key = pooled.key(object_id) if token_object else pooled.working_key(object_id)
         count = 0
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
@@ -88,6 +95,7 @@ def measure(data_dir: Path, seconds: float, max_threads: int) -> dict[str, Any]:
         hsm.encrypt(object_id, os.urandom(12), PLAINTEXT, AAD)  # warm the handle cache
         result: dict[str, Any] = {"plaintext_bytes": len(PLAINTEXT), "seconds": seconds}
         result["raw"] = measure_raw(sessions, object_id, seconds)
+        result["raw_token_object"] = measure_raw(sessions, object_id, seconds, token_object=True)
         result["threads"] = {
             str(n): measure_threads(hsm, object_id, n, seconds) for n in range(1, max_threads + 1)
         }

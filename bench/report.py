@@ -241,8 +241,14 @@ def hsm_lines(hsm: dict[str, Any] | None, results: Results) -> list[str]:
     raw = hsm["raw"]
     lines = [
         f"raw python-pkcs11 AES-GCM encrypt, 1 thread, 1 session: {raw['ops_per_s']:,.0f} ops/s "
-        f"({raw['us_per_op']:.1f} us/op, {hsm['plaintext_bytes']}-byte plaintext)"
+        f"({raw['us_per_op']:.1f} us/op, {hsm['plaintext_bytes']}-byte plaintext, session copy)"
     ]
+    token_object = hsm.get("raw_token_object")
+    if token_object:
+        lines.append(
+            f"the same with the token object: {token_object['ops_per_s']:,.0f} ops/s "
+            f"({token_object['us_per_op']:.1f} us/op)"
+        )
     for threads, rate in hsm["threads"].items():
         lines.append(f"HsmCrypto.encrypt (session lease), {threads} thread(s): {rate:,.0f} ops/s")
     best = max(

@@ -132,10 +132,122 @@ def test_key_handles_list_once_then_find_new_keys(runtime: Runtime) -> None:
     assert later_found
 
 
-def _create_in_token(pooled) -> bytes:
+def _create_in_token(pooled, object_id: bytes = b"custody-later-key") -> bytes:
     """A token key made directly, after the handles were listed."""
-    object_id = b"custody-later-key"
     pooled.session.generate_key(
         KeyType.AES, 256, id=object_id, store=True, template={Attribute.TOKEN: True}
     )
     return object_id
+
+
+def test_a_version_key_cannot_be_made_weaker(runtime: Runtime) -> None:
+    """Version keys are CKA_MODIFIABLE (so that they can be copied into session memory),
+    yet the token refuses every change or copy that would let the key out."""
+    _, version_id = _create(runtime, Algorithm.AES_256_HSM)
+
+    def weaken(pooled):
+        key = pooled.key(version_id.encode())
+        for attribute, value in (
+            (Attribute.EXTRACTABLE, True),
+            (Attribute.SENSITIVE, False),
+            (Attribute.PRIVATE, False),
+        ):
+            with pytest.raises(p11.PKCS11Error):
+                key[attribute] = value
+        for template in (
+            {Attribute.TOKEN: True, Attribute.PRIVATE: False},
+            {Attribute.TOKEN: False, Attribute.PRIVATE: False},
+            {Attribute.TOKEN: False, Attribute.EXTRACTABLE: True},
+            {Attribute.TOKEN: False, Attribute.SENSITIVE: False},
+        ):
+            with pytest.raises(p11.PKCS11Error):
+                key.copy(template)
+
+    runtime.sessions.run(weaken)
+    _assert_never_leaves(runtime, version_id.encode())
+
+
+def test_the_working_key_is_a_session_copy_that_never_leaves(runtime: Runtime) -> None:
+    _, version_id = _create(runtime, Algorithm.AES_256_HSM)
+    object_id = version_id.encode()
+    hsm = HsmCrypto(runtime.sessions)
+    sealed = hsm.encrypt(object_id, bytes(12), b"same key", b"aad")
+
+    def inspect(pooled):
+        working = pooled.working_key(object_id)
+        token_key = pooled.key(object_id)
+        attrs = {a: working[a] for a in CUSTODY}
+        with pytest.raises(p11.AttributeSensitive):
+            working[Attribute.VALUE]
+        wrapper = pooled.session.generate_key(
+            KeyType.AES, 256, template={Attribute.TOKEN: False, Attribute.WRAP: True}
+        )
+        try:
+            with pytest.raises(p11.PKCS11Error):
+                wrapper.wrap_key(working, mechanism=Mechanism.AES_KEY_WRAP_PAD)
+        finally:
+            wrapper.destroy()
+        return attrs, working.handle != token_key.handle
+
+    attrs, distinct = runtime.sessions.run(inspect)
+    assert distinct
+    assert attrs[Attribute.TOKEN] is False
+    assert attrs[Attribute.SENSITIVE] is True
+    assert attrs[Attribute.NEVER_EXTRACTABLE] is True
+    assert attrs[Attribute.EXTRACTABLE] is False
+    assert attrs[Attribute.PRIVATE] is True
+    # The copy and the token key are the same key.
+    assert hsm.decrypt(object_id, bytes(12), sealed, b"aad") == b"same key"
+
+
+def test_a_copy_goes_when_its_token_key_is_destroyed(runtime: Runtime) -> None:
+    """Another process destroying the version is seen at the next recheck, and the copy
+    is destroyed with the cache entry."""
+
+    def scenario(pooled):
+        object_id = _create_in_token(pooled, b"custody-copied-key")
+        handles = KeyHandles(recheck=0.0)
+        copy = handles.working(object_id, pooled.session)
+        assert copy[Attribute.TOKEN] is False
+        # Destroyed through a handle of its own, as another process would.
+        KeyHandles().get(object_id, pooled.session).destroy()
+        with pytest.raises(p11.ObjectHandleInvalid):
+            handles.working(object_id, pooled.session)
+        handles.forget(object_id)
+        with pytest.raises(p11.PKCS11Error):
+            copy[Attribute.TOKEN]
+        with pytest.raises(p11.NoSuchKey):
+            handles.working(object_id, pooled.session)
+
+    runtime.sessions.run(scenario)
+
+
+def test_a_key_the_token_will_not_copy_is_used_as_it_is(runtime: Runtime) -> None:
+    """Version keys made before copies were used are CKA_MODIFIABLE=False: SoftHSM2 will
+    not copy them, and they keep working from the token."""
+    object_id = b"custody-unmodifiable-key"
+
+    def create(pooled):
+        pooled.session.generate_key(
+            KeyType.AES,
+            256,
+            id=object_id,
+            store=True,
+            template={
+                Attribute.TOKEN: True,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+                Attribute.MODIFIABLE: False,
+                Attribute.ENCRYPT: True,
+                Attribute.DECRYPT: True,
+            },
+        )
+        return pooled.working_key(object_id)[Attribute.TOKEN]
+
+    hsm = HsmCrypto(runtime.sessions)
+    try:
+        assert runtime.sessions.run(create) is True
+        sealed = hsm.encrypt(object_id, bytes(12), b"from the token", b"")
+        assert hsm.decrypt(object_id, bytes(12), sealed, b"") == b"from the token"
+    finally:
+        hsm.destroy_key(object_id)

@@ -77,3 +77,12 @@ def to_kms_error(exc: p11.PKCS11Error, *, decrypting: bool) -> KmsError:
     if failure_kind(exc, decrypting=decrypting) is FailureKind.INPUT and decrypting:
         return DecryptionFailed(log_detail=detail)
     return BackendUnavailable(log_detail=detail)
+
+
+def is_refusal(exc: p11.PKCS11Error) -> bool:
+    """The token declined a request (a policy or template answer), not a device or handle fault."""
+    return not any(
+        isinstance(exc, known)
+        for known, kind in FAILURE_KINDS.items()
+        if kind is not FailureKind.INPUT
+    )
