@@ -178,8 +178,8 @@ class HsmCrypto:
                 KeyType.AES, key_bytes * 8, template=_DATA_KEY_TEMPLATE
             )
             try:
-                wrapped = version_key.wrap_key(data_key, mechanism=Mechanism.AES_KEY_WRAP_PAD)
-                plaintext = bytes(data_key[Attribute.VALUE]) if want_plaintext else b""
+                wrapped = pooled.direct.wrap_kwp(version_key, data_key, key_bytes)
+                plaintext = pooled.direct.key_value(data_key, key_bytes) if want_plaintext else b""
             finally:
                 data_key.destroy()
             tag = version_key.encrypt(
@@ -212,7 +212,8 @@ class HsmCrypto:
                 template=_DATA_KEY_TEMPLATE,
             )
             try:
-                return bytes(data_key[Attribute.VALUE])
+                # KWP adds 8 bytes to keys of whole 8-byte blocks (ours: 16, 24, 32).
+                return pooled.direct.key_value(data_key, len(wrapped) - 8)
             finally:
                 data_key.destroy()
 

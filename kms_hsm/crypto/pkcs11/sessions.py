@@ -31,6 +31,7 @@ from pkcs11 import exceptions as p11
 from pkcs11.mechanisms import GCMParams
 
 from kms_hsm.crypto.pkcs11 import library
+from kms_hsm.crypto.pkcs11.direct import DirectCalls
 from kms_hsm.crypto.pkcs11.errors import FailureKind, failure_kind, is_refusal, to_kms_error
 from kms_hsm.errors import BackendUnavailable, FailedPrecondition, InvalidArgument, KmsError
 
@@ -152,11 +153,12 @@ def _session_copy(token_key: Any) -> Any:
 
 @dataclass
 class PooledSession:
-    """One open session, and the generation's shared key objects."""
+    """One open session, and the generation's shared key objects and direct calls."""
 
     session: Any
     generation: int
     handles: KeyHandles
+    direct: DirectCalls
     last_key: bytes | None = None
 
     def key(self, object_id: bytes) -> Any:
@@ -229,6 +231,7 @@ class SessionManager:
         self._token: Any = None
         self._anchor: Any = None
         self._handles = KeyHandles(self._key_copy_recheck)
+        self._direct = DirectCalls(module_path)
         # One token operation at a time in this process: key objects are shared across
         # sessions, and a session must not run two operations at once. The token itself
         # does ~30k AES-GCM operations a second, far above what the HTTP layer asks for.
@@ -399,7 +402,9 @@ class SessionManager:
             if not self._up:
                 raise p11.DeviceRemoved("HSM is down")
             if pooled is None:
-                pooled = PooledSession(self._token.open(rw=True), generation, self._handles)
+                pooled = PooledSession(
+                    self._token.open(rw=True), generation, self._handles, self._direct
+                )
                 self.stats.sessions_opened += 1
             pooled.last_key = None
             keep = True
