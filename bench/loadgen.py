@@ -54,6 +54,32 @@ class LoadResult:
         return sum(self.errors.values())
 
 
+def combine(slices: list[LoadResult]) -> LoadResult:
+    """Slices of one load as one result: totals, request-weighted mean percentiles, max."""
+    requests = sum(r.requests for r in slices)
+    seconds = sum(r.seconds for r in slices)
+
+    def weighted(field_name: str) -> float:
+        if not requests:
+            return max(getattr(r, field_name) for r in slices)
+        return sum(getattr(r, field_name) * r.requests for r in slices) / requests
+
+    errors: dict[str, int] = {}
+    for result in slices:
+        for name, count in result.errors.items():
+            errors[name] = errors.get(name, 0) + count
+    return LoadResult(
+        requests=requests,
+        seconds=seconds,
+        rps=requests / seconds if seconds else 0.0,
+        p50_ms=weighted("p50_ms"),
+        p90_ms=weighted("p90_ms"),
+        p99_ms=weighted("p99_ms"),
+        max_ms=max(r.max_ms for r in slices),
+        errors=errors,
+    )
+
+
 def ensure_wrk() -> str:
     """Path of ``wrk``; installs Debian's package when it is missing."""
     found = shutil.which("wrk")

@@ -1,6 +1,6 @@
 """kms-hsm benchmark harness (issue 6): kms-hsm and two baselines, loaded by wrk in one run.
 
-    .venv/bin/python bench/run.py                 # full run, ~4 minutes on 2 cores
+    .venv/bin/python bench/run.py                 # full run, ~5-7 minutes on 2 cores
     .venv/bin/python bench/run.py --smoke         # ~10 s: what CI runs
     .venv/bin/python bench/run.py --scale         # 10,000 + 10,000 keys; many minutes
     .venv/bin/python bench/run.py --memory        # worker RSS over 1,000,000 requests
@@ -35,7 +35,7 @@ import report
 import scale
 import scenarios
 from apiclient import ApiClient, RequestFailed
-from loadgen import Load, LoadError, LoadResult, ensure_wrk, run_wrk
+from loadgen import Load, LoadError, LoadResult, combine, ensure_wrk, run_wrk
 from scenarios import Measurement, Scenario
 from servers import (
     BENCH_DIR,
@@ -63,6 +63,9 @@ class Config:
     hsm_seconds: float
     only: tuple[str, ...] | None
     stack_check: bool = True
+    # Each scenario's seconds are measured in this many slices, in turn with the other
+    # scenarios, so that a slow minute of the machine falls on all of them alike.
+    rounds: int = 1
 
 
 def _int_list(text: str) -> list[int]:
@@ -72,7 +75,10 @@ def _int_list(text: str) -> list[int]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--duration", type=int, default=5, help="seconds per scenario (5)")
+    parser.add_argument("--duration", type=int, default=6, help="seconds per scenario (6)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="slices per scenario, taken in turn (3)"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="warm-up seconds (1)")
     parser.add_argument("--concurrency", type=_int_list, default=[16, 64], help="16,64")
     parser.add_argument("--workers", type=_int_list, default=[1, 2], help="1,2")
@@ -111,6 +117,7 @@ def config_from(args: argparse.Namespace) -> Config:
         wrk_threads=args.wrk_threads,
         hsm_seconds=2.0,
         only=None,
+        rounds=max(1, min(args.rounds, args.duration)),
     )
 
 
@@ -204,14 +211,38 @@ class BenchRun:
         self._kms_requests = 0
         if self.config.stack_check:
             self._check_stack(clients["R"], workers)
+        rounds = self.config.rounds
+        # The scenario's seconds split over the rounds; the first slices take any rest.
+        slice_seconds = [
+            self.config.seconds // rounds + (1 if i < self.config.seconds % rounds else 0)
+            for i in range(rounds)
+        ]
         for index, concurrency in enumerate(self.config.concurrency):
-            warmup = self.config.warmup if index == 0 else 0
-            for scenario in plan:
-                if self._alive(servers[scenario.server]):
+            slices: dict[str, list[LoadResult]] = {}
+            failed: set[str] = set()
+            for round_index, seconds in enumerate(slice_seconds):
+                warmup = self.config.warmup if index == 0 and round_index == 0 else 0
+                for scenario in plan:
+                    if scenario.name in failed or not self._alive(servers[scenario.server]):
+                        continue
                     client = clients[scenario.server]
-                    self._measure(client, scenario, workers, concurrency, warmup)
-                if index == 0 and scenario is plan[0]:
-                    self._sample_memory(servers["kms"])  # after the first scenario
+                    point = f"{scenario.name} (w{workers} c{concurrency})"
+                    result = self._slice(client, scenario, point, concurrency, seconds, warmup)
+                    if result is None:
+                        failed.add(scenario.name)
+                        continue
+                    slices.setdefault(scenario.name, []).append(result)
+                    if index == 0 and round_index == 0 and scenario is plan[0]:
+                        self._sample_memory(servers["kms"])  # after the first scenario
+            for scenario in plan:
+                if scenario.name in slices and scenario.name not in failed:
+                    self._record(
+                        clients[scenario.server],
+                        scenario,
+                        workers,
+                        concurrency,
+                        combine(slices[scenario.name]),
+                    )
         self._sample_memory(servers["kms"])
 
     def _alive(self, server: Server) -> bool:
@@ -223,24 +254,39 @@ class BenchRun:
             self.failures.append(f"{failure} during the run; its log ends:\n{server.log_tail()}")
         return False
 
-    def _measure(
-        self, client: ApiClient, scenario: Scenario, workers: int, concurrency: int, warmup: int
-    ) -> None:
-        point = f"{scenario.name} (w{workers} c{concurrency})"
+    def _slice(
+        self,
+        client: ApiClient,
+        scenario: Scenario,
+        point: str,
+        concurrency: int,
+        seconds: int,
+        warmup: int,
+    ) -> LoadResult | None:
+        """One slice of a scenario's load; None (and a failure recorded) if it broke."""
         try:
             client.post(scenario.path, scenario.body)
         except RequestFailed as exc:
             self.failures.append(f"{point}: probe request failed:\n{exc}")
             print(f"FAILED {point}: {exc}", flush=True)
-            return
+            return None
         load = Load(client.base_url + scenario.path, scenario.body, client.authorization)
         try:
             if warmup:
                 self._count(scenario, self._wrk(load, concurrency, warmup))
-            result = self._count(scenario, self._wrk(load, concurrency, self.config.seconds))
+            return self._count(scenario, self._wrk(load, concurrency, seconds))
         except (LoadError, subprocess.TimeoutExpired) as exc:
             self.failures.append(f"{point}: {exc}")
-            return
+            return None
+
+    def _record(
+        self,
+        client: ApiClient,
+        scenario: Scenario,
+        workers: int,
+        concurrency: int,
+        result: LoadResult,
+    ) -> None:
         measurement = Measurement(
             scenario.name,
             scenario.server,
@@ -258,6 +304,7 @@ class BenchRun:
         self.measurements.append(measurement)
         _print_progress(measurement)
         if result.error_count:
+            point = f"{scenario.name} (w{workers} c{concurrency})"
             self._explain_errors(client, scenario, point, result)
 
     def _check_stack(self, client: ApiClient, workers: int) -> None:

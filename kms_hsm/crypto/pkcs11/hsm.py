@@ -8,6 +8,9 @@ Token objects made here:
 * the root key (``CKA_ID`` = ``ROOT_KEY_PREFIX`` + its id), with the same attributes, that
   encrypts software key material.
 
+Both are used through in-memory session copies where the token allows (``working_key``;
+see ``KeyHandles`` in sessions.py), which is why they are ``CKA_MODIFIABLE``.
+
 Data keys with spec ``AES_256_HSM`` on an HSM version are born by ``C_GenerateKey`` as
 session objects and wrapped by ``C_WrapKey`` (CKM_AES_KEY_WRAP_PAD) under the version key.
 SoftHSM2 offers no wrap mechanism that takes AAD (softhsm-facts.md Q4), so the aadContext
