@@ -3,6 +3,8 @@ stored only wrapped. Checked from the token's own attributes and the raw SQLite 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -200,17 +202,28 @@ def test_the_working_key_is_a_session_copy_that_never_leaves(runtime: Runtime) -
     assert hsm.decrypt(object_id, bytes(12), sealed, b"aad") == b"same key"
 
 
-def test_a_copy_goes_when_its_token_key_is_destroyed(runtime: Runtime) -> None:
+def test_a_copy_goes_when_its_token_key_is_destroyed(runtime: Runtime, token_dir: Path) -> None:
     """Another process destroying the version is seen at the next recheck, and the copy
     is destroyed with the cache entry."""
+    object_id = runtime.sessions.run(lambda pooled: _create_in_token(pooled, b"custody-copied"))
+    handles = KeyHandles(recheck=0.0)
 
-    def scenario(pooled):
-        object_id = _create_in_token(pooled, b"custody-copied-key")
-        handles = KeyHandles(recheck=0.0)
+    def copy_it(pooled):
         copy = handles.working(object_id, pooled.session)
         assert copy[Attribute.TOKEN] is False
-        # Destroyed through a handle of its own, as another process would.
-        KeyHandles().get(object_id, pooled.session).destroy()
+        return copy
+
+    copy = runtime.sessions.run(copy_it)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.token_tool", str(token_dir), "destroy", object_id.decode()],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "destroyed"
+
+    def after(pooled):
         with pytest.raises(p11.ObjectHandleInvalid):
             handles.working(object_id, pooled.session)
         handles.forget(object_id)
@@ -219,7 +232,7 @@ def test_a_copy_goes_when_its_token_key_is_destroyed(runtime: Runtime) -> None:
         with pytest.raises(p11.NoSuchKey):
             handles.working(object_id, pooled.session)
 
-    runtime.sessions.run(scenario)
+    runtime.sessions.run(after)
 
 
 def test_a_key_the_token_will_not_copy_is_used_as_it_is(runtime: Runtime) -> None:

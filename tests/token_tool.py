@@ -2,6 +2,7 @@
 
 Usage: python -m tests.token_tool TOKEN_DIR list
        python -m tests.token_tool TOKEN_DIR plant OBJECT_ID LABEL
+       python -m tests.token_tool TOKEN_DIR destroy OBJECT_ID
 SOFTHSM2_CONF is read once per process, so tests that inspect another token than the
 session's use this in a subprocess.
 """
@@ -32,6 +33,8 @@ def main() -> None:
             object_id, label = rest
             hsm.generate_key(object_id.encode(), label)
             print("planted")
+        elif command == "destroy":
+            print("destroyed" if hsm.destroy_key(rest[0].encode()) else "absent")
     finally:
         sessions.close()
 
