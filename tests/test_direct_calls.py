@@ -69,3 +69,20 @@ def test_refusals_raise_python_pkcs11_exceptions(runtime: Runtime) -> None:
             secret.destroy()
 
     runtime.sessions.run(refuse)
+
+
+def test_one_call_id_matches_python_pkcs11_short_and_long(runtime: Runtime) -> None:
+    def compare(pooled):
+        out = []
+        for object_id in (b"v", b"abj2gbqf2thej34m2l6b", bytes(range(256)) + b"longer than 256"):
+            key = pooled.session.generate_key(
+                KeyType.AES, 128, id=object_id, template={Attribute.TOKEN: False}
+            )
+            try:
+                out.append((pooled.direct.object_id(key), bytes(key[Attribute.ID]), object_id))
+            finally:
+                key.destroy()
+        return out
+
+    for direct, python, made in runtime.sessions.run(compare):
+        assert direct == python == made

@@ -139,6 +139,17 @@ def test_outage_gives_fast_503_then_recovers_in_process(server, fault_name) -> N
     assert r.headers["x-kms-worker"] == worker  # same process, no restart
     opened = client.post(f"/kms/v1/keys/{hsm_key}:decrypt", json={"ciphertext": old_ciphertext})
     assert base64.b64decode(opened.json()["plaintext"]) == b"hello"
+    # Data keys again too: their one-call C_WrapKey goes through the module's function
+    # table (this shim exports little more than C_GetFunctionList).
+    made = client.post(
+        f"/kms/v1/keys/{hsm_key}:generateDataKey", json={"dataKeySpec": "AES_256_HSM"}
+    )
+    assert made.status_code == 200, made.text
+    back = client.post(
+        f"/kms/v1/keys/{hsm_key}:decrypt",
+        json={"ciphertext": made.json()["dataKeyCiphertext"]},
+    )
+    assert back.json()["plaintext"] == made.json()["dataKeyPlaintext"]
     assert client.get("/readyz").status_code == 200
     text = log.read_text()
     assert "HSM reinitialised" in text

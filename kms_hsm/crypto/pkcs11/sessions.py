@@ -68,10 +68,11 @@ class KeyHandles:
     with ``CKA_MODIFIABLE=False`` before copies were used) are used as they are.
     """
 
-    def __init__(self, recheck: float = 30.0) -> None:
+    def __init__(self, recheck: float = 30.0, direct: DirectCalls | None = None) -> None:
         self._keys: dict[bytes, Any] = {}
         self._listed = False
         self._recheck = recheck
+        self._direct = direct
         # object id -> (session copy, or the token key itself; when to look at the token again)
         self._working: dict[bytes, tuple[Any, float]] = {}
 
@@ -106,7 +107,11 @@ class KeyHandles:
         seen: dict[bytes, Any] = {}
         twice: set[bytes] = set()
         for key in session.get_objects(_TOKEN_AES_KEYS):
-            object_id = bytes(key[Attribute.ID])
+            object_id = (
+                self._direct.object_id(key)
+                if self._direct is not None
+                else bytes(key[Attribute.ID])
+            )
             if object_id in seen:
                 twice.add(object_id)  # left to get_key, which refuses duplicates
             seen[object_id] = key
@@ -230,8 +235,8 @@ class SessionManager:
         self._lib: Any = None
         self._token: Any = None
         self._anchor: Any = None
-        self._handles = KeyHandles(self._key_copy_recheck)
         self._direct = DirectCalls(module_path)
+        self._handles = KeyHandles(self._key_copy_recheck, self._direct)
         # One token operation at a time in this process: key objects are shared across
         # sessions, and a session must not run two operations at once. The token itself
         # does ~30k AES-GCM operations a second, far above what the HTTP layer asks for.
@@ -305,7 +310,7 @@ class SessionManager:
         except (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange, p11.PinLocked) as exc:
             raise _FatalLogin(type(exc).__name__) from None
         self._self_test(self._anchor)
-        self._handles = KeyHandles(self._key_copy_recheck)
+        self._handles = KeyHandles(self._key_copy_recheck, self._direct)
         self._generation += 1
         self._up = True
         self._idle = []
