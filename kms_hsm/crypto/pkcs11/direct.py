@@ -55,11 +55,12 @@ _GET_ATTRIBUTE_VALUE = ctypes.CFUNCTYPE(_ULONG, _ULONG, _ULONG, ctypes.POINTER(_
 
 
 class DirectCalls:
-    """``C_WrapKey`` (KWP) and ``C_GetAttributeValue(CKA_VALUE)`` with known output sizes."""
+    """``C_WrapKey`` (KWP) and ``C_GetAttributeValue`` (value, id) with sizes known ahead."""
 
     def __init__(self, module_path: str) -> None:
         self._module_path = module_path
         self._loaded: tuple[Any, Any] | None = None
+        self._module: ctypes.CDLL | None = None  # kept, as the function pointers point into it
 
     def _functions(self) -> tuple[Any, Any]:
         if self._loaded is None:
@@ -74,6 +75,7 @@ class DirectCalls:
             functions = table.contents.functions
             wrap = _WRAP_KEY(functions[_C_WRAP_KEY])
             get_attribute = _GET_ATTRIBUTE_VALUE(functions[_C_GET_ATTRIBUTE_VALUE])
+            self._module = module
             self._loaded = (wrap, get_attribute)
         return self._loaded
 
