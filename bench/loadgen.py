@@ -54,6 +54,12 @@ class LoadResult:
         return sum(self.errors.values())
 
 
+def slice_seconds(seconds: int, rounds: int) -> list[int]:
+    """``seconds`` split into at most ``rounds`` whole slices of at least 1 s (rest first)."""
+    rounds = max(1, min(rounds, seconds))
+    return [seconds // rounds + (1 if i < seconds % rounds else 0) for i in range(rounds)]
+
+
 def combine(slices: list[LoadResult]) -> LoadResult:
     """Slices of one load as one result: totals, request-weighted mean percentiles, max."""
     requests = sum(r.requests for r in slices)

@@ -35,7 +35,7 @@ import report
 import scale
 import scenarios
 from apiclient import ApiClient, RequestFailed
-from loadgen import Load, LoadError, LoadResult, combine, ensure_wrk, run_wrk
+from loadgen import Load, LoadError, LoadResult, combine, ensure_wrk, run_wrk, slice_seconds
 from scenarios import Measurement, Scenario
 from servers import (
     BENCH_DIR,
@@ -117,7 +117,7 @@ def config_from(args: argparse.Namespace) -> Config:
         wrk_threads=args.wrk_threads,
         hsm_seconds=2.0,
         only=None,
-        rounds=max(1, min(args.rounds, args.duration)),
+        rounds=args.rounds,
     )
 
 
@@ -211,16 +211,11 @@ class BenchRun:
         self._kms_requests = 0
         if self.config.stack_check:
             self._check_stack(clients["R"], workers)
-        rounds = self.config.rounds
-        # The scenario's seconds split over the rounds; the first slices take any rest.
-        slice_seconds = [
-            self.config.seconds // rounds + (1 if i < self.config.seconds % rounds else 0)
-            for i in range(rounds)
-        ]
+        slices_of = slice_seconds(self.config.seconds, self.config.rounds)
         for index, concurrency in enumerate(self.config.concurrency):
             slices: dict[str, list[LoadResult]] = {}
             failed: set[str] = set()
-            for round_index, seconds in enumerate(slice_seconds):
+            for round_index, seconds in enumerate(slices_of):
                 warmup = self.config.warmup if index == 0 and round_index == 0 else 0
                 for scenario in plan:
                     if scenario.name in failed or not self._alive(servers[scenario.server]):

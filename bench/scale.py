@@ -23,7 +23,15 @@ from typing import Any, Protocol, TypeVar
 
 import report
 from apiclient import ApiClient, RequestFailed
-from loadgen import KEY_PLACEHOLDER, Load, LoadError, LoadResult, combine, run_wrk
+from loadgen import (
+    KEY_PLACEHOLDER,
+    Load,
+    LoadError,
+    LoadResult,
+    combine,
+    run_wrk,
+    slice_seconds,
+)
 from scenarios import encrypt_body
 from servers import Server, ServerError, read_token, rss_bytes, start_kms
 
@@ -199,15 +207,14 @@ class ScaleRun:
             ids_file = self.work_dir / f"{kind}-{len(ids)}.ids"
             ids_file.write_text("\n".join(ids) + "\n", encoding="utf-8")
             loads[str(len(ids))] = Load(url, ENCRYPT_BODY, client.authorization, ids_file)
-        rounds = max(1, min(self.args.rounds, self.args.duration))
         slices: dict[str, list[LoadResult]] = {name: [] for name in loads}
-        for _ in range(rounds):
+        for seconds in slice_seconds(self.args.duration, self.args.rounds):
             for name, load in loads.items():
                 slices[name].append(
                     run_wrk(
                         load,
                         connections=self.connections,
-                        seconds=max(1, self.args.duration // rounds),
+                        seconds=seconds,
                         threads=self.args.wrk_threads,
                         work_dir=self.work_dir,
                     )
