@@ -21,9 +21,12 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from kms_hsm.api.deps import MAX_BODY_BYTES
 from kms_hsm.api.status import HTTP_STATUS_BY_GRPC_CODE
+from kms_hsm.api.wire import FieldError, decode_any_base64, decode_base64
 from kms_hsm.service.runtime import Runtime
 from tests.conftest import (
     KMS_HSM,
@@ -684,6 +687,23 @@ def test_lenient_base64_forms_are_accepted(client: httpx.Client, key_id: str, va
     # proto3 JSON: standard or URL-safe alphabet, padding optional.
     r = client.post(f"/kms/v1/keys/{key_id}:encrypt", json={"plaintext": value})
     assert r.status_code == 200, r.text
+
+
+@given(st.text(alphabet="ABab09+/=-_ \n*\u00e9", max_size=14) | st.binary().map(b64))
+@example("YQ==YQ==")
+@example("AAAA====")
+def test_base64_fast_path_decides_as_the_general_path(value: str) -> None:
+    """The strict one-call decoder of standard base64 accepts nothing the general path
+    refuses, and gives the same bytes."""
+    try:
+        expected: bytes | None = decode_any_base64("plaintext", value)
+    except FieldError:
+        expected = None
+    try:
+        got: bytes | None = decode_base64("plaintext", value)
+    except FieldError:
+        got = None
+    assert got == expected
 
 
 def test_plaintext_over_the_field_limit_is_refused(client: httpx.Client, key_id: str) -> None:

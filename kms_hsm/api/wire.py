@@ -280,6 +280,19 @@ def _snake(name: str) -> str:
 
 def decode_base64(field: str, value: str) -> bytes:
     """Standard or URL-safe base64, padding optional, as proto3 JSON parsers accept."""
+    # Standard padded base64, what clients send, in one strict call (a fifth of the
+    # general path's cost); it accepts padding beyond a full group, which the general
+    # path refuses, hence the "===" test. Anything else takes the general path.
+    if not value.endswith("==="):
+        try:
+            return binascii.a2b_base64(value, strict_mode=True)
+        except (binascii.Error, ValueError):
+            pass
+    return decode_any_base64(field, value)
+
+
+def decode_any_base64(field: str, value: str) -> bytes:
+    """``decode_base64`` without its fast path for standard padded base64."""
     raw = value.encode("ascii", "replace")
     if not _B64_CHARS.match(raw):
         raise FieldError(field, "is not valid base64")
