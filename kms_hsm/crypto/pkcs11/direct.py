@@ -21,6 +21,8 @@ from pkcs11 import Attribute, Mechanism
 
 _CKR_OK = 0
 _ULONG = ctypes.c_ulong
+# Version ids are 20 characters and the root key's id under 64 bytes.
+_MAX_ID = 256
 
 
 class _Mechanism(ctypes.Structure):
@@ -116,7 +118,3 @@ class DirectCalls:
         if rv != _CKR_OK or template.ulValueLen > size:
             return None
         return out.raw[: template.ulValueLen]
-
-
-# Version ids are 20 characters and the root key's id under 64 bytes.
-_MAX_ID = 256
