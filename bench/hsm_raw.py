@@ -10,8 +10,12 @@ It creates one token key, measures, destroys the key and prints one JSON object:
 * ``raw``: one thread calling ``C_EncryptInit``/``C_Encrypt`` through python-pkcs11 on a
   single session, nothing else in the loop, with the key's in-memory session copy (what
   the service uses); ``raw_token_object``: the same with the token object;
-* ``threads``: ``HsmCrypto.encrypt`` (session lease + the same calls) from 1..N threads,
-  as the service calls it.
+* ``threads``: ``HsmCrypto.encrypt`` (the session manager's ``run`` + the same calls)
+  from 1..N threads. One thread is how the service calls it (its HSM agent runs one call
+  at a time). More threads take turns: the manager runs one token call at a time on its
+  one session, so they add no token throughput and show only what handing the turn over
+  costs. (They never ran in parallel: before the session pool was removed each thread
+  leased a session of its own, but one lock already serialised their calls.)
 
 python-pkcs11 0.10's own ``C_Initialize`` leaves SoftHSM2 unlocked (unsafe with threads),
 so the session manager of kms-hsm loads the module.
@@ -32,7 +36,7 @@ from pkcs11.mechanisms import GCMParams
 
 from kms_hsm.config import DEFAULT_PKCS11_LIBRARY, read_secret_file
 from kms_hsm.crypto.pkcs11.hsm import HsmCrypto
-from kms_hsm.crypto.pkcs11.sessions import PooledSession, SessionManager
+from kms_hsm.crypto.pkcs11.sessions import SessionManager, TokenSession
 
 PLAINTEXT = bytes(32)
 AAD = b"bench"
@@ -41,14 +45,14 @@ AAD = b"bench"
 def measure_raw(
     sessions: SessionManager, object_id: bytes, seconds: float, *, token_object: bool = False
 ) -> dict[str, float]:
-    """Back-to-back encrypts on one leased session, single thread.
+    """Back-to-back encrypts on the manager's session, single thread.
 
     With the in-memory session copy that the service computes with, or, with
     ``token_object``, the token object itself (SoftHSM2 re-reads its files on every use).
     """
 
-    def loop(pooled: PooledSession) -> int:
-        key = pooled.key(object_id) if token_object else pooled.working_key(object_id)
+    def loop(ts: TokenSession) -> int:
+        key = ts.key(object_id) if token_object else ts.working_key(object_id)
         count = 0
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
@@ -62,7 +66,7 @@ def measure_raw(
 
 
 def measure_threads(hsm: HsmCrypto, object_id: bytes, threads: int, seconds: float) -> float:
-    """Encrypts per second through ``HsmCrypto.encrypt`` from ``threads`` threads."""
+    """Encrypts per second through ``HsmCrypto.encrypt`` from ``threads`` threads, taking turns."""
     counts = [0] * threads
     start = threading.Barrier(threads + 1)
 
@@ -86,7 +90,7 @@ def measure(data_dir: Path, seconds: float, max_threads: int) -> dict[str, Any]:
     """Open the token like a worker does, make a key, run both measurements."""
     module = os.environ.get("KMS_HSM_PKCS11_LIBRARY", DEFAULT_PKCS11_LIBRARY)
     pin = read_secret_file(data_dir / "user-pin", "user PIN file")
-    sessions = SessionManager(module, "kms-hsm", pin, pool_size=max_threads)
+    sessions = SessionManager(module, "kms-hsm", pin)
     sessions.start()
     hsm = HsmCrypto(sessions)
     object_id = b"bench:raw:" + os.urandom(6).hex().encode()

@@ -250,7 +250,9 @@ def hsm_lines(hsm: dict[str, Any] | None, results: Results) -> list[str]:
             f"({token_object['us_per_op']:.1f} us/op)"
         )
     for threads, rate in hsm["threads"].items():
-        lines.append(f"HsmCrypto.encrypt (session lease), {threads} thread(s): {rate:,.0f} ops/s")
+        lines.append(
+            f"HsmCrypto.encrypt (one call at a time), {threads} thread(s): {rate:,.0f} ops/s"
+        )
     best = max(
         (m for m in results.items if m.scenario == ENC_HSM), key=lambda m: m.rps, default=None
     )

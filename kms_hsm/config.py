@@ -28,10 +28,9 @@ class Settings(BaseSettings):
     pin: SecretStr | None = None
     pin_file: Path | None = None
     database_url: str | None = None
-    pool_size: int = Field(default=8, ge=1, le=256)
     # How long start-up keeps retrying to find the token and log in before giving up.
     hsm_startup_timeout: float = Field(default=20.0, ge=0)
-    # Longest wait for a PKCS#11 session or a readiness check before answering 503.
+    # Longest an HSM call or a readiness check may take before it answers 503.
     call_timeout: float = Field(default=5.0, gt=0)
     # Software key material is cached decrypted in process memory for this long.
     material_cache_ttl: float = Field(default=300.0, ge=0)

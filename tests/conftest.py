@@ -4,6 +4,7 @@ and the app served by uvicorn over real HTTP on loopback."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,9 +20,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 import uvicorn
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from kms_hsm.api.app import create_app
 from kms_hsm.config import Settings
+from kms_hsm.crypto.pkcs11.sessions import SessionManager
 from kms_hsm.service.runtime import Runtime, prepare
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,13 +58,23 @@ def token_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fault_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The PKCS#11 module of the outage tests (tests/faults/pkcs11_fault_shim.c), built here:
+    it forwards to SoftHSM2 and fails or holds every call while its control file exists."""
+    out = tmp_path_factory.mktemp("shim") / "libpkcs11-fault.so"
+    source = REPO / "tests" / "faults" / "pkcs11_fault_shim.c"
+    flags = ["-shared", "-fPIC", "-O2", "-Wall", "-Werror"]
+    subprocess.run(["gcc", *flags, "-o", str(out), str(source), "-ldl"], check=True, timeout=60)
+    return out
+
+
+@pytest.fixture(scope="session")
 def settings(token_dir: Path) -> Settings:
     """Settings for the in-process runtime: the session token, SQLite in the same dir."""
     return Settings(
         data_dir=token_dir,
         pin_file=token_dir / "user-pin",
         database_url=f"sqlite:///{token_dir / 'kms.db'}",
-        pool_size=8,
         scheduler_interval=0,
     )
 
@@ -86,12 +99,61 @@ def clock() -> SteppingClock:
 
 
 @pytest.fixture(scope="session")
-def runtime(settings: Settings, clock: SteppingClock) -> Iterator[Runtime]:
-    """Database migrated, admin token issued, HSM logged in; scheduler not running."""
+def portal() -> Iterator[BlockingPortal]:
+    """An event loop on a thread of its own, for tests that call the async services."""
+    with start_blocking_portal() as portal:
+        yield portal
+
+
+Await = Callable[[Awaitable[object]], object]
+
+
+@pytest.fixture(scope="session")
+def wait(portal: BlockingPortal) -> Await:
+    """``wait(coroutine)``: its result, awaited on the portal's loop (and its HSM agent)."""
+
+    def run(awaitable: Awaitable[object]) -> object:
+        async def inner() -> object:
+            return await awaitable
+
+        return portal.call(inner)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def runtime(settings: Settings, clock: SteppingClock, portal: BlockingPortal) -> Iterator[Runtime]:
+    """Database migrated, admin token issued, HSM agent logged in; scheduler not running."""
     prepare(settings)
     rt = Runtime.start(settings, clock)
+    portal.call(rt.open)
     yield rt
     rt.close()
+
+
+def token_key_ids(token_dir: Path) -> set[str]:
+    """The ``CKA_ID`` of every secret key in the token, read by a process of its own: a
+    process's view of the token can miss what another process changed (softhsm-facts.md)."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "tests.token_tool", str(token_dir), "list"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(json.loads(listed.stdout))
+
+
+@pytest.fixture(scope="session")
+def token_sessions(runtime: Runtime, settings: Settings) -> Iterator[SessionManager]:
+    """The tests' own view of the session token, to inspect what the service left in it.
+
+    The service never uses this: its processes reach the token only through their agents.
+    """
+    sessions = SessionManager(settings.pkcs11_library, settings.token_label, settings.read_pin())
+    sessions.start()
+    yield sessions
+    sessions.close()
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,9 @@ Prints the ids it rotated and destroyed as JSON.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,15 +26,21 @@ def main() -> None:
     )
     ahead = timedelta(hours=float(hours))
     runtime = Runtime.start(settings, lambda: datetime.now(UTC) + ahead)
-    print("ready", flush=True)
-    while not Path(go_file).exists():
-        time.sleep(0.005)
     rotated: list[str] = []
     destroyed: list[str] = []
-    for _ in range(int(passes)):
-        result = runtime.scheduler.run_once()
-        rotated += result.rotated
-        destroyed += result.destroyed
+
+    async def run() -> None:
+        await runtime.open()
+        print("ready", flush=True)
+        while not Path(go_file).exists():
+            await asyncio.sleep(0.005)
+        for _ in range(int(passes)):
+            result = await runtime.scheduler.run_once()
+            rotated.extend(result.rotated)
+            destroyed.extend(result.destroyed)
+        runtime.agents.close_current()
+
+    asyncio.run(run())
     runtime.close()
     print(json.dumps({"rotated": rotated, "destroyed": destroyed}), flush=True)
 

@@ -9,7 +9,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from kms_hsm.service.access import METHOD_PERMISSIONS, ROLE_PERMISSIONS, Permission
+from kms_hsm.service.access import ROLE_PERMISSIONS, Permission
+from kms_hsm.service.methods import METHODS
 from kms_hsm.service.runtime import Runtime
 from tests.conftest import create_key
 
@@ -119,14 +120,14 @@ def requests_for(api: httpx.Client, folder: str) -> dict[str, Request]:
 
 
 FOLDER_METHODS = {"SymmetricKey.Create", "SymmetricKey.List"}
-KEY_METHODS = [m for m in METHOD_PERMISSIONS if not m.startswith("Folder.")]
+KEY_METHODS = [m for m in METHODS if not m.startswith("Folder.")]
 
 
 def allowed(role: str, method: str) -> bool:
     granted = ROLE_PERMISSIONS[role]
     if method == "SymmetricCrypto.ReEncrypt":
         return Permission.ENCRYPT in granted and Permission.DECRYPT in granted
-    return METHOD_PERMISSIONS[method] in granted
+    return METHODS[method].permission in granted
 
 
 @pytest.mark.parametrize("scope", ["folder", "key"])

@@ -21,7 +21,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from kms_hsm.audit.log import GENESIS, AuditEvent, canonical_event, event_hash, sqlite_time
+from kms_hsm.audit.chain import GENESIS, AuditEvent, canonical_event, event_hash
+from kms_hsm.audit.store import sqlite_time
 from kms_hsm.config import Settings
 from kms_hsm.service.runtime import Runtime, prepare
 from kms_hsm.store.tables import AuditEventRow

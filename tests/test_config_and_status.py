@@ -43,7 +43,23 @@ def test_every_error_class_has_a_code_and_status() -> None:
         c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.KmsError)
     ]
     for klass in classes:
-        assert klass in status.GRPC_CODE_BY_ERROR, klass
+        assert int(klass.code) in status.HTTP_STATUS_BY_GRPC_CODE, klass
+    # The canonical codes a gRPC client sees (and the audit trail records).
+    assert {k.__name__: k.code.name for k in classes} == {
+        "KmsError": "INTERNAL",
+        "InvalidArgument": "INVALID_ARGUMENT",
+        "NotFound": "NOT_FOUND",
+        "AlreadyExists": "ALREADY_EXISTS",
+        "FailedPrecondition": "FAILED_PRECONDITION",
+        "KeyMaterialMissing": "FAILED_PRECONDITION",
+        "DecryptionFailed": "INVALID_ARGUMENT",
+        "Unauthenticated": "UNAUTHENTICATED",
+        "PermissionDenied": "PERMISSION_DENIED",
+        "ResourceExhausted": "RESOURCE_EXHAUSTED",
+        "Aborted": "ABORTED",
+        "BackendUnavailable": "UNAVAILABLE",
+        "Internal": "INTERNAL",
+    }
     assert status.http_status(status.grpc_code(errors.DecryptionFailed())) == 400
     assert status.http_status(status.grpc_code(errors.BackendUnavailable())) == 503
     assert status.http_status(status.grpc_code(errors.Unauthenticated())) == 401

@@ -7,8 +7,6 @@ import pytest
 from pkcs11 import Attribute, KeyType, Mechanism
 from pkcs11 import exceptions as p11
 
-from kms_hsm.service.runtime import Runtime
-
 READABLE = {
     Attribute.TOKEN: False,
     Attribute.SENSITIVE: False,
@@ -16,7 +14,7 @@ READABLE = {
 }
 
 
-def test_one_call_wrap_and_value_match_python_pkcs11(runtime: Runtime) -> None:
+def test_one_call_wrap_and_value_match_python_pkcs11(token_sessions) -> None:
     def compare(pooled):
         kek = pooled.session.generate_key(
             KeyType.AES, 256, template={Attribute.TOKEN: False, Attribute.WRAP: True}
@@ -42,10 +40,10 @@ def test_one_call_wrap_and_value_match_python_pkcs11(runtime: Runtime) -> None:
         finally:
             kek.destroy()
 
-    runtime.sessions.run(compare)
+    token_sessions.run(compare)
 
 
-def test_refusals_raise_python_pkcs11_exceptions(runtime: Runtime) -> None:
+def test_refusals_raise_python_pkcs11_exceptions(token_sessions) -> None:
     def refuse(pooled):
         kek = pooled.session.generate_key(
             KeyType.AES, 256, template={Attribute.TOKEN: False, Attribute.WRAP: True}
@@ -68,10 +66,10 @@ def test_refusals_raise_python_pkcs11_exceptions(runtime: Runtime) -> None:
             kek.destroy()
             secret.destroy()
 
-    runtime.sessions.run(refuse)
+    token_sessions.run(refuse)
 
 
-def test_one_call_id_matches_python_pkcs11_short_and_long(runtime: Runtime) -> None:
+def test_one_call_id_matches_python_pkcs11_short_and_long(token_sessions) -> None:
     def compare(pooled):
         out = []
         for object_id in (b"v", b"abj2gbqf2thej34m2l6b", bytes(range(256)) + b"longer than 256"):
@@ -84,5 +82,5 @@ def test_one_call_id_matches_python_pkcs11_short_and_long(runtime: Runtime) -> N
                 key.destroy()
         return out
 
-    for direct, python, made in runtime.sessions.run(compare):
+    for direct, python, made in token_sessions.run(compare):
         assert direct == python == made

@@ -50,7 +50,7 @@ def test_gcm_vectors_are_what_the_software_backend_produces(vector) -> None:
 
 
 @pytest.mark.parametrize("vector", GCM, ids=lambda v: v["version_id"])
-def test_gcm_vectors_are_what_the_token_produces(runtime: Runtime, vector) -> None:
+def test_gcm_vectors_are_what_the_token_produces(token_sessions, vector) -> None:
     """The same KAT through C_Encrypt/C_Decrypt, with the vector key imported as a token key
     (the service looks versions up among token objects only)."""
     object_id = b"kat-" + vector["version_id"].encode()
@@ -68,8 +68,8 @@ def test_gcm_vectors_are_what_the_token_produces(runtime: Runtime, vector) -> No
             }
         )
 
-    runtime.sessions.run(load)
-    hsm = HsmCrypto(runtime.sessions)
+    token_sessions.run(load)
+    hsm = HsmCrypto(token_sessions)
     try:
         data = bytes.fromhex(vector["envelope"])
         parsed = env.Envelope.parse(data)
@@ -115,21 +115,25 @@ def test_authenticated_data_none_means_empty() -> None:
 
 
 @pytest.mark.parametrize("algorithm", [Algorithm.AES_256, Algorithm.AES_256_HSM])
-def test_every_single_bit_flip_is_rejected(runtime: Runtime, algorithm: Algorithm) -> None:
-    op = runtime.keys.create(
-        KeySpec("b1gflip", "flip", "", {}, algorithm, None, False), created_by="test"
+def test_every_single_bit_flip_is_rejected(runtime: Runtime, wait, algorithm: Algorithm) -> None:
+    op = wait(
+        runtime.keys.create(
+            KeySpec("b1gflip", "flip", "", {}, algorithm, None, False), created_by="test"
+        )
     )
     key_id = op.metadata["value"]["key_id"]
-    ciphertexts = [runtime.crypto.encrypt(key_id, "", b"sixteen byte msg", b"ctx").ciphertext]
+    ciphertexts = [wait(runtime.crypto.encrypt(key_id, "", b"sixteen byte msg", b"ctx")).ciphertext]
     ciphertexts.append(
-        runtime.crypto.generate_data_key(
-            key_id, "", b"ctx", Algorithm.AES_256_HSM, skip_plaintext=True
+        wait(
+            runtime.crypto.generate_data_key(
+                key_id, "", b"ctx", Algorithm.AES_256_HSM, skip_plaintext=True
+            )
         ).ciphertext
     )
     for ciphertext in ciphertexts:
-        assert runtime.crypto.decrypt(key_id, ciphertext, b"ctx").plaintext
+        assert wait(runtime.crypto.decrypt(key_id, ciphertext, b"ctx")).plaintext
         for bit in range(len(ciphertext) * 8):
             flipped = bytearray(ciphertext)
             flipped[bit // 8] ^= 1 << (bit % 8)
             with pytest.raises(DecryptionFailed):
-                runtime.crypto.decrypt(key_id, bytes(flipped), b"ctx")
+                wait(runtime.crypto.decrypt(key_id, bytes(flipped), b"ctx"))

@@ -8,11 +8,8 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from pkcs11 import Attribute
 
-from kms_hsm.crypto.pkcs11.hsm import HsmCrypto
-from kms_hsm.crypto.pkcs11.sessions import KeyMaterialMissing
-from tests.conftest import create_key
+from tests.conftest import create_key, token_key_ids
 
 
 def b64(data: bytes) -> str:
@@ -117,7 +114,9 @@ def test_inactive_key_refuses_crypto_until_active_again(api) -> None:
     assert dec(api, key["id"], ct).status_code == 200
 
 
-def test_delete_respects_protection_then_hides_the_key(api, runtime, clock) -> None:
+def test_delete_respects_protection_then_hides_the_key(
+    api, runtime, clock, wait, token_dir
+) -> None:
     key = create_key(api, "AES_256_HSM", deletionProtection=True)
     error(api.delete(f"/kms/v1/keys/{key['id']}"), 400, 9)
     api.patch(f"/kms/v1/keys/{key['id']}", json={"updateMask": "deletionProtection"})
@@ -130,14 +129,13 @@ def test_delete_respects_protection_then_hides_the_key(api, runtime, clock) -> N
     error(api.delete(f"/kms/v1/keys/{key['id']}"), 404, 5)
     # After the 72 h grace the token object is destroyed.
     version_id = key["primaryVersion"]["id"]
-    HsmCrypto(runtime.sessions).key_attributes(version_id.encode(), [Attribute.TOKEN])
+    assert version_id in token_key_ids(token_dir)
     clock.advance(timedelta(hours=73))
-    runtime.scheduler.run_once()
-    with pytest.raises(KeyMaterialMissing):
-        HsmCrypto(runtime.sessions).key_attributes(version_id.encode(), [Attribute.TOKEN])
+    wait(runtime.scheduler.run_once())
+    assert version_id not in token_key_ids(token_dir)
 
 
-def test_rotation_table(api, runtime, clock) -> None:
+def test_rotation_table(api, runtime, clock, wait, token_dir) -> None:
     """Who can decrypt what, through rotate, setPrimary, schedule, cancel and destroy."""
     key = create_key(api, "AES_256_HSM")
     key_id = key["id"]
@@ -184,11 +182,10 @@ def test_rotation_table(api, runtime, clock) -> None:
         json={"versionId": v2, "pendingPeriod": "86400s"},
     )
     op_ok(r, "ScheduleSymmetricKeyVersionDestructionMetadata")
-    HsmCrypto(runtime.sessions).key_attributes(v2.encode(), [Attribute.TOKEN])
+    assert v2 in token_key_ids(token_dir)
     clock.advance(timedelta(days=1, seconds=1))
-    assert v2 in runtime.scheduler.run_once().destroyed
-    with pytest.raises(KeyMaterialMissing):
-        HsmCrypto(runtime.sessions).key_attributes(v2.encode(), [Attribute.TOKEN])
+    assert v2 in wait(runtime.scheduler.run_once()).destroyed
+    assert v2 not in token_key_ids(token_dir)
     body = error(dec(api, key_id, ct2), 400, 9)
     assert "DESTROYED" in body["message"]
     assert dec(api, key_id, ct1).status_code == 200
@@ -199,7 +196,7 @@ def test_rotation_table(api, runtime, clock) -> None:
     error(r, 400, 9)
 
 
-def test_software_version_schedule_and_destroy(api, runtime, clock) -> None:
+def test_software_version_schedule_and_destroy(api, runtime, clock, wait) -> None:
     key = create_key(api, "AES_128")
     v1 = key["primaryVersion"]["id"]
     ct = enc(api, key["id"]).json()["ciphertext"]
@@ -208,7 +205,7 @@ def test_software_version_schedule_and_destroy(api, runtime, clock) -> None:
     assert op_ok(r, "ScheduleSymmetricKeyVersionDestructionMetadata")
     error(dec(api, key["id"], ct), 400, 9)
     clock.advance(timedelta(days=7, seconds=1))
-    assert v1 in runtime.scheduler.run_once().destroyed
+    assert v1 in wait(runtime.scheduler.run_once()).destroyed
     error(dec(api, key["id"], ct), 400, 9)
 
 
@@ -264,13 +261,15 @@ def test_operations_are_listed_and_readable(api) -> None:
     assert "nextPageToken" not in rest
 
 
-def test_list_pagination_over_250_keys(api, runtime) -> None:
+def test_list_pagination_over_250_keys(api, runtime, wait) -> None:
     from kms_hsm.domain.model import Algorithm
     from kms_hsm.service.keys import KeySpec
 
     folder = "b1gpaging"
     spec = KeySpec(folder, "p", "", {}, Algorithm.AES_128, None, False)
-    created = {runtime.keys.create(spec, "test").metadata["value"]["key_id"] for _ in range(250)}
+    created = {
+        wait(runtime.keys.create(spec, "test")).metadata["value"]["key_id"] for _ in range(250)
+    }
     seen: list[str] = []
     token = ""
     pages = 0

@@ -7,7 +7,8 @@ import json
 import httpx
 
 from kms_hsm.api.app import create_app
-from kms_hsm.api.openapi import COMMITTED, OPERATIONS, render
+from kms_hsm.api.openapi import COMMITTED, bindings, message_models, render
+from kms_hsm.service.methods import METHODS
 
 
 def test_committed_document_is_current() -> None:
@@ -21,7 +22,15 @@ def test_served_document_matches_and_covers_every_route(base_url: str) -> None:
     committed = json.loads(COMMITTED.read_text())
     assert served == committed
     documented = {(m, p) for p, ops in served["paths"].items() for m in ops}
-    assert documented == set(OPERATIONS)
+    assert documented == {(b.verb, b.path) for b in bindings()}
+
+
+def test_every_method_has_one_rest_binding_and_its_messages() -> None:
+    bound = [b.method for b in bindings()]
+    assert sorted(m.name for m in bound) == sorted(METHODS)
+    for binding in bindings():
+        _request, response = message_models(binding)
+        assert response.__name__ == binding.method.response
 
 
 def test_yandex_field_names_and_types() -> None:

@@ -17,7 +17,6 @@ import pytest
 
 from tests.conftest import (
     KMS_HSM,
-    REPO,
     SOFTHSM_MODULE,
     free_port,
     init_token,
@@ -34,28 +33,7 @@ FAULTS = {
 
 
 @pytest.fixture(scope="module")
-def shim(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("shim") / "libpkcs11-fault.so"
-    subprocess.run(
-        [
-            "gcc",
-            "-shared",
-            "-fPIC",
-            "-O2",
-            "-Wall",
-            "-Werror",
-            "-o",
-            str(out),
-            str(REPO / "tests" / "faults" / "pkcs11_fault_shim.c"),
-            "-ldl",
-        ],
-        check=True,
-    )
-    return out
-
-
-@pytest.fixture(scope="module")
-def server(shim, tmp_path_factory):
+def server(fault_shim, tmp_path_factory):
     root = tmp_path_factory.mktemp("outage")
     init_token(root / "token")
     fault = root / "fault"
@@ -63,7 +41,7 @@ def server(shim, tmp_path_factory):
     env = serve_env(
         root / "data",
         port,
-        KMS_HSM_PKCS11_LIBRARY=str(shim),
+        KMS_HSM_PKCS11_LIBRARY=str(fault_shim),
         KMS_HSM_FAULT_REAL_MODULE=SOFTHSM_MODULE,
         KMS_HSM_FAULT_FILE=str(fault),
         KMS_HSM_PIN_FILE=str(root / "token" / "user-pin"),

@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from anyio.from_thread import BlockingPortal
 
 from kms_hsm.config import Settings
 from kms_hsm.domain.model import Algorithm
@@ -62,7 +63,12 @@ def _run_two_schedulers(token_dir: Path, url: str, tmp_path: Path) -> list[dict]
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_two_processes_rotate_and_destroy_exactly_once(
-    backend: str, token_dir: Path, tmp_path: Path, request: pytest.FixtureRequest
+    backend: str,
+    token_dir: Path,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    portal: BlockingPortal,
+    wait,
 ) -> None:
     url = request.getfixturevalue(f"{backend}_url")
     settings = Settings(
@@ -74,20 +80,21 @@ def test_two_processes_rotate_and_destroy_exactly_once(
     prepare(settings)
     clock = SteppingClock()
     runtime = Runtime.start(settings, clock)
+    portal.call(runtime.open)
     try:
         keys = []
         for i in range(20):
             algorithm = Algorithm.AES_256_HSM if i % 2 else Algorithm.AES_128
             spec = KeySpec("b1gsched", f"k{i}", "", {}, algorithm, timedelta(hours=1), False)
-            keys.append(runtime.keys.create(spec, "test").metadata["value"]["key_id"])
+            keys.append(wait(runtime.keys.create(spec, "test")).metadata["value"]["key_id"])
         # One extra version per key, scheduled to be destroyed in 1 day (due for the workers).
         doomed = []
         not_rotating = KeySpec("b1gsched", "d", "", {}, Algorithm.AES_256_HSM, None, False)
         for _ in range(6):
-            key_id = runtime.keys.create(not_rotating, "test").metadata["value"]["key_id"]
+            key_id = wait(runtime.keys.create(not_rotating, "test")).metadata["value"]["key_id"]
             first = runtime.keys.get(key_id).primary_version
             assert first is not None
-            runtime.keys.rotate(key_id, "test")
+            wait(runtime.keys.rotate(key_id, "test"))
             runtime.keys.schedule_version_destruction(key_id, first.id, timedelta(days=1), "t")
             doomed.append(first.id)
 

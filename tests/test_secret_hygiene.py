@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 from sqlalchemy import select
 
-from kms_hsm.crypto.pkcs11.hsm import ROOT_KEY_PREFIX, HsmCrypto
+from kms_hsm.crypto.pkcs11.hsm import HsmCrypto
+from kms_hsm.crypto.token import ROOT_KEY_PREFIX
 from kms_hsm.service.keyring import _material_aad
 from kms_hsm.store.tables import KeyVersionRow
 from tests.conftest import create_key
@@ -29,7 +30,9 @@ def forms(secret: bytes) -> list[bytes]:
     ]
 
 
-def test_no_secret_anywhere(api, runtime, settings, token_dir, admin_token, tmp_path) -> None:
+def test_no_secret_anywhere(
+    api, runtime, settings, token_dir, admin_token, tmp_path, wait, token_sessions
+) -> None:
     log_file = tmp_path / "debug.log"
     handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s %(args)s"))
@@ -79,8 +82,8 @@ def test_no_secret_anywhere(api, runtime, settings, token_dir, admin_token, tmp_
         httpx.get(
             f"{api.base_url}/kms/v1/keys/{hsm}", headers={"Authorization": "Bearer wrong-" + token}
         )
-        runtime.keys.rotate(software, "test")
-        runtime.scheduler.run_once()
+        wait(runtime.keys.rotate(software, "test"))
+        wait(runtime.scheduler.run_once())
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
@@ -91,7 +94,7 @@ def test_no_secret_anywhere(api, runtime, settings, token_dir, admin_token, tmp_
         (token_dir / "so-pin").read_text().strip().encode(),
     ]
     # The software key material itself, unwrapped the way the service does it.
-    hsm_crypto = HsmCrypto(runtime.sessions)
+    hsm_crypto = HsmCrypto(token_sessions)
     with runtime.keyring._db.read() as session:
         rows = session.scalars(select(KeyVersionRow).where(KeyVersionRow.key_id == software)).all()
     for row in rows:

@@ -13,7 +13,7 @@ import httpx
 from tests.conftest import KMS_HSM, free_port, serve_env, stop, wait_until_serving
 
 
-def test_two_workers_each_with_their_own_pkcs11_answer_hsm_requests(tmp_path: Path) -> None:
+def test_two_workers_each_with_one_hsm_agent_login_answer_hsm_requests(tmp_path: Path) -> None:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "serve.log").open("wb")
@@ -57,11 +57,18 @@ def test_two_workers_each_with_their_own_pkcs11_answer_hsm_requests(tmp_path: Pa
             if len(workers) == 2 and i > 20:
                 break
         assert len(workers) == 2
+        for worker in workers:
+            # The worker never loads the PKCS#11 module: its HSM agent alone does.
+            maps = Path(f"/proc/{worker}/maps").read_text()
+            assert "softhsm" not in maps, worker
     finally:
         stop(proc)
         log.close()
     text = (tmp_path / "serve.log").read_text()
     assert text.count("HSM ready") >= 3  # pre-flight + one per worker
+    # One PKCS#11 login per worker (by its agent), and no other.
+    for worker in workers:
+        assert text.count(f"logged in to token 'kms-hsm' for worker {worker}\n") == 1, worker
     assert token not in text
     for pin_file in ("user-pin", "so-pin"):
         assert (tmp_path / "data" / pin_file).read_text().strip() not in text

@@ -1,10 +1,17 @@
-"""Many threads on the HSM path in one process: no crash, no error (OS locking works)."""
+"""Many callers on the HSM path at once: no crash, no error.
+
+Threads on one SessionManager prove that PKCS#11 runs with OS locking (python-pkcs11
+releases the GIL around every call); concurrent requests through the service prove that
+the HSM agent's batching answers each call with its own result.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 
+from kms_hsm.crypto.pkcs11.hsm import HsmCrypto
 from kms_hsm.domain.model import Algorithm
 from kms_hsm.service.keys import KeySpec
 from kms_hsm.service.runtime import Runtime
@@ -13,39 +20,39 @@ THREADS = 8
 OPERATIONS = 500
 
 
-def test_eight_threads_times_500_mixed_hsm_operations(runtime: Runtime) -> None:
+def _hsm_keys(runtime: Runtime, wait) -> list[str]:
     spec = KeySpec("b1gstress", "s", "", {}, Algorithm.AES_256_HSM, None, False)
-    key_ids = [runtime.keys.create(spec, "test").metadata["value"]["key_id"] for _ in range(3)]
-    reinits_before = runtime.sessions.stats.reinitializations
+    ops = [wait(runtime.keys.create(spec, "test")) for _ in range(3)]
+    return [op.metadata["value"]["primary_version_id"] for op in ops]
+
+
+def test_eight_threads_times_500_mixed_token_calls(runtime: Runtime, wait, token_sessions) -> None:
+    versions = [v.encode() for v in _hsm_keys(runtime, wait)]
+    hsm = HsmCrypto(token_sessions)
+    # Other tests in this process may have finalised the module (a SessionManager closing
+    # finalises PKCS#11 for the whole process): recover from that before counting.
+    hsm.random(1)
+    reinits_before = token_sessions.stats.reinitializations
     errors: list[BaseException] = []
     done = [0] * THREADS
 
     def worker(n: int) -> None:
         rng = random.Random(n)
-        crypto = runtime.crypto
         try:
             for i in range(OPERATIONS):
-                key_id = rng.choice(key_ids)
-                aad = f"t{n}-{i}".encode()
-                choice = i % 5
-                if choice == 0:
+                key = rng.choice(versions)
+                nonce, aad = rng.randbytes(12), f"t{n}-{i}".encode()
+                if i % 3 == 0:
+                    plaintext, tag, wrapped = hsm.generate_wrapped_data_key(
+                        key, 32, nonce, aad, want_plaintext=True
+                    )
+                    assert hsm.unwrap_data_key(key, nonce, tag, wrapped, aad) == plaintext
+                elif i % 3 == 1:
                     plaintext = rng.randbytes(rng.randint(1, 2048))
-                    ct = crypto.encrypt(key_id, "", plaintext, aad).ciphertext
-                    assert crypto.decrypt(key_id, ct, aad).plaintext == plaintext
-                elif choice == 1:
-                    dk = crypto.generate_data_key(key_id, "", aad, Algorithm.AES_256_HSM, False)
-                    assert crypto.decrypt(key_id, dk.ciphertext, aad).plaintext == dk.plaintext
-                elif choice == 2:
-                    dk = crypto.generate_data_key(key_id, "", aad, Algorithm.AES_128, False)
-                    assert len(dk.plaintext) == 16
-                elif choice == 3:
-                    ct = crypto.encrypt(key_id, "", b"re", aad).ciphertext
-                    target = rng.choice(key_ids)
-                    re = crypto.re_encrypt(target, "", None, key_id, aad, ct)
-                    assert crypto.decrypt(target, re.ciphertext, None).plaintext == b"re"
+                    sealed = hsm.encrypt(key, nonce, plaintext, aad)
+                    assert hsm.decrypt(key, nonce, sealed, aad) == plaintext
                 else:
-                    ct = crypto.encrypt(key_id, "", b"x" * 64, None).ciphertext
-                    assert crypto.decrypt(key_id, ct, None).plaintext == b"x" * 64
+                    assert len(hsm.random(32)) == 32
                 done[n] += 1
         except BaseException as exc:
             errors.append(exc)
@@ -57,4 +64,36 @@ def test_eight_threads_times_500_mixed_hsm_operations(runtime: Runtime) -> None:
         t.join()
     assert errors == []
     assert done == [OPERATIONS] * THREADS
-    assert runtime.sessions.stats.reinitializations == reinits_before
+    assert token_sessions.stats.reinitializations == reinits_before
+
+
+def test_concurrent_service_calls_through_the_agent(runtime: Runtime, wait) -> None:
+    hsm_spec = KeySpec("b1gstress", "h", "", {}, Algorithm.AES_256_HSM, None, False)
+    soft_spec = KeySpec("b1gstress", "s", "", {}, Algorithm.AES_128, None, False)
+    key_ids = [
+        wait(runtime.keys.create(spec, "test")).metadata["value"]["key_id"]
+        for spec in (hsm_spec, hsm_spec, soft_spec)
+    ]
+    crypto = runtime.crypto
+
+    async def one(n: int) -> None:
+        rng = random.Random(n)
+        key_id = rng.choice(key_ids)
+        aad = f"c{n}".encode()
+        if n % 4 == 0:
+            dk = await crypto.generate_data_key(key_id, "", aad, Algorithm.AES_256_HSM, False)
+            assert (await crypto.decrypt(key_id, dk.ciphertext, aad)).plaintext == dk.plaintext
+        elif n % 4 == 1:
+            target = rng.choice(key_ids)
+            ct = (await crypto.encrypt(key_id, "", b"re", aad)).ciphertext
+            re = await crypto.re_encrypt(target, "", None, key_id, aad, ct)
+            assert (await crypto.decrypt(target, re.ciphertext, None)).plaintext == b"re"
+        else:
+            plaintext = rng.randbytes(rng.randint(1, 2048))
+            ct = (await crypto.encrypt(key_id, "", plaintext, aad)).ciphertext
+            assert (await crypto.decrypt(key_id, ct, aad)).plaintext == plaintext
+
+    async def all_at_once() -> None:
+        await asyncio.gather(*(one(n) for n in range(THREADS * OPERATIONS // 4)))
+
+    wait(all_at_once())

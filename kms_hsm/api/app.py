@@ -103,41 +103,51 @@ async def _admit(
     return headers, rid
 
 
-# The data plane skips FastAPI's middleware stack, router and dependency machinery: these
-# handlers parse their own bodies and raise KmsError, rendered exactly as the app's
-# handlers would, and the answer goes out as two ASGI messages built here.
-Handler = Callable[[str, Request], Awaitable[dict[str, Any]]]
-_FAST_VERBS: dict[str, Handler] = {
-    "encrypt": crypto.encrypt_message,
-    "decrypt": crypto.decrypt_message,
-    "reEncrypt": crypto.re_encrypt_message,
-    "generateDataKey": crypto.generate_data_key_message,
-}
 _KEYS_PREFIX = "/kms/v1/keys/"
+# The data plane's handlers: the path's key id and the request in, the answer's message out.
+Handler = Callable[[str, Request], Awaitable[dict[str, Any]]]
 
 
-def _fast_route(scope: Scope) -> tuple[Handler, str] | None:
-    if scope["type"] != "http" or scope["method"] != "POST":
-        return None
-    path: str = scope["path"]
-    if not path.startswith(_KEYS_PREFIX):
-        return None
-    key_id, sep, verb = path[len(_KEYS_PREFIX) :].rpartition(":")
-    handler = _FAST_VERBS.get(verb) if sep and "/" not in key_id else None
-    return (handler, key_id) if handler is not None else None
+def _fast_verbs() -> dict[str, Handler]:
+    """``POST /kms/v1/keys/{keyId}:<verb>`` -> handler, from the SymmetricCrypto bindings."""
+    verbs: dict[str, Handler] = {}
+    for binding in crypto.routes.bindings:
+        prefix, _, verb = binding.path.rpartition(":")
+        assert binding.verb == "post" and prefix == _KEYS_PREFIX + "{keyId}", binding.path
+        verbs[verb] = binding.endpoint
+    return verbs
 
 
-class KmsApp(FastAPI):
-    """FastAPI, with the SymmetricCrypto verbs answered before its middleware stack."""
+class KmsApp:
+    """The served ASGI app: the data plane in front, the FastAPI control plane behind it.
 
-    worker = str(os.getpid()).encode()
+    The SymmetricCrypto verbs skip FastAPI's middleware stack, router and dependency
+    machinery: their handlers parse their own bodies and raise KmsError, rendered exactly
+    as the control plane's handlers would, and the answer goes out as two ASGI messages
+    built here. Every other request (and the lifespan) goes to ``control_plane``.
+    """
+
+    def __init__(self, control_plane: FastAPI) -> None:
+        self.control_plane = control_plane
+        self.worker = str(os.getpid()).encode()
+        self._verbs = _fast_verbs()
+
+    def _route(self, scope: Scope) -> tuple[Handler, str] | None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return None
+        path: str = scope["path"]
+        if not path.startswith(_KEYS_PREFIX):
+            return None
+        key_id, sep, verb = path[len(_KEYS_PREFIX) :].rpartition(":")
+        handler = self._verbs.get(verb) if sep and "/" not in key_id else None
+        return (handler, key_id) if handler is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        fast = _fast_route(scope)
+        fast = self._route(scope)
         if fast is None:
-            await super().__call__(scope, receive, send)
+            await self.control_plane(scope, receive, send)
             return
-        scope["app"] = self
+        scope["app"] = self.control_plane  # where the handlers find the runtime
         admitted = await _admit(scope, receive, send)
         if admitted is None:
             return
@@ -180,13 +190,16 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = runtime is None
-        app.state.runtime = runtime or Runtime.start(settings or Settings())
-        if owned:
-            app.state.runtime.scheduler.start()
-        # The HSM agent logs in now, not under the first requests: a login rewrites the
-        # token file that other workers' agents may be reading (SoftHSM2).
-        if not await app.state.runtime.agents.client().start():
-            log.warning("HSM agent not started yet; HSM requests will retry it")
+        rt = app.state.runtime = runtime or Runtime.start(settings or Settings())
+        # This worker's HSM agent logs in now, not under the first requests: a login
+        # rewrites the token file that other workers' agents may be reading (SoftHSM2).
+        try:
+            await rt.open()
+        except BaseException:
+            if owned:
+                rt.close()
+            raise
+        rt.scheduler.start()
         # Everything made so far lives as long as the process: out of the collector's
         # sight, a full collection walks only what requests create. Measured at 12k req/s:
         # full collections of 36-73 ms every ~1.1 s (p99 44 ms) became 1.5 ms (p99 10 ms).
@@ -199,10 +212,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         try:
             yield
         finally:
+            await rt.scheduler.stop()
+            rt.agents.close_current()
             if owned:
-                app.state.runtime.close()
+                rt.close()
 
-    app = KmsApp(
+    app = FastAPI(
         title="kms-hsm",
         version=__version__,
         description="Yandex Cloud KMS v1 (symmetric keys) on premises, keys in a PKCS#11 HSM",
@@ -212,9 +227,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     app.add_middleware(RequestGuard)
     # Verb routes on {resourceId} must come before the catch-all GET /kms/v1/keys/{keyId}.
-    app.include_router(access.router)
-    app.include_router(crypto.router)
-    app.include_router(keys.router)
+    app.include_router(access.routes.router)
+    app.include_router(keys.routes.router)
     app.include_router(health.router)
     install_openapi(app)
-    return app
+    return KmsApp(app)

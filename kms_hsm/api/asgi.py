@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
-
-from kms_hsm.api.app import create_app
+from kms_hsm.api.app import KmsApp, create_app
 from kms_hsm.config import Settings
 from kms_hsm.logs import configure_logging
 
 
-def build() -> FastAPI:
+def build() -> KmsApp:
     """An app configured from the environment; PKCS#11 starts in its lifespan."""
     settings = Settings()
     configure_logging(settings.log_level)

@@ -1,4 +1,4 @@
-"""The one table from kms-hsm errors to gRPC codes and HTTP statuses."""
+"""The one table from gRPC status codes (each error's canonical ``code``) to HTTP statuses."""
 
 from __future__ import annotations
 
@@ -24,30 +24,10 @@ HTTP_STATUS_BY_GRPC_CODE: dict[int, int] = {
     16: 401,
 }
 
-# Most specific class first: DecryptionFailed is an InvalidArgument.
-GRPC_CODE_BY_ERROR: dict[type[errors.KmsError], int] = {
-    errors.DecryptionFailed: 3,
-    errors.InvalidArgument: 3,
-    errors.NotFound: 5,
-    errors.AlreadyExists: 6,
-    errors.PermissionDenied: 7,
-    errors.ResourceExhausted: 8,
-    errors.FailedPrecondition: 9,
-    errors.Aborted: 10,
-    errors.Internal: 13,
-    errors.BackendUnavailable: 14,
-    errors.Unauthenticated: 16,
-    errors.KmsError: 13,
-}
-
 
 def grpc_code(error: errors.KmsError) -> int:
-    """The gRPC code for ``error`` (walks the class hierarchy)."""
-    for klass in type(error).__mro__:
-        code = GRPC_CODE_BY_ERROR.get(klass)
-        if code is not None:
-            return code
-    return 13
+    """The gRPC code for ``error`` (the class's canonical code)."""
+    return int(error.code)
 
 
 def http_status(code: int) -> int:

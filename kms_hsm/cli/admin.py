@@ -11,7 +11,7 @@ import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from kms_hsm.audit.log import AuditLog
+from kms_hsm.audit.store import AuditLog
 from kms_hsm.config import Settings, write_secret_file
 from kms_hsm.service.access import AccessService, Binding, Resource
 from kms_hsm.service.auth import AuthService

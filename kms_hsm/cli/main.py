@@ -45,11 +45,10 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     try:
         prepare(settings)
-        # One worker is served in this process by the runtime started here. With several,
-        # this start is a pre-flight (reach the HSM, settle the root key, fail with a clear
-        # message) and is closed again before uvicorn spawns the workers, each of which
-        # initialises PKCS#11 for itself.
+        # A pre-flight: reach the HSM (through an agent of its own, stopped again), settle
+        # the root key, fail with a clear message. Each worker then starts its own agent.
         runtime = Runtime.start(settings)
+        runtime.preflight()
     except KmsError as exc:
         log.critical("cannot start: %s", exc.message)
         return 1
@@ -70,7 +69,6 @@ def _serve(args: argparse.Namespace) -> int:
         **tls,
     }
     if settings.workers == 1:
-        runtime.scheduler.start()
         try:
             uvicorn.Server(uvicorn.Config(create_app(settings, runtime), **options)).run()
         finally:

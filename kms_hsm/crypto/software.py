@@ -67,28 +67,26 @@ class MaterialCache:
         self._entries: OrderedDict[str, tuple[float, SoftwareKey]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, version_id: str, load: Callable[[], bytes]) -> SoftwareKey:
-        """The cached key for ``version_id``, loading (unwrapping) it on a miss."""
+    def lookup(self, version_id: str) -> SoftwareKey | None:
+        """The cached, fresh key for ``version_id``, or None (using it needs an unwrap)."""
         now = self._clock()
         with self._lock:
             hit = self._entries.get(version_id)
             if hit is not None and hit[0] > now:
                 self._entries.move_to_end(version_id)
                 return hit[1]
-        key = SoftwareKey(load())
+        return None
+
+    def put(self, version_id: str, material: bytes) -> SoftwareKey:
+        """Cache freshly unwrapped material; the key to use."""
+        key = SoftwareKey(material)
         if self._max > 0 and self._ttl > 0:
             with self._lock:
-                self._entries[version_id] = (now + self._ttl, key)
+                self._entries[version_id] = (self._clock() + self._ttl, key)
                 self._entries.move_to_end(version_id)
                 while len(self._entries) > self._max:
                     self._entries.popitem(last=False)
         return key
-
-    def has(self, version_id: str) -> bool:
-        """True when ``version_id`` is cached and fresh (using it needs no HSM call)."""
-        with self._lock:
-            hit = self._entries.get(version_id)
-            return hit is not None and hit[0] > self._clock()
 
     def evict(self, version_id: str) -> None:
         """Forget one version (destroyed or scheduled for destruction)."""

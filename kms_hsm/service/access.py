@@ -34,7 +34,7 @@ from datetime import datetime
 from sqlalchemy import delete, or_, select, tuple_
 from sqlalchemy.orm import Session
 
-from kms_hsm.audit.log import AuditLog
+from kms_hsm.audit.store import AuditLog
 from kms_hsm.domain import validation
 from kms_hsm.errors import InvalidArgument, NotFound, PermissionDenied
 from kms_hsm.service.cache import StateCache
@@ -91,32 +91,6 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
         P.SET_ACCESS_BINDINGS,
         P.UPDATE_ACCESS_BINDINGS,
     },
-}
-
-# The permission each API method needs (ReEncrypt needs DECRYPT on the source key too).
-METHOD_PERMISSIONS: dict[str, Permission] = {
-    "SymmetricCrypto.Encrypt": P.ENCRYPT,
-    "SymmetricCrypto.Decrypt": P.DECRYPT,
-    "SymmetricCrypto.ReEncrypt": P.ENCRYPT,
-    "SymmetricCrypto.GenerateDataKey": P.ENCRYPT,
-    "SymmetricKey.Create": P.CREATE,
-    "SymmetricKey.Get": P.GET,
-    "SymmetricKey.List": P.LIST,
-    "SymmetricKey.ListVersions": P.LIST_VERSIONS,
-    "SymmetricKey.ListOperations": P.LIST_OPERATIONS,
-    "SymmetricKey.Update": P.UPDATE,
-    "SymmetricKey.Delete": P.DELETE,
-    "SymmetricKey.Rotate": P.ROTATE,
-    "SymmetricKey.SetPrimaryVersion": P.SET_PRIMARY_VERSION,
-    "SymmetricKey.ScheduleVersionDestruction": P.SCHEDULE_VERSION_DESTRUCTION,
-    "SymmetricKey.CancelVersionDestruction": P.CANCEL_VERSION_DESTRUCTION,
-    "SymmetricKey.ListAccessBindings": P.LIST_ACCESS_BINDINGS,
-    "SymmetricKey.SetAccessBindings": P.SET_ACCESS_BINDINGS,
-    "SymmetricKey.UpdateAccessBindings": P.UPDATE_ACCESS_BINDINGS,
-    "Operation.Get": P.GET_OPERATION,
-    "Folder.ListAccessBindings": P.LIST_ACCESS_BINDINGS,
-    "Folder.SetAccessBindings": P.SET_ACCESS_BINDINGS,
-    "Folder.UpdateAccessBindings": P.UPDATE_ACCESS_BINDINGS,
 }
 
 SUBJECT_TYPES = frozenset({"userAccount", "serviceAccount", "federatedUser", "system"})

@@ -11,7 +11,6 @@ from kms_hsm.errors import (
     DecryptionFailed,
     FailedPrecondition,
     InvalidArgument,
-    KmsError,
     NotFound,
 )
 from kms_hsm.service.cache import StateCache
@@ -84,34 +83,11 @@ class CryptoService:
         with self._db.read() as session:
             return repository.get_key_and_version(session, key_id, version_id)
 
-    def needs_hsm(
-        self,
-        key_id: str,
-        *,
-        version_id: str = "",
-        ciphertext: bytes | None = None,
-        data_key_spec: Algorithm | None = None,
-    ) -> bool:
-        """Whether the call would reach the HSM (True when in doubt).
-
-        The API sends calls that may reach the HSM through the HSM agent, so that a hung
-        token cannot stall requests that only use software keys with cached material.
-        """
-        if data_key_spec is Algorithm.AES_256_HSM:
-            return True
-        try:
-            if ciphertext is not None:
-                version_id = env.Envelope.parse(ciphertext).version_id
-            _key, stored = self._load(key_id, version_id or None)
-        except KmsError:
-            return True
-        return not self._keyring.works_locally(stored)
-
     def _require_key(self, key_id: str) -> None:
         with self._db.read() as session:
             repository.get_key_row(session, key_id)
 
-    def encrypt(
+    async def encrypt(
         self, key_id: str, version_id: str, plaintext: bytes, aad_context: bytes | None
     ) -> EncryptResult:
         """Encrypt with the named version, or the primary one when ``version_id`` is empty."""
@@ -121,10 +97,12 @@ class CryptoService:
         validation.check_bytes("aadContext", aad_context, validation.MAX_AAD)
         key, stored = self._load(key_id, version_id or None)
         _check_usable(key, stored)
-        ciphertext = self._keyring.encrypt(key_id, stored, plaintext, aad_context)
+        ciphertext = await self._keyring.encrypt(key_id, stored, plaintext, aad_context)
         return EncryptResult(key_id, stored.version.id, ciphertext)
 
-    def decrypt(self, key_id: str, ciphertext: bytes, aad_context: bytes | None) -> DecryptResult:
+    async def decrypt(
+        self, key_id: str, ciphertext: bytes, aad_context: bytes | None
+    ) -> DecryptResult:
         """Decrypt; the version comes from the envelope, never from the caller."""
         validation.check_id("keyId", key_id)
         validation.check_bytes("aadContext", aad_context, validation.MAX_AAD)
@@ -140,10 +118,10 @@ class CryptoService:
                 raise
             raise DecryptionFailed(log_detail="envelope names a version of another key") from None
         _check_usable(key, stored)
-        plaintext = self._keyring.decrypt(key_id, stored, envelope, aad_context)
+        plaintext = await self._keyring.decrypt(key_id, stored, envelope, aad_context)
         return DecryptResult(key_id, stored.version.id, plaintext)
 
-    def re_encrypt(
+    async def re_encrypt(
         self,
         key_id: str,
         version_id: str,
@@ -155,13 +133,13 @@ class CryptoService:
         """Decrypt under the source key, encrypt under the (possibly same) target key."""
         validation.check_id("sourceKeyId", source_key_id)
         validation.check_bytes("sourceAadContext", source_aad_context, validation.MAX_AAD)
-        opened = self.decrypt(source_key_id, ciphertext, source_aad_context)
-        sealed = self.encrypt(key_id, version_id, opened.plaintext, aad_context)
+        opened = await self.decrypt(source_key_id, ciphertext, source_aad_context)
+        sealed = await self.encrypt(key_id, version_id, opened.plaintext, aad_context)
         return ReEncryptResult(
             sealed.key_id, sealed.version_id, opened.key_id, opened.version_id, sealed.ciphertext
         )
 
-    def generate_data_key(
+    async def generate_data_key(
         self,
         key_id: str,
         version_id: str,
@@ -176,7 +154,7 @@ class CryptoService:
         spec = check_data_key_spec(data_key_spec)
         key, stored = self._load(key_id, version_id or None)
         _check_usable(key, stored)
-        plaintext, ciphertext = self._keyring.generate_data_key(
+        plaintext, ciphertext = await self._keyring.generate_data_key(
             key_id, stored, spec, aad_context, skip_plaintext=skip_plaintext
         )
         return DataKeyResult(key_id, stored.version.id, plaintext, ciphertext)

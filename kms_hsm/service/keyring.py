@@ -19,9 +19,8 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from kms_hsm.crypto.nonces import NonceSource
-from kms_hsm.crypto.pkcs11.hsm import ROOT_KEY_PREFIX, HsmCrypto
 from kms_hsm.crypto.software import MaterialCache, SoftwareKey
+from kms_hsm.crypto.token import ROOT_KEY_PREFIX, Token
 from kms_hsm.domain import envelope as env
 from kms_hsm.domain.ids import new_id
 from kms_hsm.domain.model import Algorithm, KeyVersion, VersionStatus
@@ -55,22 +54,22 @@ class Keyring:
 
     def __init__(
         self,
-        hsm: HsmCrypto,
+        token: Token,
         cache: MaterialCache,
-        sessions: Database,
+        database: Database,
         rng: Rng = os.urandom,
-        nonces: Rng | None = None,
     ) -> None:
-        self._hsm = hsm
+        self._token = token
         self._cache = cache
-        self._db = sessions
-        self._rng = rng  # key material
-        self._nonce = nonces or NonceSource()
+        self._db = database
+        # Key material and nonces, straight from the OS: a user-space buffer of random
+        # bytes would repeat after a VM snapshot is restored twice (AES-GCM nonce reuse).
+        self._rng = rng
         self._root_key_id: str | None = None
 
     # ------------------------------------------------------------------ root key
 
-    def ensure_root_key(self) -> str:
+    async def ensure_root_key(self) -> str:
         """Find the root key chosen in the database, or make one and try to be the chooser.
 
         Several processes may start at once: each may generate a candidate, but the unique
@@ -80,19 +79,19 @@ class Keyring:
             chosen = repository.get_root_key_id(session)
         if chosen is None:
             candidate = new_id("abr")
-            self._hsm.generate_key(ROOT_KEY_PREFIX + candidate.encode())
+            await self._token.generate_key(ROOT_KEY_PREFIX + candidate.encode())
             try:
                 with self._db.write() as session:
                     session.add(RootKeyRow(name="root", key_id=candidate, created_at=_now()))
                 chosen = candidate
                 log.info("created HSM root key %s", candidate)
             except IntegrityError:
-                self._hsm.destroy_key(ROOT_KEY_PREFIX + candidate.encode())
+                await self._token.destroy_key(ROOT_KEY_PREFIX + candidate.encode())
                 with self._db.read() as session:
                     chosen = repository.get_root_key_id(session)
         if chosen is None:
             raise Internal(log_detail="root key row vanished")
-        self._hsm.key_attributes(ROOT_KEY_PREFIX + chosen.encode(), [])
+        await self._token.key_attributes(ROOT_KEY_PREFIX + chosen.encode())
         self._root_key_id = chosen
         return chosen
 
@@ -101,15 +100,16 @@ class Keyring:
         """The metadata database this keyring reads material from."""
         return self._db
 
-    def self_test(self) -> None:
+    async def self_test(self) -> None:
         """Encrypt and decrypt a fresh value under the root key in the token."""
-        nonce = self._nonce(env.NONCE_BYTES)
+        nonce = self._rng(env.NONCE_BYTES)
         probe = self._rng(16)
-        sealed = self._hsm.encrypt(self._root_object_id(), nonce, probe, b"kms-hsm readiness")
-        if self._hsm.decrypt(self._root_object_id(), nonce, sealed, b"kms-hsm readiness") != probe:
+        root = self._root_object_id()
+        sealed = await self._token.encrypt(root, nonce, probe, b"kms-hsm readiness")
+        if await self._token.decrypt(root, nonce, sealed, b"kms-hsm readiness") != probe:
             raise Internal(log_detail="root key round-trip returned other bytes")
 
-    def service_secret(self, name: str, length: int = 32) -> bytes:
+    async def service_secret(self, name: str, length: int = 32) -> bytes:
         """A secret of the service, kept in the database wrapped by the root key.
 
         Made on first use; concurrent first uses agree through the unique name.
@@ -119,8 +119,8 @@ class Keyring:
             row = repository.get_service_secret(session, name)
         if row is None:
             secret = self._rng(length)
-            nonce = self._nonce(env.NONCE_BYTES)
-            sealed = self._hsm.encrypt(self._root_object_id(), nonce, secret, aad)
+            nonce = self._rng(env.NONCE_BYTES)
+            sealed = await self._token.encrypt(self._root_object_id(), nonce, secret, aad)
             try:
                 with self._db.write() as session:
                     session.add(
@@ -138,7 +138,7 @@ class Keyring:
             if row is None:
                 raise Internal(log_detail=f"service secret {name} vanished")
         try:
-            return self._hsm.decrypt(
+            return await self._token.decrypt(
                 self._root_object_id(row.root_key_id),
                 row.wrapped[: env.NONCE_BYTES],
                 row.wrapped[env.NONCE_BYTES :],
@@ -155,14 +155,16 @@ class Keyring:
 
     # ------------------------------------------------------------------ material
 
-    def create_material(self, key_id: str, version_id: str, algorithm: Algorithm) -> NewMaterial:
+    async def create_material(
+        self, key_id: str, version_id: str, algorithm: Algorithm
+    ) -> NewMaterial:
         """Make material for a new version; HSM keys are born in the token."""
         if algorithm.hosted_by_hsm:
-            self._hsm.generate_key(version_id.encode(), self._object_label(version_id))
+            await self._token.generate_key(version_id.encode(), self._object_label(version_id))
             return NewMaterial(None, None)
         material = self._rng(algorithm.key_bytes)
-        nonce = self._nonce(env.NONCE_BYTES)
-        sealed = self._hsm.encrypt(
+        nonce = self._rng(env.NONCE_BYTES)
+        sealed = await self._token.encrypt(
             self._root_object_id(), nonce, material, _material_aad(key_id, version_id)
         )
         return NewMaterial(nonce + sealed, self._root_key_id)
@@ -175,12 +177,12 @@ class Keyring:
     def _label_prefix(self) -> str:
         return f"kms-hsm/{self._root_key_id}/"
 
-    def orphan_objects(self) -> set[bytes]:
+    async def orphan_objects(self) -> set[bytes]:
         """This deployment's version objects that no live database row accounts for.
 
         Versions marked DESTROYED whose object is still there count as orphans too.
         """
-        ours = set(self._hsm.find_key_ids(self._label_prefix()))
+        ours = set(await self._token.find_key_ids(self._label_prefix()))
         if not ours:
             return set()
         with self._db.read() as session:
@@ -195,59 +197,57 @@ class Keyring:
             }
         return ours - live
 
-    def destroy_objects(self, object_ids: set[bytes]) -> int:
+    async def destroy_objects(self, object_ids: set[bytes]) -> int:
         """Destroy token objects by ``CKA_ID``; returns how many existed."""
-        return sum(1 for object_id in object_ids if self._hsm.destroy_key(object_id))
-
-    def works_locally(self, stored: StoredVersion) -> bool:
-        """True when using ``stored`` needs no HSM call (software, material cached)."""
-        return not stored.version.hosted_by_hsm and self._cache.has(stored.version.id)
+        return sum([await self._token.destroy_key(object_id) for object_id in object_ids])
 
     def forget(self, version_id: str) -> None:
         """Drop a version's cached software material (it was scheduled or destroyed)."""
         self._cache.evict(version_id)
 
-    def discard_material(self, version: KeyVersion) -> None:
+    async def discard_material(self, version: KeyVersion) -> None:
         """Destroy a version's material: the token object, or the cached software key."""
         self._cache.evict(version.id)
         if version.hosted_by_hsm:
-            self._hsm.destroy_key(version.id.encode())
+            await self._token.destroy_key(version.id.encode())
 
-    def _software_key(self, key_id: str, stored: StoredVersion) -> SoftwareKey:
-        def unwrap() -> bytes:
-            blob = stored.wrapped_material
-            if blob is None or len(blob) < env.NONCE_BYTES + env.TAG_BYTES:
-                raise Internal(log_detail=f"version {stored.version.id} has no material")
-            try:
-                return self._hsm.decrypt(
-                    self._root_object_id(stored.root_key_id),
-                    blob[: env.NONCE_BYTES],
-                    blob[env.NONCE_BYTES :],
-                    _material_aad(key_id, stored.version.id),
-                )
-            except DecryptionFailed:
-                raise Internal(
-                    log_detail=f"stored material of {stored.version.id} failed to unwrap"
-                ) from None
-
-        return self._cache.get(stored.version.id, unwrap)
+    async def _software_key(self, key_id: str, stored: StoredVersion) -> SoftwareKey:
+        cached = self._cache.lookup(stored.version.id)
+        if cached is not None:
+            return cached
+        blob = stored.wrapped_material
+        if blob is None or len(blob) < env.NONCE_BYTES + env.TAG_BYTES:
+            raise Internal(log_detail=f"version {stored.version.id} has no material")
+        try:
+            material = await self._token.decrypt(
+                self._root_object_id(stored.root_key_id),
+                blob[: env.NONCE_BYTES],
+                blob[env.NONCE_BYTES :],
+                _material_aad(key_id, stored.version.id),
+            )
+        except DecryptionFailed:
+            raise Internal(
+                log_detail=f"stored material of {stored.version.id} failed to unwrap"
+            ) from None
+        return self._cache.put(stored.version.id, material)
 
     # ------------------------------------------------------------------ crypto
 
-    def encrypt(
+    async def encrypt(
         self, key_id: str, stored: StoredVersion, plaintext: bytes, aad_context: bytes | None
     ) -> bytes:
         """Seal ``plaintext`` under ``stored``; returns a format 0x01 envelope."""
         header = env.make_header(env.EnvelopeFormat.AES_GCM, stored.version.id)
         aad = env.authenticated_data(header, key_id, aad_context)
-        nonce = self._nonce(env.NONCE_BYTES)
+        nonce = self._rng(env.NONCE_BYTES)
         if stored.version.hosted_by_hsm:
-            sealed = self._hsm.encrypt(stored.version.id.encode(), nonce, plaintext, aad)
+            sealed = await self._token.encrypt(stored.version.id.encode(), nonce, plaintext, aad)
         else:
-            sealed = self._software_key(key_id, stored).encrypt(nonce, plaintext, aad)
+            software_key = await self._software_key(key_id, stored)
+            sealed = software_key.encrypt(nonce, plaintext, aad)
         return header + nonce + sealed
 
-    def decrypt(
+    async def decrypt(
         self,
         key_id: str,
         stored: StoredVersion,
@@ -259,7 +259,7 @@ class Keyring:
         if envelope.format is env.EnvelopeFormat.HSM_WRAPPED_KEY:
             if not stored.version.hosted_by_hsm:
                 raise DecryptionFailed(log_detail="wrapped-key envelope for a software version")
-            return self._hsm.unwrap_data_key(
+            return await self._token.unwrap_data_key(
                 stored.version.id.encode(),
                 envelope.nonce,
                 envelope.tag,
@@ -267,10 +267,13 @@ class Keyring:
                 aad,
             )
         if stored.version.hosted_by_hsm:
-            return self._hsm.decrypt(stored.version.id.encode(), envelope.nonce, envelope.body, aad)
-        return self._software_key(key_id, stored).decrypt(envelope.nonce, envelope.body, aad)
+            return await self._token.decrypt(
+                stored.version.id.encode(), envelope.nonce, envelope.body, aad
+            )
+        software_key = await self._software_key(key_id, stored)
+        return software_key.decrypt(envelope.nonce, envelope.body, aad)
 
-    def generate_data_key(
+    async def generate_data_key(
         self,
         key_id: str,
         stored: StoredVersion,
@@ -289,8 +292,8 @@ class Keyring:
         if spec is Algorithm.AES_256_HSM and stored.version.hosted_by_hsm:
             header = env.make_header(env.EnvelopeFormat.HSM_WRAPPED_KEY, stored.version.id)
             aad = env.authenticated_data(header, key_id, aad_context)
-            nonce = self._nonce(env.NONCE_BYTES)
-            plaintext, tag, wrapped = self._hsm.generate_wrapped_data_key(
+            nonce = self._rng(env.NONCE_BYTES)
+            plaintext, tag, wrapped = await self._token.generate_wrapped_data_key(
                 stored.version.id.encode(),
                 spec.key_bytes,
                 nonce,
@@ -299,10 +302,10 @@ class Keyring:
             )
             return plaintext, header + nonce + tag + wrapped
         if spec is Algorithm.AES_256_HSM:
-            data_key = self._hsm.random(spec.key_bytes)
+            data_key = await self._token.random(spec.key_bytes)
         else:
             data_key = self._rng(spec.key_bytes)
-        ciphertext = self.encrypt(key_id, stored, data_key, aad_context)
+        ciphertext = await self.encrypt(key_id, stored, data_key, aad_context)
         return (b"" if skip_plaintext else data_key), ciphertext
 
 

@@ -1,14 +1,18 @@
 """The SymmetricKey control plane: keys, versions, their lifecycle and Operations.
 
 Every mutation runs in one write transaction that locks the key row (``FOR UPDATE`` on
-PostgreSQL, the database write lock on SQLite) and bumps the key's ``revision``, so
-concurrent replicas serialise per key and a key always has exactly one primary version.
+PostgreSQL, the database write lock on SQLite), so concurrent replicas serialise per key
+and a key always has exactly one primary version.
 State changes are effective on commit: the data plane reads them on its next call.
+
+No token call runs inside a write transaction (a hung token would hold the write lock, and
+with it every other writer, the audit trail included): new material is made first and
+committed after; material of a version that did not commit is destroyed again, or left to
+the scheduler's orphan sweep when even that fails.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -18,14 +22,22 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kms_hsm.audit.log import AuditLog
+from kms_hsm.audit.store import AuditLog
 from kms_hsm.domain import validation
 from kms_hsm.domain.ids import KEY_PREFIX, new_id
 from kms_hsm.domain.model import Algorithm, Key, KeyStatus, KeyVersion, VersionStatus
 from kms_hsm.domain.records import key_record, version_record
-from kms_hsm.errors import FailedPrecondition, InvalidArgument, NotFound
+from kms_hsm.errors import (
+    Aborted,
+    BackendUnavailable,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    KmsError,
+    NotFound,
+)
 from kms_hsm.service.context import CallContext, as_context
-from kms_hsm.service.keyring import Keyring
+from kms_hsm.service.keyring import Keyring, NewMaterial
 from kms_hsm.service.operations import finished_operation, persist_with_audit
 from kms_hsm.service.paging import PageTokens, check_page_size
 from kms_hsm.store import repository
@@ -45,6 +57,8 @@ MAX_PENDING_PERIOD = timedelta(days=365)
 # pageToken length limits of the contract: List 256, ListVersions/ListOperations 100.
 MAX_LIST_TOKEN = 256
 MAX_SUB_LIST_TOKEN = 100
+# A rotation whose key changed algorithm between reading and locking makes material again.
+_ROTATE_ATTEMPTS = 3
 
 UPDATABLE_FIELDS = frozenset(
     {
@@ -134,14 +148,19 @@ class KeyService:
         """The clock this service runs on (tests inject one)."""
         return self._clock
 
+    async def load_secrets(self) -> None:
+        """Read (or make) the page-token secret; it is wrapped by the root key in the token."""
+        if self._page_tokens is None:
+            self._page_tokens = PageTokens(await self._keyring.service_secret("page-tokens"))
+
     def _tokens(self) -> PageTokens:
         if self._page_tokens is None:
-            self._page_tokens = PageTokens(self._keyring.service_secret("page-tokens"))
+            raise BackendUnavailable(log_detail="page-token secret not loaded yet")
         return self._page_tokens
 
     # ----------------------------------------------------------------- create / read
 
-    def create(self, spec: KeySpec, created_by: Caller) -> StoredOperation:
+    async def create(self, spec: KeySpec, created_by: Caller) -> StoredOperation:
         """Create a key and its first (primary) version; material is made before commit.
 
         If the database write fails, the new HSM object is destroyed again so that no
@@ -154,7 +173,7 @@ class KeyService:
         now = self._clock()
         key_id = new_id(KEY_PREFIX)
         version_id = new_id(KEY_PREFIX)
-        material = self._keyring.create_material(key_id, version_id, spec.default_algorithm)
+        material = await self._keyring.create_material(key_id, version_id, spec.default_algorithm)
         version = KeyVersion(
             id=version_id,
             key_id=key_id,
@@ -178,22 +197,10 @@ class KeyService:
                     created_at=now,
                     rotated_at=now,
                     primary_version_id=version_id,
-                    revision=1,
                 )
                 session.add(row)
                 session.flush()
-                session.add(
-                    KeyVersionRow(
-                        id=version_id,
-                        key_id=key_id,
-                        algorithm=int(spec.default_algorithm),
-                        status=int(VersionStatus.ACTIVE),
-                        created_at=now,
-                        hosted_by_hsm=spec.default_algorithm.hosted_by_hsm,
-                        wrapped_material=material.wrapped_material,
-                        root_key_id=material.root_key_id,
-                    )
-                )
+                session.add(_new_version_row(version, material))
                 key = repository.key_from_rows(row, None)
                 key = replace(key, primary_version=version)
                 operation = self._record(
@@ -208,8 +215,7 @@ class KeyService:
                     key_record(key),
                 )
         except Exception:
-            with contextlib.suppress(Exception):
-                self._keyring.discard_material(version)
+            await self._discard_uncommitted(version)
             raise
         log.info(
             "created key %s (folder %s, %s, version %s)",
@@ -362,61 +368,94 @@ class KeyService:
                 snapshot,
             )
 
-    def rotate(self, key_id: str, by: Caller) -> StoredOperation:
+    async def rotate(self, key_id: str, by: Caller) -> StoredOperation:
         """Make a new version with the key's defaultAlgorithm and make it primary."""
         validation.check_id("keyId", key_id)
-        with self._db.write() as session:
-            row = self._lock_key(session, key_id)
-            return self._rotate_locked(session, row, by, "Rotate symmetric key")
-
-    def _rotate_locked(
-        self, session: Session, row: KeyRow, by: Caller, description: str
-    ) -> StoredOperation:
-        now = self._clock()
-        algorithm = Algorithm(row.default_algorithm)
-        version = KeyVersion(
-            id=new_id(KEY_PREFIX),
-            key_id=row.id,
-            status=VersionStatus.ACTIVE,
-            algorithm=algorithm,
-            created_at=now,
-            primary=True,
-        )
-        material = self._keyring.create_material(row.id, version.id, algorithm)
-        try:
-            session.add(
-                KeyVersionRow(
-                    id=version.id,
-                    key_id=row.id,
-                    algorithm=int(algorithm),
-                    status=int(VersionStatus.ACTIVE),
-                    created_at=now,
-                    hosted_by_hsm=algorithm.hosted_by_hsm,
-                    wrapped_material=material.wrapped_material,
-                    root_key_id=material.root_key_id,
-                )
-            )
-            row.primary_version_id = version.id
-            row.rotated_at = now
-            session.flush()
-            operation = self._record(
-                session,
-                row.id,
-                description,
-                by,
-                now,
-                "RotateSymmetricKeyMetadata",
-                {"key_id": row.id, "new_primary_version_id": version.id},
-                "SymmetricKey",
-                self._key_snapshot(session, row),
-            )
-            session.flush()
-        except Exception:
-            with contextlib.suppress(Exception):
-                self._keyring.discard_material(version)
-            raise
-        log.info("rotated key %s: new primary version %s", row.id, version.id)
+        operation = await self._rotate(key_id, by, "Rotate symmetric key", due_only=False)
+        if operation is None:  # only scheduled rotations may find nothing to do
+            raise Internal(log_detail=f"rotation of {key_id} did nothing")
         return operation
+
+    async def _rotate(
+        self, key_id: str, by: Caller, description: str, *, due_only: bool
+    ) -> StoredOperation | None:
+        """Material first (a token call, outside any transaction), then the commit.
+
+        The key is read twice: before the material is made, to learn its algorithm, and
+        under the lock, where a concurrent change of algorithm (or, with ``due_only``, a
+        rotation by another replica) makes this attempt discard its material.
+        """
+        for _attempt in range(_ROTATE_ATTEMPTS):
+            with self._db.read() as session:
+                row = repository.get_key_row(session, key_id)
+                algorithm = Algorithm(row.default_algorithm)
+                if due_only and not self._rotation_due(row):
+                    return None
+            version = KeyVersion(
+                id=new_id(KEY_PREFIX),
+                key_id=key_id,
+                status=VersionStatus.ACTIVE,
+                algorithm=algorithm,
+                created_at=self._clock(),
+                primary=True,
+            )
+            material = await self._keyring.create_material(key_id, version.id, algorithm)
+            operation = None
+            try:
+                with self._db.write() as session:
+                    row = self._lock_key(session, key_id)
+                    still_due = not due_only or self._rotation_due(row)
+                    if still_due and Algorithm(row.default_algorithm) is algorithm:
+                        operation = self._commit_version(
+                            session, row, version, material, by, description
+                        )
+            except Exception:
+                await self._discard_uncommitted(version)
+                raise
+            if operation is not None:
+                log.info("rotated key %s: new primary version %s", key_id, version.id)
+                return operation
+            await self._discard_uncommitted(version)
+            if not still_due:
+                return None  # another replica rotated it meanwhile
+        raise Aborted(f"key {key_id} changed during rotation; retry")
+
+    def _commit_version(
+        self,
+        session: Session,
+        row: KeyRow,
+        version: KeyVersion,
+        material: NewMaterial,
+        by: Caller,
+        description: str,
+    ) -> StoredOperation:
+        now = version.created_at
+        session.add(_new_version_row(version, material))
+        row.primary_version_id = version.id
+        row.rotated_at = now
+        session.flush()
+        return self._record(
+            session,
+            row.id,
+            description,
+            by,
+            now,
+            "RotateSymmetricKeyMetadata",
+            {"key_id": row.id, "new_primary_version_id": version.id},
+            "SymmetricKey",
+            self._key_snapshot(session, row),
+        )
+
+    async def _discard_uncommitted(self, version: KeyVersion) -> None:
+        """Destroy material made for a version that did not commit; the sweep if this fails."""
+        try:
+            await self._keyring.discard_material(version)
+        except Exception as exc:
+            log.warning(
+                "material of uncommitted version %s left to the orphan sweep: %s",
+                version.id,
+                getattr(exc, "log_detail", None) or exc,
+            )
 
     def set_primary_version(self, key_id: str, version_id: str, by: Caller) -> StoredOperation:
         """Make an ACTIVE version of the key primary."""
@@ -501,23 +540,24 @@ class KeyService:
 
     # ----------------------------------------------------------------- scheduler steps
 
-    def rotate_if_due(self, key_id: str) -> StoredOperation | None:
+    async def rotate_if_due(self, key_id: str) -> StoredOperation | None:
         """Rotate ``key_id`` when its rotationPeriod has elapsed; None when not (any more) due.
 
-        Checked under the key lock, so replicas running this at once rotate exactly once.
-        After downtime a key that missed several periods rotates once.
+        Checked again under the key lock, so replicas running this at once rotate exactly
+        once. After downtime a key that missed several periods rotates once.
         """
-        with self._db.write() as session:
-            try:
-                row = self._lock_key(session, key_id)
-            except NotFound:
-                return None
-            if row.rotation_period_seconds is None:
-                return None
-            since = row.rotated_at or row.created_at
-            if since + timedelta(seconds=row.rotation_period_seconds) > self._clock():
-                return None
-            return self._rotate_locked(session, row, "system", "Rotate symmetric key (scheduled)")
+        try:
+            return await self._rotate(
+                key_id, "system", "Rotate symmetric key (scheduled)", due_only=True
+            )
+        except NotFound:
+            return None
+
+    def _rotation_due(self, row: KeyRow) -> bool:
+        if row.rotation_period_seconds is None:
+            return False
+        since = row.rotated_at or row.created_at
+        return since + timedelta(seconds=row.rotation_period_seconds) <= self._clock()
 
     def due_rotations(self, limit: int = 500) -> list[str]:
         """Ids of live keys whose rotation may be due (checked again under lock)."""
@@ -541,12 +581,13 @@ class KeyService:
                 continue  # a due date past year 9999 is never due
         return due[:limit]
 
-    def destroy_due_versions(self, limit: int = 500) -> list[KeyVersion]:
+    async def destroy_due_versions(self, limit: int = 500) -> list[KeyVersion]:
         """Mark versions whose destroyAt has passed DESTROYED and erase their material.
 
         The DESTROYED mark commits first (exactly one replica wins each version, by the
-        conditional status change under the write lock); the HSM object is destroyed after.
-        A crash in between leaves a token object that ``destroy_leftover_objects`` removes.
+        conditional status change under the write lock); the HSM object is destroyed after,
+        outside the transaction. A crash or a token failure in between leaves a token
+        object that the orphan sweep (``Scheduler.reconcile_orphans``) removes.
         """
         now = self._clock()
         with self._db.write() as session:
@@ -568,29 +609,24 @@ class KeyService:
             if destroyed:
                 bump_state(session)
         for version in destroyed:
-            self._keyring.discard_material(version)
+            try:
+                await self._keyring.discard_material(version)
+            except KmsError as exc:
+                log.warning(
+                    "version %s of key %s is DESTROYED; its token object is left to the "
+                    "orphan sweep: %s",
+                    version.id,
+                    version.key_id,
+                    exc.log_detail or exc.message,
+                )
+                continue
             log.info("destroyed version %s of key %s", version.id, version.key_id)
         return destroyed
-
-    def destroy_leftover_objects(self, version_ids: list[str]) -> int:
-        """Destroy token objects of versions that the database says are DESTROYED."""
-        with self._db.read() as session:
-            rows = session.scalars(
-                select(KeyVersionRow).where(
-                    KeyVersionRow.id.in_(version_ids),
-                    KeyVersionRow.status == int(VersionStatus.DESTROYED),
-                )
-            ).all()
-            versions = [_version_row(r, None) for r in rows]
-        for version in versions:
-            self._keyring.discard_material(version)
-        return len(versions)
 
     # ----------------------------------------------------------------- helpers
 
     def _lock_key(self, session: Session, key_id: str) -> KeyRow:
         row = repository.get_key_row(session, key_id, for_update=not self._db.is_sqlite)
-        row.revision += 1
         bump_state(session)
         return row
 
@@ -642,6 +678,19 @@ class KeyService:
             response=response,
         )
         return persist_with_audit(session, operation, self._audit, caller, str(version_id))
+
+
+def _new_version_row(version: KeyVersion, material: NewMaterial) -> KeyVersionRow:
+    return KeyVersionRow(
+        id=version.id,
+        key_id=version.key_id,
+        algorithm=int(version.algorithm),
+        status=int(version.status),
+        created_at=version.created_at,
+        hosted_by_hsm=version.algorithm.hosted_by_hsm,
+        wrapped_material=material.wrapped_material,
+        root_key_id=material.root_key_id,
+    )
 
 
 def _require_status(version: KeyVersionRow, expected: VersionStatus) -> None:

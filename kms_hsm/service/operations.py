@@ -7,7 +7,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from kms_hsm.audit.log import AuditEvent, AuditLog
+from kms_hsm.audit.chain import AuditEvent
+from kms_hsm.audit.store import AuditLog
 from kms_hsm.domain.ids import OPERATION_PREFIX, new_id
 from kms_hsm.service.context import CallContext
 from kms_hsm.store import repository

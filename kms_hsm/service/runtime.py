@@ -2,28 +2,27 @@
 
 ``prepare`` runs once in the parent before any worker starts (data directory, embedded
 token, schema, first admin token). ``Runtime.start`` runs in each worker process (after
-the fork or spawn) and is the only place the PKCS#11 module is initialised.
+the fork or spawn), and ``Runtime.open`` on its event loop starts the worker's HSM agent,
+the only process that initialises the PKCS#11 module for that worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from sqlalchemy import Engine, select, text
 
-from kms_hsm.audit.log import AuditBatcher, AuditLog
+from kms_hsm.audit.batcher import AuditBatcher
+from kms_hsm.audit.store import AuditLog
 from kms_hsm.config import Settings, write_secret_file
-from kms_hsm.crypto.bridge import run_bridged
-from kms_hsm.crypto.pkcs11.agent import AgentConfig
-from kms_hsm.crypto.pkcs11.remote import AgentPool, RoutedHsm
-from kms_hsm.crypto.pkcs11.sessions import SessionManager
+from kms_hsm.crypto.agent import AgentConfig, AgentPool, AgentToken
 from kms_hsm.crypto.software import MaterialCache
 from kms_hsm.domain.ids import PRINCIPAL_PREFIX, new_id
 from kms_hsm.errors import BackendUnavailable
@@ -44,7 +43,8 @@ from kms_hsm.store.tables import AccessBindingRow, PrincipalRow, TokenRow
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+# Seconds between attempts to reach the token at start-up.
+_OPEN_RETRY = 0.5
 
 
 def init_script() -> Path:
@@ -141,11 +141,14 @@ def bootstrap_admin(settings: Settings, engine: Engine) -> None:
 
 @dataclass
 class Runtime:
-    """The services of one process and the resources behind them."""
+    """The services of one process and the resources behind them.
+
+    The process itself never loads PKCS#11: every token call goes to the HSM agent of the
+    running event loop (``AgentToken``), which alone logs in to the token.
+    """
 
     settings: Settings
     engine: Engine
-    sessions: SessionManager
     keyring: Keyring
     keys: KeyService
     crypto: CryptoService
@@ -159,49 +162,33 @@ class Runtime:
 
     @classmethod
     def start(cls, settings: Settings, clock: Clock = utc_now) -> Runtime:
-        """Open the database and the HSM (retrying until the start-up deadline)."""
+        """Open the database and build the services; ``open`` then reaches the token."""
         use_embedded_token_env(settings)
         engine = make_engine(settings.effective_database_url())
         db = Database(engine)
-        sessions = SessionManager(
-            settings.pkcs11_library,
-            settings.token_label,
-            settings.read_pin(),
-            pool_size=settings.pool_size,
-            lease_timeout=settings.call_timeout,
-            startup_timeout=settings.hsm_startup_timeout,
+        agents = AgentPool(
+            AgentConfig(
+                library=settings.pkcs11_library,
+                token_label=settings.token_label,
+                pin=settings.read_pin(),
+                # Half the wait for its answer: an agent that keeps finding no token says
+                # why before the worker gives up on it.
+                startup_timeout=settings.call_timeout / 2,
+                log_level=settings.log_level.upper(),
+            ),
+            settings.call_timeout,
         )
-        try:
-            sessions.start()
-            agents = AgentPool(
-                AgentConfig(
-                    library=settings.pkcs11_library,
-                    token_label=settings.token_label,
-                    pin=settings.read_pin(),
-                    pool_size=1,  # the agent runs one call at a time
-                    lease_timeout=settings.call_timeout,
-                    startup_timeout=settings.call_timeout,
-                    log_level=settings.log_level.upper(),
-                ),
-                settings.call_timeout,
-            )
-            keyring = Keyring(
-                RoutedHsm(sessions, agents),
-                MaterialCache(settings.material_cache_size, settings.material_cache_ttl),
-                db,
-            )
-            keyring.ensure_root_key()
-        except Exception:
-            sessions.close()
-            engine.dispose()
-            raise
+        keyring = Keyring(
+            AgentToken(agents),
+            MaterialCache(settings.material_cache_size, settings.material_cache_ttl),
+            db,
+        )
         audit = AuditLog(db, settings.audit_log_file)
         watch = StateWatch(engine)
         keys = KeyService(db, keyring, clock, audit)
         return cls(
             settings=settings,
             engine=engine,
-            sessions=sessions,
             keyring=keyring,
             keys=keys,
             crypto=CryptoService(db, keyring, watch),
@@ -214,23 +201,45 @@ class Runtime:
             scheduler=Scheduler(keys, keyring, settings.scheduler_interval, settings.orphan_grace),
         )
 
-    async def offload(self, work: Callable[[], T]) -> T:
-        """Run ``work`` on the loop, its token calls in the HSM agent (``RoutedHsm``)."""
-        return await run_bridged(work)
+    async def open(self) -> None:
+        """Start this loop's HSM agent and settle the root key and the service secrets.
+
+        Retried until the start-up deadline (``KMS_HSM_HSM_STARTUP_TIMEOUT``): a token that
+        another process is logging in to, or that is not there yet, may refuse for a while.
+        """
+        deadline = time.monotonic() + self.settings.hsm_startup_timeout
+        while True:
+            try:
+                await self.keyring.ensure_root_key()
+                await self.keys.load_secrets()
+                return
+            except BackendUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    raise BackendUnavailable(exc.log_detail or exc.message) from None
+                await asyncio.sleep(_OPEN_RETRY)
+
+    def preflight(self) -> None:
+        """Before serving: reach the token through an agent of its own, then stop that agent."""
+
+        async def check() -> None:
+            try:
+                await self.open()
+            finally:
+                self.agents.close_current()
+
+        asyncio.run(check())
 
     def check_database(self) -> None:
         """A query round-trip to the metadata database."""
         with self.keyring.database.read() as session:
             session.execute(text("SELECT 1"))
 
-    def check_hsm(self) -> None:
+    async def check_hsm(self) -> None:
         """A real AES-GCM round-trip under the root key, inside the token."""
-        self.keyring.self_test()
+        await self.keyring.self_test()
 
     def close(self) -> None:
-        """Stop the scheduler, close the HSM sessions, then the database."""
-        self.scheduler.stop()
+        """Stop the HSM agents, the audit writer, then the database."""
         self.audit_batcher.close()
         self.agents.close()
-        self.sessions.close()
         self.engine.dispose()

@@ -1,14 +1,16 @@
 """Background lifecycle work: automatic rotation and destruction of due versions.
 
-Every serving process runs one; they may overlap freely because each step is decided under
-the key lock (rotation) or by a conditional status change (destruction). It catches up
-after downtime: everything due is handled on the first pass.
+Every serving process runs one, as a task on its event loop (its token calls are awaits on
+the HSM agent, with the call deadline, like any request's); they may overlap freely because
+each step is decided under the key lock (rotation) or by a conditional status change
+(destruction). It catches up after downtime: everything due is handled on the first pass.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ class PassResult:
 
 
 class Scheduler:
-    """Runs ``run_once`` every ``interval`` seconds on a daemon thread."""
+    """Runs ``run_once`` every ``interval`` seconds as a task of the serving loop."""
 
     def __init__(
         self,
@@ -47,20 +49,19 @@ class Scheduler:
         # Objects seen without a row, and when: a create in another process may be about
         # to commit its row, so an object is destroyed only if still orphaned after the grace.
         self._orphans_seen: dict[bytes, float] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None
 
-    def reconcile_orphans(self) -> list[bytes]:
+    async def reconcile_orphans(self) -> list[bytes]:
         """Destroy token objects that stayed without a database row for the grace period."""
         now = self._monotonic()
-        current = self._keyring.orphan_objects()
+        current = await self._keyring.orphan_objects()
         self._orphans_seen = {o: self._orphans_seen.get(o, now) for o in current}
         due = {o for o, first in self._orphans_seen.items() if now - first >= self._orphan_grace}
         if not due:
             return []
         # Look again right before destroying: a row may have committed meanwhile.
-        due &= self._keyring.orphan_objects()
-        self._keyring.destroy_objects(due)
+        due &= await self._keyring.orphan_objects()
+        await self._keyring.destroy_objects(due)
         for object_id in sorted(due):
             self._orphans_seen.pop(object_id, None)
             log.warning(
@@ -70,39 +71,40 @@ class Scheduler:
             )
         return sorted(due)
 
-    def run_once(self) -> PassResult:
+    async def run_once(self) -> PassResult:
         """Rotate every due key and destroy every due version, now."""
         rotated = []
         for key_id in self._keys.due_rotations():
             try:
-                if self._keys.rotate_if_due(key_id) is not None:
+                if await self._keys.rotate_if_due(key_id) is not None:
                     rotated.append(key_id)
             except KmsError as exc:
                 log.warning("scheduled rotation of %s failed: %s", key_id, exc.message)
-        destroyed = [v.id for v in self._keys.destroy_due_versions()]
+        destroyed = [v.id for v in await self._keys.destroy_due_versions()]
         try:
-            self.reconcile_orphans()
+            await self.reconcile_orphans()
         except KmsError as exc:
             log.warning("orphan reconciliation skipped: %s", exc.message)
         return PassResult(rotated, destroyed)
 
     def start(self) -> None:
-        """Start the background thread (no-op for interval 0)."""
-        if self._interval <= 0 or self._thread is not None:
+        """Start the passes on the running loop (no-op for interval 0)."""
+        if self._interval <= 0 or self._task is not None:
             return
-        self._thread = threading.Thread(target=self._loop, name="kms-scheduler", daemon=True)
-        self._thread.start()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="kms-scheduler")
 
-    def stop(self) -> None:
-        """Stop the thread and wait for the pass in progress."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+    async def stop(self) -> None:
+        """Cancel the passes (a pass in progress ends at its next await)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
+    async def _loop(self) -> None:
+        while True:
             try:
-                self.run_once()
+                await self.run_once()
             except Exception:
                 log.exception("scheduler pass failed")
-            self._stop.wait(self._interval)
+            await asyncio.sleep(self._interval)

@@ -17,7 +17,6 @@ from typing import Any
 from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
-from kms_hsm.loops import running_loop
 from kms_hsm.store.tables import StateVersionRow
 
 
@@ -69,8 +68,9 @@ class StateWatch:
         return _pinned.set(self._turn_version())
 
     def _turn_version(self) -> int:
-        loop = running_loop()
-        if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread: nothing to share
             return self._read()
         if self._turn_loop is loop and self._turn_value is not None:
             return self._turn_value

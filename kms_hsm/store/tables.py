@@ -69,8 +69,6 @@ class KeyRow(Base):
     rotated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     primary_version_id: Mapped[str | None] = mapped_column(String(50), nullable=True)
     deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
-    # Bumped on every change: optimistic concurrency between replicas.
-    revision: Mapped[int] = mapped_column(Integer, default=1)
 
 
 class KeyVersionRow(Base):

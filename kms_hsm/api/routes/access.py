@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 
 from kms_hsm.api import wire
-from kms_hsm.api.calls import Call, handle
+from kms_hsm.api.calls import handle
 from kms_hsm.api.deps import json_body
+from kms_hsm.api.rest import Routes
 from kms_hsm.api.routes.keys import operation_json
 from kms_hsm.errors import InvalidArgument
+from kms_hsm.service import methods
 from kms_hsm.service.access import Binding, Resource
 from kms_hsm.service.paging import check_page_size
+from kms_hsm.service.pipeline import Call
 
-router = APIRouter(tags=["AccessBindings"])
+_PAGING = ("pageSize", "pageToken")
+
+routes = Routes("AccessBindings")
 
 MAX_RESOURCE_ID = 64
 MAX_BINDINGS_TOKEN = 100
@@ -97,61 +102,90 @@ async def _update(request: Request, call: Call, resource: Resource) -> dict[str,
     return operation_json(call.rt.access.update_bindings(resource, deltas, call.context))
 
 
-@router.get("/kms/v1/keys/{resourceId}:listAccessBindings", summary="List a key's bindings")
+@routes.bind(
+    methods.KEY_LIST_ACCESS_BINDINGS,
+    "get",
+    "/kms/v1/keys/{resourceId}:listAccessBindings",
+    summary="List a key's bindings",
+    query=_PAGING,
+)
 async def list_key_bindings(resourceId: str, request: Request) -> Response:
     """ListAccessBindings."""
     resource = Resource("key", _resource_id(resourceId))
     return await handle(
         request,
-        "SymmetricKey.ListAccessBindings",
+        methods.KEY_LIST_ACCESS_BINDINGS,
         lambda c: _list(request, c, resource),
         key_id=resourceId[:MAX_RESOURCE_ID],
     )
 
 
-@router.post("/kms/v1/keys/{resourceId}:setAccessBindings", summary="Replace a key's bindings")
+@routes.bind(
+    methods.KEY_SET_ACCESS_BINDINGS,
+    "post",
+    "/kms/v1/keys/{resourceId}:setAccessBindings",
+    summary="Replace a key's bindings",
+)
 async def set_key_bindings(resourceId: str, request: Request) -> Response:
     """SetAccessBindings."""
     resource = Resource("key", _resource_id(resourceId))
     return await handle(
         request,
-        "SymmetricKey.SetAccessBindings",
+        methods.KEY_SET_ACCESS_BINDINGS,
         lambda c: _set(request, c, resource),
         key_id=resourceId[:MAX_RESOURCE_ID],
     )
 
 
-@router.post(
-    "/kms/v1/keys/{resourceId}:updateAccessBindings", summary="Add or remove a key's bindings"
+@routes.bind(
+    methods.KEY_UPDATE_ACCESS_BINDINGS,
+    "post",
+    "/kms/v1/keys/{resourceId}:updateAccessBindings",
+    summary="Add or remove a key's bindings",
 )
 async def update_key_bindings(resourceId: str, request: Request) -> Response:
     """UpdateAccessBindings."""
     resource = Resource("key", _resource_id(resourceId))
     return await handle(
         request,
-        "SymmetricKey.UpdateAccessBindings",
+        methods.KEY_UPDATE_ACCESS_BINDINGS,
         lambda c: _update(request, c, resource),
         key_id=resourceId[:MAX_RESOURCE_ID],
     )
 
 
-@router.get("/kms-hsm/v1/folders/{folderId}:listAccessBindings", summary="List a folder's bindings")
+@routes.bind(
+    methods.FOLDER_LIST_ACCESS_BINDINGS,
+    "get",
+    "/kms-hsm/v1/folders/{folderId}:listAccessBindings",
+    summary="List a folder's bindings",
+    query=_PAGING,
+)
 async def list_folder_bindings(folderId: str, request: Request) -> Response:
     """Folder bindings apply to every key in the folder (a kms-hsm extension)."""
     resource = Resource("folder", _resource_id(folderId))
-    return await handle(request, "Folder.ListAccessBindings", lambda c: _list(request, c, resource))
+    return await handle(
+        request, methods.FOLDER_LIST_ACCESS_BINDINGS, lambda c: _list(request, c, resource)
+    )
 
 
-@router.post(
-    "/kms-hsm/v1/folders/{folderId}:setAccessBindings", summary="Replace a folder's bindings"
+@routes.bind(
+    methods.FOLDER_SET_ACCESS_BINDINGS,
+    "post",
+    "/kms-hsm/v1/folders/{folderId}:setAccessBindings",
+    summary="Replace a folder's bindings",
 )
 async def set_folder_bindings(folderId: str, request: Request) -> Response:
     """Replace every binding on a folder."""
     resource = Resource("folder", _resource_id(folderId))
-    return await handle(request, "Folder.SetAccessBindings", lambda c: _set(request, c, resource))
+    return await handle(
+        request, methods.FOLDER_SET_ACCESS_BINDINGS, lambda c: _set(request, c, resource)
+    )
 
 
-@router.post(
+@routes.bind(
+    methods.FOLDER_UPDATE_ACCESS_BINDINGS,
+    "post",
     "/kms-hsm/v1/folders/{folderId}:updateAccessBindings",
     summary="Add or remove a folder's bindings",
 )
@@ -159,5 +193,5 @@ async def update_folder_bindings(folderId: str, request: Request) -> Response:
     """ADD/REMOVE deltas on a folder's bindings."""
     resource = Resource("folder", _resource_id(folderId))
     return await handle(
-        request, "Folder.UpdateAccessBindings", lambda c: _update(request, c, resource)
+        request, methods.FOLDER_UPDATE_ACCESS_BINDINGS, lambda c: _update(request, c, resource)
     )

@@ -1,19 +1,26 @@
-"""SymmetricCryptoService over REST: ``POST /kms/v1/keys/{keyId}:<verb>``."""
+"""SymmetricCryptoService over REST: ``POST /kms/v1/keys/{keyId}:<verb>``.
+
+Answered by the data plane's fast path (``api/app.py``) before FastAPI sees the request:
+each handler takes the path's key id and the request and returns the answer's message.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request
 
 from kms_hsm.api import wire
-from kms_hsm.api.calls import Call, json_response, run
+from kms_hsm.api.calls import run
 from kms_hsm.api.deps import json_body
+from kms_hsm.api.rest import Routes
 from kms_hsm.domain.model import Algorithm
 from kms_hsm.domain.validation import MAX_AAD, MAX_ID, MAX_PLAINTEXT
+from kms_hsm.service import methods
 from kms_hsm.service.access import Permission
+from kms_hsm.service.pipeline import Call
 
-router = APIRouter(tags=["SymmetricCrypto"])
+routes = Routes("SymmetricCrypto")
 
 
 def path_key_id(key_id: str) -> str:
@@ -21,8 +28,15 @@ def path_key_id(key_id: str) -> str:
     return wire.path_id("keyId", key_id, MAX_ID)
 
 
+@routes.bind(
+    methods.ENCRYPT,
+    "post",
+    "/kms/v1/keys/{keyId}:encrypt",
+    summary="Encrypt plaintext with a key version",
+    served=False,
+)
 async def encrypt_message(keyId: str, request: Request) -> dict[str, Any]:
-    """The Encrypt answer's message."""
+    """Encrypt."""
 
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(await json_body(request), ("keyId", "versionId", "aadContext", "plaintext"))
@@ -30,10 +44,7 @@ async def encrypt_message(keyId: str, request: Request) -> dict[str, Any]:
         version_id = f.string("versionId", max_len=MAX_ID)
         plaintext = f.bytes_("plaintext", required=True, max_len=MAX_PLAINTEXT)
         aad = f.bytes_("aadContext", max_len=MAX_AAD)
-        result = await call.run(
-            lambda: call.rt.crypto.encrypt(keyId, version_id, plaintext, aad),
-            needs_hsm=call.rt.crypto.needs_hsm(keyId, version_id=version_id),
-        )
+        result = await call.rt.crypto.encrypt(keyId, version_id, plaintext, aad)
         call.version_id = result.version_id
         return {
             "keyId": result.key_id,
@@ -41,21 +52,25 @@ async def encrypt_message(keyId: str, request: Request) -> dict[str, Any]:
             "ciphertext": wire.b64(result.ciphertext),
         }
 
-    return await run(request, "SymmetricCrypto.Encrypt", work, key_id=keyId[:MAX_ID])
+    return await run(request, methods.ENCRYPT, work, key_id=keyId[:MAX_ID])
 
 
+@routes.bind(
+    methods.DECRYPT,
+    "post",
+    "/kms/v1/keys/{keyId}:decrypt",
+    summary="Decrypt a ciphertext",
+    served=False,
+)
 async def decrypt_message(keyId: str, request: Request) -> dict[str, Any]:
-    """The Decrypt answer's message."""
+    """Decrypt."""
 
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(await json_body(request), ("keyId", "aadContext", "ciphertext"))
         call.authorize_key(path_key_id(keyId))
         ciphertext = f.bytes_("ciphertext", required=True)
         aad = f.bytes_("aadContext", max_len=MAX_AAD)
-        result = await call.run(
-            lambda: call.rt.crypto.decrypt(keyId, ciphertext, aad),
-            needs_hsm=call.rt.crypto.needs_hsm(keyId, ciphertext=ciphertext),
-        )
+        result = await call.rt.crypto.decrypt(keyId, ciphertext, aad)
         call.version_id = result.version_id
         return wire.compact(
             {
@@ -65,11 +80,18 @@ async def decrypt_message(keyId: str, request: Request) -> dict[str, Any]:
             }
         )
 
-    return await run(request, "SymmetricCrypto.Decrypt", work, key_id=keyId[:MAX_ID])
+    return await run(request, methods.DECRYPT, work, key_id=keyId[:MAX_ID])
 
 
+@routes.bind(
+    methods.RE_ENCRYPT,
+    "post",
+    "/kms/v1/keys/{keyId}:reEncrypt",
+    summary="Re-encrypt under another key or version",
+    served=False,
+)
 async def re_encrypt_message(keyId: str, request: Request) -> dict[str, Any]:
-    """The ReEncrypt answer's message."""
+    """ReEncrypt: decrypt permission on the source key, encrypt permission on the target."""
 
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(
@@ -83,12 +105,8 @@ async def re_encrypt_message(keyId: str, request: Request) -> dict[str, Any]:
         aad = f.bytes_("aadContext", max_len=MAX_AAD)
         source_aad = f.bytes_("sourceAadContext", max_len=MAX_AAD)
         ciphertext = f.bytes_("ciphertext", required=True)
-        result = await call.run(
-            lambda: call.rt.crypto.re_encrypt(
-                keyId, version_id, aad, source_key_id, source_aad, ciphertext
-            ),
-            needs_hsm=call.rt.crypto.needs_hsm(source_key_id, ciphertext=ciphertext)
-            or call.rt.crypto.needs_hsm(keyId, version_id=version_id),
+        result = await call.rt.crypto.re_encrypt(
+            keyId, version_id, aad, source_key_id, source_aad, ciphertext
         )
         call.version_id = result.version_id
         return {
@@ -99,11 +117,18 @@ async def re_encrypt_message(keyId: str, request: Request) -> dict[str, Any]:
             "ciphertext": wire.b64(result.ciphertext),
         }
 
-    return await run(request, "SymmetricCrypto.ReEncrypt", work, key_id=keyId[:MAX_ID])
+    return await run(request, methods.RE_ENCRYPT, work, key_id=keyId[:MAX_ID])
 
 
+@routes.bind(
+    methods.GENERATE_DATA_KEY,
+    "post",
+    "/kms/v1/keys/{keyId}:generateDataKey",
+    summary="Generate a wrapped data key",
+    served=False,
+)
 async def generate_data_key_message(keyId: str, request: Request) -> dict[str, Any]:
-    """The GenerateDataKey answer's message."""
+    """GenerateDataKey; dataKeySpec SYMMETRIC_ALGORITHM_UNSPECIFIED means AES_256."""
 
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(
@@ -115,10 +140,7 @@ async def generate_data_key_message(keyId: str, request: Request) -> dict[str, A
         aad = f.bytes_("aadContext", max_len=MAX_AAD)
         spec = f.enum("dataKeySpec", Algorithm)
         skip = f.boolean("skipPlaintext")
-        result = await call.run(
-            lambda: call.rt.crypto.generate_data_key(keyId, version_id, aad, spec, skip),
-            needs_hsm=call.rt.crypto.needs_hsm(keyId, version_id=version_id, data_key_spec=spec),
-        )
+        result = await call.rt.crypto.generate_data_key(keyId, version_id, aad, spec, skip)
         call.version_id = result.version_id
         return wire.compact(
             {
@@ -129,28 +151,4 @@ async def generate_data_key_message(keyId: str, request: Request) -> dict[str, A
             }
         )
 
-    return await run(request, "SymmetricCrypto.GenerateDataKey", work, key_id=keyId[:MAX_ID])
-
-
-@router.post("/kms/v1/keys/{keyId}:encrypt", summary="Encrypt plaintext with a key version")
-async def encrypt(keyId: str, request: Request) -> Response:
-    """Encrypt."""
-    return json_response(await encrypt_message(keyId, request))
-
-
-@router.post("/kms/v1/keys/{keyId}:decrypt", summary="Decrypt a ciphertext")
-async def decrypt(keyId: str, request: Request) -> Response:
-    """Decrypt."""
-    return json_response(await decrypt_message(keyId, request))
-
-
-@router.post("/kms/v1/keys/{keyId}:reEncrypt", summary="Re-encrypt under another key or version")
-async def re_encrypt(keyId: str, request: Request) -> Response:
-    """ReEncrypt: decrypt permission on the source key, encrypt permission on the target."""
-    return json_response(await re_encrypt_message(keyId, request))
-
-
-@router.post("/kms/v1/keys/{keyId}:generateDataKey", summary="Generate a wrapped data key")
-async def generate_data_key(keyId: str, request: Request) -> Response:
-    """GenerateDataKey; dataKeySpec SYMMETRIC_ALGORITHM_UNSPECIFIED means AES_256."""
-    return json_response(await generate_data_key_message(keyId, request))
+    return await run(request, methods.GENERATE_DATA_KEY, work, key_id=keyId[:MAX_ID])

@@ -30,11 +30,11 @@ async def readyz(request: Request) -> Response:
     rt = runtime(request)
     deadline = rt.settings.call_timeout
     checks: dict[str, str] = {}
-    # The token round-trip takes the data plane's own path (the HSM agent, see
-    # Runtime.offload): ready means that encrypt and decrypt can reach the token.
+    # The token round-trip takes the data plane's own path (this worker's HSM agent):
+    # ready means that encrypt and decrypt can reach the token.
     checks_to_run: tuple[tuple[str, Callable[[], Awaitable[None]]], ...] = (
         ("database", lambda: asyncio.to_thread(rt.check_database)),
-        ("hsm", lambda: rt.offload(rt.check_hsm)),
+        ("hsm", rt.check_hsm),
     )
     for name, check in checks_to_run:
         try:

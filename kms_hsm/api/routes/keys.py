@@ -6,19 +6,24 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 
 from kms_hsm.api import wire
-from kms_hsm.api.calls import Call, handle
+from kms_hsm.api.calls import handle
 from kms_hsm.api.deps import json_body
+from kms_hsm.api.rest import Routes
 from kms_hsm.domain.model import Algorithm, KeyStatus
 from kms_hsm.domain.records import key_from_record, version_from_record
 from kms_hsm.domain.validation import MAX_DESCRIPTION, MAX_ID, MAX_NAME
 from kms_hsm.errors import NotFound
+from kms_hsm.service import methods
 from kms_hsm.service.keys import KeySpec, KeyUpdate
+from kms_hsm.service.pipeline import Call
 from kms_hsm.store.repository import StoredOperation
 
-router = APIRouter(tags=["SymmetricKey"])
+_PAGING = ("pageSize", "pageToken")
+
+routes = Routes("SymmetricKey")
 
 # updateMask paths (camelCase, as the proto3 JSON FieldMask carries them) -> service fields.
 UPDATE_PATHS = {
@@ -95,7 +100,7 @@ def _mutation(call: Call, op: StoredOperation) -> dict[str, Any]:
     return operation_json(op)
 
 
-@router.post("/kms/v1/keys", summary="Create a symmetric key")
+@routes.bind(methods.CREATE_KEY, "post", "/kms/v1/keys", summary="Create a symmetric key")
 async def create_key(request: Request) -> Response:
     """Create: returns a done Operation whose response is the key."""
 
@@ -126,14 +131,20 @@ async def create_key(request: Request) -> Response:
             deletion_protection=f.boolean("deletionProtection"),
         )
         call.authorize_folder(folder_id)
-        op = call.rt.keys.create(spec, call.context)
+        op = await call.rt.keys.create(spec, call.context)
         call.key_id = op.key_id or ""
         return _mutation(call, op)
 
-    return await handle(request, "SymmetricKey.Create", work)
+    return await handle(request, methods.CREATE_KEY, work)
 
 
-@router.get("/kms/v1/keys", summary="List the symmetric keys of a folder")
+@routes.bind(
+    methods.LIST_KEYS,
+    "get",
+    "/kms/v1/keys",
+    summary="List the symmetric keys of a folder",
+    query=("folderId", "pageSize", "pageToken"),
+)
 async def list_keys(request: Request) -> Response:
     """List."""
 
@@ -149,21 +160,31 @@ async def list_keys(request: Request) -> Response:
             }
         )
 
-    return await handle(request, "SymmetricKey.List", work)
+    return await handle(request, methods.LIST_KEYS, work)
 
 
-@router.post("/kms/v1/keys/{keyId}:rotate", summary="Rotate a key: a new primary version")
+@routes.bind(
+    methods.ROTATE_KEY,
+    "post",
+    "/kms/v1/keys/{keyId}:rotate",
+    summary="Rotate a key: a new primary version",
+)
 async def rotate(keyId: str, request: Request) -> Response:
     """Rotate (no body)."""
 
     async def work(call: Call) -> dict[str, Any]:
         call.authorize_key(_check_path_id("keyId", keyId))
-        return _mutation(call, call.rt.keys.rotate(keyId, call.context))
+        return _mutation(call, await call.rt.keys.rotate(keyId, call.context))
 
-    return await handle(request, "SymmetricKey.Rotate", work, key_id=keyId[:MAX_ID])
+    return await handle(request, methods.ROTATE_KEY, work, key_id=keyId[:MAX_ID])
 
 
-@router.post("/kms/v1/keys/{keyId}:setPrimaryVersion", summary="Make a version primary")
+@routes.bind(
+    methods.SET_PRIMARY_VERSION,
+    "post",
+    "/kms/v1/keys/{keyId}:setPrimaryVersion",
+    summary="Make a version primary",
+)
 async def set_primary_version(keyId: str, request: Request) -> Response:
     """SetPrimaryVersion."""
 
@@ -175,10 +196,12 @@ async def set_primary_version(keyId: str, request: Request) -> Response:
         op = call.rt.keys.set_primary_version(keyId, version_id, call.context)
         return _mutation(call, op)
 
-    return await handle(request, "SymmetricKey.SetPrimaryVersion", work, key_id=keyId[:MAX_ID])
+    return await handle(request, methods.SET_PRIMARY_VERSION, work, key_id=keyId[:MAX_ID])
 
 
-@router.post(
+@routes.bind(
+    methods.SCHEDULE_VERSION_DESTRUCTION,
+    "post",
     "/kms/v1/keys/{keyId}:scheduleVersionDestruction",
     summary="Schedule a version for destruction",
 )
@@ -194,12 +217,12 @@ async def schedule_version_destruction(keyId: str, request: Request) -> Response
         op = call.rt.keys.schedule_version_destruction(keyId, version_id, pending, call.context)
         return _mutation(call, op)
 
-    return await handle(
-        request, "SymmetricKey.ScheduleVersionDestruction", work, key_id=keyId[:MAX_ID]
-    )
+    return await handle(request, methods.SCHEDULE_VERSION_DESTRUCTION, work, key_id=keyId[:MAX_ID])
 
 
-@router.post(
+@routes.bind(
+    methods.CANCEL_VERSION_DESTRUCTION,
+    "post",
     "/kms/v1/keys/{keyId}:cancelVersionDestruction",
     summary="Cancel a scheduled version destruction",
 )
@@ -214,12 +237,16 @@ async def cancel_version_destruction(keyId: str, request: Request) -> Response:
         op = call.rt.keys.cancel_version_destruction(keyId, version_id, call.context)
         return _mutation(call, op)
 
-    return await handle(
-        request, "SymmetricKey.CancelVersionDestruction", work, key_id=keyId[:MAX_ID]
-    )
+    return await handle(request, methods.CANCEL_VERSION_DESTRUCTION, work, key_id=keyId[:MAX_ID])
 
 
-@router.get("/kms/v1/keys/{keyId}/versions", summary="List the versions of a key")
+@routes.bind(
+    methods.LIST_VERSIONS,
+    "get",
+    "/kms/v1/keys/{keyId}/versions",
+    summary="List the versions of a key",
+    query=_PAGING,
+)
 async def list_versions(keyId: str, request: Request) -> Response:
     """ListVersions."""
 
@@ -234,10 +261,16 @@ async def list_versions(keyId: str, request: Request) -> Response:
             }
         )
 
-    return await handle(request, "SymmetricKey.ListVersions", work, key_id=keyId[:MAX_ID])
+    return await handle(request, methods.LIST_VERSIONS, work, key_id=keyId[:MAX_ID])
 
 
-@router.get("/kms/v1/keys/{keyId}/operations", summary="List the operations on a key")
+@routes.bind(
+    methods.LIST_OPERATIONS,
+    "get",
+    "/kms/v1/keys/{keyId}/operations",
+    summary="List the operations on a key",
+    query=_PAGING,
+)
 async def list_operations(keyId: str, request: Request) -> Response:
     """ListOperations."""
 
@@ -252,10 +285,10 @@ async def list_operations(keyId: str, request: Request) -> Response:
             }
         )
 
-    return await handle(request, "SymmetricKey.ListOperations", work, key_id=keyId[:MAX_ID])
+    return await handle(request, methods.LIST_OPERATIONS, work, key_id=keyId[:MAX_ID])
 
 
-@router.patch("/kms/v1/keys/{keyId}", summary="Update a symmetric key")
+@routes.bind(methods.UPDATE_KEY, "patch", "/kms/v1/keys/{keyId}", summary="Update a symmetric key")
 async def update_key(keyId: str, request: Request) -> Response:
     """Update: only the fields in updateMask change; listed but absent fields reset."""
 
@@ -287,10 +320,10 @@ async def update_key(keyId: str, request: Request) -> Response:
         call.authorize_key(_check_path_id("keyId", keyId))
         return _mutation(call, call.rt.keys.update(keyId, mask, values, call.context))
 
-    return await handle(request, "SymmetricKey.Update", work, key_id=keyId[:MAX_ID])
+    return await handle(request, methods.UPDATE_KEY, work, key_id=keyId[:MAX_ID])
 
 
-@router.delete("/kms/v1/keys/{keyId}", summary="Delete a symmetric key")
+@routes.bind(methods.DELETE_KEY, "delete", "/kms/v1/keys/{keyId}", summary="Delete a symmetric key")
 async def delete_key(keyId: str, request: Request) -> Response:
     """Delete: hidden at once, versions destroyed after 72 hours."""
 
@@ -298,10 +331,10 @@ async def delete_key(keyId: str, request: Request) -> Response:
         call.authorize_key(_check_path_id("keyId", keyId))
         return _mutation(call, call.rt.keys.delete(keyId, call.context))
 
-    return await handle(request, "SymmetricKey.Delete", work, key_id=keyId[:MAX_ID])
+    return await handle(request, methods.DELETE_KEY, work, key_id=keyId[:MAX_ID])
 
 
-@router.get("/kms/v1/keys/{keyId}", summary="Get a symmetric key")
+@routes.bind(methods.GET_KEY, "get", "/kms/v1/keys/{keyId}", summary="Get a symmetric key")
 async def get_key(keyId: str, request: Request) -> Response:
     """Get."""
 
@@ -309,10 +342,10 @@ async def get_key(keyId: str, request: Request) -> Response:
         call.authorize_key(_check_path_id("keyId", keyId))
         return wire.key_json(call.rt.keys.get(keyId))
 
-    return await handle(request, "SymmetricKey.Get", work, key_id=keyId[:MAX_ID])
+    return await handle(request, methods.GET_KEY, work, key_id=keyId[:MAX_ID])
 
 
-@router.get("/operations/{operationId}", summary="Get an operation")
+@routes.bind(methods.GET_OPERATION, "get", "/operations/{operationId}", summary="Get an operation")
 async def get_operation(operationId: str, request: Request) -> Response:
     """OperationService.Get: allowed to whoever may view the operation's key."""
 
@@ -326,4 +359,4 @@ async def get_operation(operationId: str, request: Request) -> Response:
             raise NotFound(f"operation {operationId} not found") from None
         return operation_json(op)
 
-    return await handle(request, "Operation.Get", work)
+    return await handle(request, methods.GET_OPERATION, work)

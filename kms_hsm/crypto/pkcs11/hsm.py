@@ -28,16 +28,14 @@ measured in softhsm-facts.md:
 
 from __future__ import annotations
 
-from typing import Any
-
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.mechanisms import GCMParams
 
-from kms_hsm.crypto.pkcs11.sessions import PooledSession, SessionManager
+from kms_hsm.crypto.pkcs11.sessions import SessionManager, TokenSession
+from kms_hsm.crypto.token import READABLE_ATTRIBUTES
 from kms_hsm.errors import InvalidArgument
 
 NONCE_BYTES = 12
-ROOT_KEY_PREFIX = b"kms-hsm:root:"
 
 _KEY_CAPABILITIES = (
     MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT | MechanismFlag.WRAP | MechanismFlag.UNWRAP
@@ -86,8 +84,8 @@ class HsmCrypto:
     def generate_key(self, object_id: bytes, label: str | None = None) -> None:
         """Create a persistent, sensitive, never-extractable AES-256 key with ``CKA_ID``."""
 
-        def op(pooled: PooledSession) -> None:
-            pooled.session.generate_key(
+        def op(ts: TokenSession) -> None:
+            ts.session.generate_key(
                 KeyType.AES,
                 256,
                 id=object_id,
@@ -97,15 +95,15 @@ class HsmCrypto:
                 template=_TOKEN_KEY_TEMPLATE,
             )
 
-        self._sessions.run(op)
+        self._sessions.run(op, writes=True)
 
     def destroy_key(self, object_id: bytes) -> bool:
         """Destroy every token object with ``CKA_ID``; False when there was none."""
 
-        def op(pooled: PooledSession) -> bool:
-            pooled.forget(object_id)
+        def op(ts: TokenSession) -> bool:
+            ts.forget(object_id)
             found = list(
-                pooled.session.get_objects(
+                ts.session.get_objects(
                     {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.ID: object_id}
                 )
             )
@@ -113,27 +111,30 @@ class HsmCrypto:
                 obj.destroy()
             return bool(found)
 
-        return self._sessions.run(op)
+        return self._sessions.run(op, writes=True)
 
     def find_key_ids(self, label_prefix: str = "") -> list[bytes]:
         """The ``CKA_ID`` of every secret key whose ``CKA_LABEL`` starts with ``label_prefix``."""
 
-        def op(pooled: PooledSession) -> list[bytes]:
+        def op(ts: TokenSession) -> list[bytes]:
             ids = []
             token_keys = {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.TOKEN: True}
-            for obj in pooled.session.get_objects(token_keys):
+            for obj in ts.session.get_objects(token_keys):
                 if str(obj[Attribute.LABEL]).startswith(label_prefix):
                     ids.append(bytes(obj[Attribute.ID]))
             return ids
 
         return self._sessions.run(op)
 
-    def key_attributes(self, object_id: bytes, attributes: list[Attribute]) -> dict[Any, Any]:
-        """Read non-secret attributes of a token key (for tests and `hsm check`)."""
+    def key_attributes(self, object_id: bytes, names: tuple[str, ...] = ()) -> dict[str, object]:
+        """Non-secret attributes of a token key by name (``READABLE_ATTRIBUTES``)."""
+        unknown = set(names) - READABLE_ATTRIBUTES
+        if unknown:
+            raise InvalidArgument(f"attributes not readable: {sorted(unknown)}")
 
-        def op(pooled: PooledSession) -> dict[Any, Any]:
-            key = pooled.key(object_id)
-            return {attribute: key[attribute] for attribute in attributes}
+        def op(ts: TokenSession) -> dict[str, object]:
+            key = ts.key(object_id)
+            return {name: key[Attribute[name]] for name in names}
 
         return self._sessions.run(op)
 
@@ -142,8 +143,8 @@ class HsmCrypto:
         _check_nonce(nonce)
         params = GCMParams(nonce, aad, 128)
 
-        def op(pooled: PooledSession) -> bytes:
-            out: bytes = pooled.working_key(object_id).encrypt(
+        def op(ts: TokenSession) -> bytes:
+            out: bytes = ts.working_key(object_id).encrypt(
                 plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=params
             )
             return out
@@ -155,8 +156,8 @@ class HsmCrypto:
         _check_nonce(nonce)
         params = GCMParams(nonce, aad, 128)
 
-        def op(pooled: PooledSession) -> bytes:
-            out: bytes = pooled.working_key(object_id).decrypt(
+        def op(ts: TokenSession) -> bytes:
+            out: bytes = ts.working_key(object_id).decrypt(
                 sealed, mechanism=Mechanism.AES_GCM, mechanism_param=params
             )
             return out
@@ -175,14 +176,14 @@ class HsmCrypto:
         if key_bytes not in (16, 24, 32):
             raise InvalidArgument("data key length must be 16, 24 or 32 bytes")
 
-        def op(pooled: PooledSession) -> tuple[bytes, bytes, bytes]:
-            version_key = pooled.working_key(object_id)
-            data_key = pooled.session.generate_key(
+        def op(ts: TokenSession) -> tuple[bytes, bytes, bytes]:
+            version_key = ts.working_key(object_id)
+            data_key = ts.session.generate_key(
                 KeyType.AES, key_bytes * 8, template=_DATA_KEY_TEMPLATE
             )
             try:
-                wrapped = pooled.direct.wrap_kwp(version_key, data_key, key_bytes)
-                plaintext = pooled.direct.key_value(data_key, key_bytes) if want_plaintext else b""
+                wrapped = ts.direct.wrap_kwp(version_key, data_key, key_bytes)
+                plaintext = ts.direct.key_value(data_key, key_bytes) if want_plaintext else b""
             finally:
                 data_key.destroy()
             tag = version_key.encrypt(
@@ -200,8 +201,8 @@ class HsmCrypto:
         """Verify the binding tag in the token, then unwrap and return the data key."""
         _check_nonce(nonce)
 
-        def op(pooled: PooledSession) -> bytes:
-            version_key = pooled.working_key(object_id)
+        def op(ts: TokenSession) -> bytes:
+            version_key = ts.working_key(object_id)
             version_key.decrypt(
                 tag,
                 mechanism=Mechanism.AES_GCM,
@@ -216,7 +217,7 @@ class HsmCrypto:
             )
             try:
                 # KWP adds 8 bytes to keys of whole 8-byte blocks (ours: 16, 24, 32).
-                return pooled.direct.key_value(data_key, len(wrapped) - 8)
+                return ts.direct.key_value(data_key, len(wrapped) - 8)
             finally:
                 data_key.destroy()
 
@@ -225,7 +226,7 @@ class HsmCrypto:
     def random(self, n: int) -> bytes:
         """``n`` bytes from the token's RNG (C_GenerateRandom)."""
 
-        def op(pooled: PooledSession) -> bytes:
-            return bytes(pooled.session.generate_random(n * 8))
+        def op(ts: TokenSession) -> bytes:
+            return bytes(ts.session.generate_random(n * 8))
 
         return self._sessions.run(op)

@@ -1,17 +1,24 @@
-"""The PKCS#11 session manager: login, a bounded session pool, handle caches, recovery.
+"""The PKCS#11 session manager: login, one session, a key-handle cache, recovery.
 
 Facts it is built on (shared/design/softhsm-facts.md, measured on SoftHSM2 2.6.1):
 
 * Login belongs to the process, not the session, and closing the logged-in session logs
-  every session out. One *anchor* session logs in at start and lives until shutdown;
-  pooled sessions are opened without a PIN and inherit the login.
-* Looking a key up by attribute costs ~300 us, so every pooled session caches the key
-  objects it has found (a python-pkcs11 key object is bound to one session).
+  every session out. The manager keeps one session: it logs in at start, every token
+  operation runs on it, and only ``close`` and a reinitialisation (which logs in again)
+  close it.
+* One token operation at a time: ``run`` holds one lock over the call, its retries and any
+  reinitialisation, so nothing is ever finalised under a call in flight. In a worker the
+  only caller is the HSM agent's one thread; a call that hangs in the token is the worker's
+  to bound (it kills the agent after the call timeout). Tests and tools that call from
+  several threads wait their turn. Parallel token calls are what processes are for: on
+  SoftHSM2 a second thread gains ~1.2x, a second process ~1.8x.
+* Looking a key up by attribute costs ~300 us, so the manager caches the key objects it has
+  found (``KeyHandles``).
 * After the device goes away every call fails until ``C_Finalize`` + ``C_Initialize``.
   A device-class failure makes the manager reinitialise once (new module load, new
-  login, empty caches, a new *generation*) and retry the call once; otherwise the caller
-  gets ``BackendUnavailable``. While the token stays unreachable, reinit attempts are
-  spaced out so that requests fail fast instead of queueing behind them.
+  login, empty caches) and retry the call once; otherwise the caller gets
+  ``BackendUnavailable``. While the token stays unreachable, reinit attempts are spaced
+  out so that requests fail fast instead of each waiting for one.
 * The manager must be created in the process that uses it (after any fork): nothing here
   runs at import.
 """
@@ -22,7 +29,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,28 +40,21 @@ from pkcs11.mechanisms import GCMParams
 from kms_hsm.crypto.pkcs11 import library
 from kms_hsm.crypto.pkcs11.direct import DirectCalls
 from kms_hsm.crypto.pkcs11.errors import FailureKind, failure_kind, is_refusal, to_kms_error
-from kms_hsm.errors import BackendUnavailable, FailedPrecondition, InvalidArgument, KmsError
+from kms_hsm.errors import BackendUnavailable, KeyMaterialMissing, KmsError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-class KeyMaterialMissing(FailedPrecondition):
-    """The token holds no object for a version that the database says exists."""
-
-    default_message = "the key version's material is not present in the HSM"
-
-
 class KeyHandles:
-    """Key objects found in the token, shared by every session of one generation.
+    """Key objects found in the token through the manager's session, dropped with it.
 
     Finding a key by attribute is a linear scan in SoftHSM2, and a slow one: 157 ms per
     ``C_FindObjects`` by ``CKA_ID`` with 10,000 objects, measured here, against 1.2 s to
     list all of them and read every ``CKA_ID``. So the first miss lists every secret key
-    once (per process and generation); later misses (keys made since) find one key. A key
-    object stays bound to the session that found it; that is safe because the session
-    manager runs one token operation at a time.
+    once (per process, and again after a reinitialisation); later misses (keys made since)
+    find one key. A key object stays bound to the session that found it.
 
     Computing keys (``working``) are in-memory session copies of the token keys. SoftHSM2's
     file store opens, locks and reads the token's generation file and the key's own file
@@ -157,11 +157,10 @@ def _session_copy(token_key: Any) -> Any:
 
 
 @dataclass
-class PooledSession:
-    """One open session, and the generation's shared key objects and direct calls."""
+class TokenSession:
+    """The manager's one session, with its key objects and direct calls."""
 
     session: Any
-    generation: int
     handles: KeyHandles
     direct: DirectCalls
     last_key: bytes | None = None
@@ -177,7 +176,7 @@ class PooledSession:
         return self.handles.working(object_id, self.session)
 
     def forget(self, object_id: bytes) -> None:
-        """Drop a key from the shared cache."""
+        """Drop a key from the cache."""
         self.handles.forget(object_id)
 
 
@@ -185,16 +184,15 @@ class PooledSession:
 class SessionStats:
     """Counters for metrics and tests."""
 
-    sessions_opened: int = 0
     reinitializations: int = 0
     failed_reinitializations: int = 0
     retries: int = 0
 
 
 class SessionManager:
-    """Owns the PKCS#11 module, the login anchor and a bounded pool of sessions.
+    """Owns the PKCS#11 module and its one logged-in session; runs one call at a time.
 
-    Thread-safe: FastAPI's threadpool, the scheduler and test threads share one manager.
+    Thread-safe: callers on other threads wait for the call in progress.
     """
 
     def __init__(
@@ -203,45 +201,26 @@ class SessionManager:
         token_label: str,
         pin: str,
         *,
-        pool_size: int = 8,
-        lease_timeout: float = 10.0,
         startup_timeout: float = 20.0,
         reinit_interval: float = 0.5,
         key_copy_recheck: float = 30.0,
     ) -> None:
-        if pool_size < 1:
-            raise InvalidArgument("pool_size must be at least 1")
         self._module_path = module_path
         self._token_label = token_label
         self._pin = pin
-        self._pool_size = pool_size
-        self._lease_timeout = lease_timeout
         self._startup_timeout = startup_timeout
         self._reinit_interval = reinit_interval
         self._key_copy_recheck = key_copy_recheck
+        # Held over every use of the module: a call with its retries, start, reinit, close.
         self._lock = threading.Lock()
-        # Idle sessions, most recently used last; changed only under ``_lock``.
-        self._idle: list[PooledSession] = []
-        # Leases not yet handed out (at most pool_size at once); changed under ``_lock``.
-        self._free_slots = pool_size
-        self._slot_freed = threading.Condition(self._lock)
-        self._inflight = 0
-        self._quiesce = threading.Condition(self._lock)
-        self._reinitializing = False
-        self._generation = 0
-        self._up = False
+        self._lib: Any = None
+        # None while the token is down (not started, closed, or a reinitialisation failed).
+        self._session: TokenSession | None = None
         self._last_failed_reinit = 0.0
         self._last_reload = 0.0
-        self._lib: Any = None
-        self._token: Any = None
-        self._anchor: Any = None
+        # True after this process changed the token's objects: see _reload_for_missing_key.
+        self._wrote = False
         self._direct = DirectCalls(module_path)
-        self._handles = KeyHandles(self._key_copy_recheck, self._direct)
-        # One token operation at a time in this process: key objects are shared across
-        # sessions, and a session must not run two operations at once. The token itself
-        # does ~30k AES-GCM operations a second, far above what the HTTP layer asks for.
-        self._ops = threading.Lock()
-        self._op_started: float | None = None
         self.stats = SessionStats()
 
     # ----------------------------------------------------------------- lifecycle
@@ -259,7 +238,7 @@ class SessionManager:
             attempt += 1
             try:
                 with self._lock:
-                    self._open_locked()
+                    self._open()
                 log.info(
                     "HSM ready: token '%s' via %s (attempt %d)",
                     self._token_label,
@@ -272,7 +251,6 @@ class SessionManager:
                     f"HSM login to token '{self._token_label}' failed: {exc}"
                 ) from None
             except (p11.PKCS11Error, library.ModuleError) as exc:
-                self._close_quietly()
                 if time.monotonic() + delay > deadline:
                     raise BackendUnavailable(
                         f"HSM not reachable: token '{self._token_label}' via "
@@ -290,30 +268,28 @@ class SessionManager:
                 delay = min(delay * 2, 2.0)
 
     def close(self) -> None:
-        """Close every session, log out and finalise the module."""
+        """Log out, close the session and finalise the module (after any call in progress)."""
         with self._lock:
-            self._up = False
             self._close_quietly()
 
-    @property
-    def generation(self) -> int:
-        """Increases by one at every successful (re)initialisation."""
-        return self._generation
-
-    def _open_locked(self) -> None:
-        self._lib = library.load(self._module_path)
-        self._token = self._lib.get_token(token_label=self._token_label)
+    def _open(self) -> None:
+        """Load, log in and self-test; on any failure leave everything closed."""
         try:
-            self._anchor = self._token.open(rw=True, user_pin=self._pin)
-        except p11.UserAlreadyLoggedIn:
-            self._anchor = self._token.open(rw=True)
-        except (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange, p11.PinLocked) as exc:
-            raise _FatalLogin(type(exc).__name__) from None
-        self._self_test(self._anchor)
-        self._handles = KeyHandles(self._key_copy_recheck, self._direct)
-        self._generation += 1
-        self._up = True
-        self._idle = []
+            self._lib = library.load(self._module_path)
+            token = self._lib.get_token(token_label=self._token_label)
+            try:
+                session = token.open(rw=True, user_pin=self._pin)
+            except p11.UserAlreadyLoggedIn:
+                session = token.open(rw=True)
+            except (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange, p11.PinLocked) as exc:
+                raise _FatalLogin(type(exc).__name__) from None
+            self._session = TokenSession(
+                session, KeyHandles(self._key_copy_recheck, self._direct), self._direct
+            )
+            self._self_test(session)
+        except BaseException:
+            self._close_quietly()
+            raise
 
     @staticmethod
     def _self_test(session: Any) -> None:
@@ -332,169 +308,105 @@ class SessionManager:
             key.destroy()
 
     def _close_quietly(self, *, force: bool = False) -> None:
-        idle, self._idle = self._idle, []
-        for pooled in idle:
+        if self._session is not None:
             with contextlib.suppress(Exception):
-                pooled.session.close()
-        if self._anchor is not None:
-            with contextlib.suppress(Exception):
-                self._anchor.close()
-        self._anchor = None
-        self._token = None
+                self._session.session.close()  # the logged-in session: C_Logout too
+        self._session = None
         if self._lib is not None or force:
             with contextlib.suppress(Exception):
                 library.finalize_module(self._module_path, force=force)
         self._lib = None
 
-    def _reinitialize(self, seen_generation: int, cause: str) -> None:
-        """Finalise and reopen everything, unless another thread already did."""
-        with self._lock:
-            if self._generation != seen_generation and self._up:
-                return
-            now = time.monotonic()
-            if not self._up and now - self._last_failed_reinit < self._reinit_interval:
-                raise BackendUnavailable(log_detail="HSM down; waiting before the next reinit")
-            log.warning("reinitialising PKCS#11 (%s)", cause)
-            self._reinitializing = True
-            try:
-                # Never finalise under a call in flight: SoftHSM frees state those calls use.
-                idle = self._quiesce.wait_for(
-                    lambda: self._inflight == 0, timeout=self._lease_timeout
-                )
-                if not idle:
-                    # A call is still inside the module (a hung token): finalising under it
-                    # could crash the process. Stay down and try again later.
-                    self._up = False
-                    self._last_failed_reinit = time.monotonic()
-                    raise BackendUnavailable(log_detail="a PKCS#11 call is still in flight")
-                self._up = False
-                # The device is gone for every user of the module in this process.
-                self._close_quietly(force=True)
-                try:
-                    self._open_locked()
-                except (p11.PKCS11Error, library.ModuleError, _FatalLogin) as exc:
-                    self._close_quietly()
-                    self._last_failed_reinit = time.monotonic()
-                    self.stats.failed_reinitializations += 1
-                    log.warning("HSM reinitialisation failed: %s: %s", type(exc).__name__, exc)
-                    raise BackendUnavailable(log_detail=f"reinit failed: {exc}") from None
-                self.stats.reinitializations += 1
-                log.warning("HSM reinitialised (generation %d)", self._generation)
-            finally:
-                self._reinitializing = False
-                self._quiesce.notify_all()
-
-    # ----------------------------------------------------------------- leasing
-
-    @contextlib.contextmanager
-    def _lease(self) -> Iterator[PooledSession]:
-        with self._lock:
-            if not self._free_slots and not self._slot_freed.wait_for(
-                lambda: self._free_slots > 0, timeout=self._lease_timeout
-            ):
-                raise BackendUnavailable(
-                    log_detail="no PKCS#11 session free within the lease timeout"
-                )
-            self._free_slots -= 1
-            # Counted in flight only after any reinitialisation: it waits for zero.
-            if self._reinitializing:
-                self._quiesce.wait_for(lambda: not self._reinitializing, timeout=10.0)
-            generation = self._generation
-            pooled = self._idle.pop() if self._up and self._idle else None
-            self._inflight += 1
-        returned: PooledSession | None = None
+    def _reinitialize(self, cause: str) -> None:
+        """Finalise and reopen everything; under ``_lock``, so no call is in flight."""
+        now = time.monotonic()
+        if self._session is None and now - self._last_failed_reinit < self._reinit_interval:
+            raise BackendUnavailable(log_detail="HSM down; waiting before the next reinit")
+        log.warning("reinitialising PKCS#11 (%s)", cause)
+        # The device is gone for every user of the module in this process.
+        self._close_quietly(force=True)
         try:
-            if not self._up:
-                raise p11.DeviceRemoved("HSM is down")
-            if pooled is None:
-                pooled = PooledSession(
-                    self._token.open(rw=True), generation, self._handles, self._direct
-                )
-                self.stats.sessions_opened += 1
-            pooled.last_key = None
-            keep = True
-            try:
-                yield pooled
-            except p11.PKCS11Error as exc:
-                kind = failure_kind(exc, decrypting=True)
-                if kind is FailureKind.DEVICE:
-                    keep = False
-                elif kind is FailureKind.OBJECT and pooled.last_key is not None:
-                    pooled.forget(pooled.last_key)
-                raise
-            finally:
-                if keep:
-                    returned = pooled
-        finally:
-            with self._lock:
-                if returned is not None and returned.generation == self._generation:
-                    self._idle.append(returned)
-                self._inflight -= 1
-                if self._inflight == 0:
-                    self._quiesce.notify_all()
-                self._free_slots += 1
-                self._slot_freed.notify()
+            self._open()
+        except (p11.PKCS11Error, library.ModuleError, _FatalLogin) as exc:
+            self._last_failed_reinit = time.monotonic()
+            self.stats.failed_reinitializations += 1
+            log.warning("HSM reinitialisation failed: %s: %s", type(exc).__name__, exc)
+            raise BackendUnavailable(log_detail=f"reinit failed: {exc}") from None
+        self.stats.reinitializations += 1
+        log.warning("HSM reinitialised (%d so far)", self.stats.reinitializations)
 
-    def run(self, operation: Callable[[PooledSession], T], *, decrypting: bool = False) -> T:
-        """Run ``operation`` on a leased session, recovering from device and handle faults.
+    # ----------------------------------------------------------------- calls
+
+    def run(
+        self,
+        operation: Callable[[TokenSession], T],
+        *,
+        decrypting: bool = False,
+        writes: bool = False,
+    ) -> T:
+        """Run ``operation`` on the session, recovering from device and handle faults.
+
+        Waits for any call in progress on another thread.
 
         Args:
             operation: does the PKCS#11 calls; may run twice, so it must not have other
                 side effects before its last call succeeds.
             decrypting: the call authenticates caller data, so a ``GeneralError`` means
                 "tag mismatch" (``DecryptionFailed``) rather than a device fault.
+            writes: the call creates or destroys token objects.
 
         Raises:
             DecryptionFailed, KeyMaterialMissing, BackendUnavailable.
         """
-        missing_once = False
-        for attempt in (1, 2, 3):
-            generation = self._generation
-            try:
-                # Behind a call that hangs in the token: 503 at once once it has run past
-                # the timeout, and never wait longer than the timeout for it.
-                started = self._op_started
-                stuck = started is not None and time.monotonic() - started > self._lease_timeout
-                if stuck or not self._ops.acquire(timeout=self._lease_timeout):
-                    raise BackendUnavailable(
-                        log_detail="a PKCS#11 call has been running longer than the timeout"
-                    )
-                self._op_started = time.monotonic()
+        with self._lock:
+            missing_once = False
+            for attempt in (1, 2, 3):
+                session = self._session
                 try:
-                    with self._lease() as pooled:
-                        return operation(pooled)
-                finally:
-                    self._op_started = None
-                    self._ops.release()
-            except KmsError:
-                raise
-            except p11.PKCS11Error as exc:
-                kind = failure_kind(exc, decrypting=decrypting)
-                if kind is FailureKind.INPUT:
-                    raise to_kms_error(exc, decrypting=decrypting) from None
-                missing = isinstance(exc, p11.NoSuchKey)
-                if attempt == 3 or (kind is FailureKind.DEVICE and attempt == 2):
-                    if missing:
-                        raise KeyMaterialMissing(log_detail=str(exc)) from None
-                    raise to_kms_error(exc, decrypting=decrypting) from None
-                self.stats.retries += 1
-                if kind is FailureKind.DEVICE:
-                    self._reinitialize(generation, type(exc).__name__)
-                elif missing and missing_once:
-                    # SoftHSM2's file store can miss an object that another process made
-                    # while this one was writing too (its generation counter is not
-                    # atomic across processes); reloading the module re-reads the store.
-                    # But a reload logs in again, which rewrites the token file that the
-                    # other processes are reading: at most one reload a second, else a
-                    # short wait (seen in CI: two HSM agents reloading each other 8,500
-                    # times in a few seconds).
-                    if time.monotonic() - self._last_reload >= _RELOAD_SPACING:
-                        self._last_reload = time.monotonic()
-                        self._reinitialize(generation, "key object not visible; reloading")
-                    else:
-                        time.sleep(_MISSING_RETRY_WAIT)
-                missing_once = missing_once or missing
-        raise AssertionError("unreachable")
+                    if session is None:
+                        raise p11.DeviceRemoved("HSM is down")
+                    session.last_key = None
+                    result = operation(session)
+                    self._wrote = self._wrote or writes
+                    return result
+                except KmsError:
+                    raise
+                except p11.PKCS11Error as exc:
+                    kind = failure_kind(exc, decrypting=decrypting)
+                    if kind is FailureKind.INPUT:
+                        raise to_kms_error(exc, decrypting=decrypting) from None
+                    if kind is FailureKind.OBJECT and session is not None and session.last_key:
+                        session.forget(session.last_key)
+                    missing = isinstance(exc, p11.NoSuchKey)
+                    if attempt == 3 or (kind is FailureKind.DEVICE and attempt == 2):
+                        if missing:
+                            raise KeyMaterialMissing(log_detail=str(exc)) from None
+                        raise to_kms_error(exc, decrypting=decrypting) from None
+                    self.stats.retries += 1
+                    if kind is FailureKind.DEVICE:
+                        self._reinitialize(type(exc).__name__)
+                    elif missing and (missing_once or self._wrote):
+                        self._reload_for_missing_key()
+                    missing_once = missing_once or missing
+            raise AssertionError("unreachable")
+
+    def _reload_for_missing_key(self) -> None:
+        # SoftHSM2's file store misses an object that another process made while this
+        # one was writing too: committing its own change, a process takes the token's
+        # generation counter as it finds it on disk, the other process's increment
+        # included, so it never re-reads the token's object list for that change.
+        # Reloading the module re-reads the store. A process that wrote since its last
+        # reload (the agents create and destroy version keys) reloads at the first miss;
+        # that is one reload per own write at most. Otherwise a miss may be a key that is
+        # really gone, and a reload logs in again, which rewrites the token file that the
+        # other processes are reading: at most one reload a second, else a short wait
+        # (seen in CI: two HSM agents reloading each other 8,500 times in a few seconds).
+        if self._wrote or time.monotonic() - self._last_reload >= _RELOAD_SPACING:
+            self._wrote = False
+            self._last_reload = time.monotonic()
+            self._reinitialize("key object not visible; reloading")
+        else:
+            time.sleep(_MISSING_RETRY_WAIT)
 
 
 _RELOAD_SPACING = 1.0

@@ -1,14 +1,12 @@
-"""The parent's side of the HSM agent (see ``agent.py``), and the HSM that routes to it.
+"""The worker's side of the HSM agent, and ``AgentToken``: the ``Token`` that uses it.
 
-``RoutedHsm`` is the ``HsmCrypto`` the keyring uses. Called inside ``run_bridged`` (the
-data plane on the event loop), its token calls become messages to this loop's agent
-process; called anywhere else (control plane, scheduler, readiness, tests), they run in
-this process as before.
+Each event loop (uvicorn runs one per worker process) has one agent process. Calls made in
+one loop turn go out as one frame; answers settle plain futures.
 
-Deadlines (issue 5): a call not answered within the call timeout fails with 503 (checked
-four times per timeout by one timer, so within 1.25 x the timeout), and the agent, stuck
-in the token, is killed; until a new agent has opened the token, calls fail at
-once (503) and each one may start the next attempt (at most one every
+Deadlines: a call not answered within the call timeout fails with ``BackendUnavailable``
+(503), and the agent, stuck in the token, is killed. One timer watches the oldest call in
+flight and is set for the moment its deadline passes. Until a new agent has opened the
+token, calls fail at once (503) and each may start the next attempt (at most one every
 ``_RESTART_SPACING`` seconds). A crashed agent is handled the same way.
 """
 
@@ -19,30 +17,25 @@ import contextlib
 import itertools
 import logging
 import os
-import pickle
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, cast
 
-from kms_hsm.crypto.bridge import await_in_bridge, in_bridge
-from kms_hsm.crypto.pkcs11.agent import AgentConfig, decode_error, frame
-from kms_hsm.crypto.pkcs11.hsm import HsmCrypto
-from kms_hsm.crypto.pkcs11.sessions import SessionManager
+from kms_hsm.crypto.agent.protocol import AgentConfig, decode_error, frame, read_message
 from kms_hsm.errors import BackendUnavailable
-from kms_hsm.loops import current_loop
 
 log = logging.getLogger(__name__)
 
-_LENGTH_BYTES = 4
 _SETTLED: tuple[None, float] = (None, 0.0)
 _RESTART_SPACING = 0.5
+AGENT_MODULE = "kms_hsm.crypto.pkcs11.agent"
 
 
 class _Agent:
-    """One agent process and the calls this loop has in flight to it."""
+    """One agent process and the stream to it."""
 
     def __init__(self, process: subprocess.Popen[bytes], writer: asyncio.StreamWriter) -> None:
         self.process = process
@@ -78,11 +71,14 @@ class AgentClient:
         self._calls: dict[int, tuple[asyncio.Future[Any], float]] = {}
         self._watchdog: asyncio.TimerHandle | None = None
         self._outbox: list[tuple[int, str, tuple[Any, ...], dict[str, Any]]] = []
+        self.starts = 0  # agents that opened the token: one PKCS#11 login each
+        self._last_failure = "the HSM agent could not start"
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Awaitable[Any]:
-        """Run ``HsmCrypto.<method>(*args)`` in the agent; await what this returns."""
+        """Run the token method ``method`` in the agent; await what this returns."""
         if self._agent is None:
             return self._call_once_started(method, args, kwargs)
+        # A running agent: the answer's future itself, no coroutine per call.
         return self._send(method, args, kwargs)
 
     async def _call_once_started(
@@ -90,13 +86,13 @@ class AgentClient:
     ) -> Any:
         self._ensure_starting()
         if not self._healthy or self._starting is None:
-            raise BackendUnavailable(log_detail="the HSM agent is not running")
+            raise BackendUnavailable(log_detail=self._last_failure)
         try:
             await asyncio.wait_for(asyncio.shield(self._starting), self._timeout)
         except TimeoutError:
             raise BackendUnavailable(log_detail="the HSM agent did not start in time") from None
         if self._agent is None:
-            raise BackendUnavailable(log_detail="the HSM agent could not start")
+            raise BackendUnavailable(log_detail=self._last_failure)
         return await self._send(method, args, kwargs)
 
     def _send(
@@ -104,7 +100,7 @@ class AgentClient:
     ) -> asyncio.Future[Any]:
         # A plain future, not a coroutine: the answer (or the agent's end) settles it and
         # takes it off ``_calls``; a caller that gave up leaves it there until then.
-        loop = current_loop()
+        loop = asyncio.get_running_loop()
         call_id = next(self._ids)
         future: asyncio.Future[Any] = loop.create_future()
         self._calls[call_id] = (future, time.monotonic())
@@ -112,8 +108,7 @@ class AgentClient:
             loop.call_soon(self._flush)
         self._outbox.append((call_id, method, args, kwargs))
         if self._watchdog is None:
-            # One timer for all calls (not one each): it looks at the oldest call.
-            self._watchdog = loop.call_later(self._timeout / 4, self._check_oldest)
+            self._watchdog = loop.call_later(self._timeout, self._check_oldest)
         return future
 
     async def start(self) -> bool:
@@ -150,18 +145,25 @@ class AgentClient:
             agent, reader = await self._spawn()
         except Exception as exc:
             self._healthy = False
-            log.warning("HSM agent did not start: %s", getattr(exc, "log_detail", None) or exc)
+            self._last_failure = str(getattr(exc, "log_detail", None) or exc)
+            log.warning("HSM agent did not start: %s", self._last_failure)
             return
         agent.reader_task = asyncio.get_running_loop().create_task(self._read(reader, agent))
         self._agent = agent
         self._healthy = True
-        log.info("HSM agent %d serving", agent.process.pid)
+        self.starts += 1
+        log.info(
+            "HSM agent %d serving worker %d (agent start %d)",
+            agent.process.pid,
+            os.getpid(),
+            self.starts,
+        )
 
     async def _spawn(self) -> tuple[_Agent, asyncio.StreamReader]:
         parent_sock, child_sock = socket.socketpair()
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "kms_hsm.crypto.pkcs11.agent", str(child_sock.fileno())],
+                [sys.executable, "-m", AGENT_MODULE, str(child_sock.fileno())],
                 pass_fds=(child_sock.fileno(),),
                 stdin=subprocess.DEVNULL,
                 # The PIN reaches the agent over the socket only.
@@ -176,9 +178,14 @@ class AgentClient:
         agent = _Agent(process, writer)
         try:
             writer.write(frame(self._config))
-            status, detail = await asyncio.wait_for(_read_message(reader), self._timeout)
+            try:
+                status, detail = await asyncio.wait_for(read_message(reader), self._timeout)
+            except TimeoutError:
+                raise BackendUnavailable(
+                    log_detail=f"the HSM agent did not open the token within {self._timeout:g}s"
+                ) from None
             if status != "ready":
-                raise BackendUnavailable(log_detail=f"HSM agent: {detail}")
+                raise BackendUnavailable(log_detail=str(detail))
         except BaseException:
             agent.stop()
             raise
@@ -187,7 +194,7 @@ class AgentClient:
     async def _read(self, reader: asyncio.StreamReader, agent: _Agent) -> None:
         try:
             while True:
-                for call_id, ok, value in await _read_message(reader):
+                for call_id, ok, value in await read_message(reader):
                     future = self._calls.pop(call_id, _SETTLED)[0]
                     if future is None or future.done():
                         continue
@@ -197,7 +204,7 @@ class AgentClient:
                         future.set_exception(decode_error(value))
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
-        if self._agent is agent:  # it died on its own (not killed by _expire/close)
+        if self._agent is agent:  # it died on its own (not killed by _check_oldest/close)
             log.warning("HSM agent %d exited", agent.process.pid)
             self._drop(agent, "the HSM agent exited")
 
@@ -206,7 +213,8 @@ class AgentClient:
         if not self._calls:
             return
         _future, sent = next(iter(self._calls.values()))
-        if time.monotonic() - sent > self._timeout:
+        overdue = time.monotonic() - sent - self._timeout
+        if overdue >= 0:
             agent = self._agent
             if agent is not None:
                 log.warning(
@@ -218,8 +226,8 @@ class AgentClient:
             else:
                 self._fail_all("the HSM agent stopped")
             return
-        loop = asyncio.get_running_loop()
-        self._watchdog = loop.call_later(self._timeout / 4, self._check_oldest)
+        # The oldest call's deadline is the next one to pass.
+        self._watchdog = asyncio.get_running_loop().call_later(-overdue, self._check_oldest)
 
     def _drop(self, agent: _Agent, reason: str) -> None:
         self._agent = None
@@ -236,11 +244,6 @@ class AgentClient:
                 future.set_exception(BackendUnavailable(log_detail=reason))
 
 
-async def _read_message(reader: asyncio.StreamReader) -> Any:
-    length = int.from_bytes(await reader.readexactly(_LENGTH_BYTES), "big")
-    return pickle.loads(await reader.readexactly(length))  # noqa: S301 (our own child)
-
-
 class AgentPool:
     """One agent per event loop (uvicorn runs one loop per worker process)."""
 
@@ -251,11 +254,17 @@ class AgentPool:
 
     def client(self) -> AgentClient:
         """The running loop's client (its agent starts with its first call)."""
-        loop = current_loop()
+        loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
             client = self._clients[loop] = AgentClient(self._config, self._timeout)
         return client
+
+    def close_current(self) -> None:
+        """Stop the running loop's agent (before that loop ends)."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            client.close()
 
     def close(self) -> None:
         """Stop every agent."""
@@ -264,60 +273,64 @@ class AgentPool:
         self._clients.clear()
 
 
-class RoutedHsm(HsmCrypto):
-    """HsmCrypto whose data-plane calls go to the agent when made inside ``run_bridged``."""
+class AgentToken:
+    """The ``Token`` of a serving process: every call goes to the running loop's agent."""
 
-    def __init__(self, sessions: SessionManager, agents: AgentPool) -> None:
-        super().__init__(sessions)
+    def __init__(self, agents: AgentPool) -> None:
         self.agents = agents
 
-    def _remote(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return await_in_bridge(self.agents.client().call(method, *args, **kwargs))
+    async def generate_key(self, object_id: bytes, label: str | None = None) -> None:
+        """See ``Token.generate_key``."""
+        await self.agents.client().call("generate_key", object_id, label)
 
-    def encrypt(self, object_id: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        """AES-GCM under the token key (in the agent when bridged)."""
-        if in_bridge():
-            result: bytes = self._remote("encrypt", object_id, nonce, plaintext, aad)
-            return result
-        return super().encrypt(object_id, nonce, plaintext, aad)
+    async def destroy_key(self, object_id: bytes) -> bool:
+        """See ``Token.destroy_key``."""
+        return cast(bool, await self.agents.client().call("destroy_key", object_id))
 
-    def decrypt(self, object_id: bytes, nonce: bytes, sealed: bytes, aad: bytes) -> bytes:
-        """Open ciphertext || tag (in the agent when bridged)."""
-        if in_bridge():
-            result: bytes = self._remote("decrypt", object_id, nonce, sealed, aad)
-            return result
-        return super().decrypt(object_id, nonce, sealed, aad)
+    async def find_key_ids(self, label_prefix: str = "") -> list[bytes]:
+        """See ``Token.find_key_ids``."""
+        return cast(list[bytes], await self.agents.client().call("find_key_ids", label_prefix))
 
-    def generate_wrapped_data_key(
+    async def key_attributes(
+        self, object_id: bytes, names: tuple[str, ...] = ()
+    ) -> dict[str, object]:
+        """See ``Token.key_attributes``."""
+        result = await self.agents.client().call("key_attributes", object_id, names)
+        return cast(dict[str, object], result)
+
+    async def encrypt(self, object_id: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """See ``Token.encrypt``."""
+        result = await self.agents.client().call("encrypt", object_id, nonce, plaintext, aad)
+        return cast(bytes, result)
+
+    async def decrypt(self, object_id: bytes, nonce: bytes, sealed: bytes, aad: bytes) -> bytes:
+        """See ``Token.decrypt``."""
+        result = await self.agents.client().call("decrypt", object_id, nonce, sealed, aad)
+        return cast(bytes, result)
+
+    async def generate_wrapped_data_key(
         self, object_id: bytes, key_bytes: int, nonce: bytes, aad: bytes, *, want_plaintext: bool
     ) -> tuple[bytes, bytes, bytes]:
-        """Born-in-token data key, wrapped and bound (in the agent when bridged)."""
-        if in_bridge():
-            result: tuple[bytes, bytes, bytes] = self._remote(
-                "generate_wrapped_data_key",
-                object_id,
-                key_bytes,
-                nonce,
-                aad,
-                want_plaintext=want_plaintext,
-            )
-            return result
-        return super().generate_wrapped_data_key(
-            object_id, key_bytes, nonce, aad, want_plaintext=want_plaintext
+        """See ``Token.generate_wrapped_data_key``."""
+        result = await self.agents.client().call(
+            "generate_wrapped_data_key",
+            object_id,
+            key_bytes,
+            nonce,
+            aad,
+            want_plaintext=want_plaintext,
         )
+        return cast(tuple[bytes, bytes, bytes], result)
 
-    def unwrap_data_key(
+    async def unwrap_data_key(
         self, object_id: bytes, nonce: bytes, tag: bytes, wrapped: bytes, aad: bytes
     ) -> bytes:
-        """Verify the binding tag, then unwrap (in the agent when bridged)."""
-        if in_bridge():
-            result: bytes = self._remote("unwrap_data_key", object_id, nonce, tag, wrapped, aad)
-            return result
-        return super().unwrap_data_key(object_id, nonce, tag, wrapped, aad)
+        """See ``Token.unwrap_data_key``."""
+        result = await self.agents.client().call(
+            "unwrap_data_key", object_id, nonce, tag, wrapped, aad
+        )
+        return cast(bytes, result)
 
-    def random(self, n: int) -> bytes:
-        """Bytes from the token's RNG (in the agent when bridged)."""
-        if in_bridge():
-            result: bytes = self._remote("random", n)
-            return result
-        return super().random(n)
+    async def random(self, n: int) -> bytes:
+        """See ``Token.random``."""
+        return cast(bytes, await self.agents.client().call("random", n))

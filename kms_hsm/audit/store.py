@@ -1,0 +1,233 @@
+"""The audit chain kept in the database (``audit_events``, ``audit_head``).
+
+One hash-chained event per request that reaches a key (the chain: ``audit/chain.py``).
+Appends lock the single ``audit_head`` row, which holds the end of the chain, so every
+process sharing the database extends one chain.
+
+Fail closed: ``record`` raises ``BackendUnavailable`` when the event cannot be written,
+and the caller must then not answer with the result. Mutations append their event inside
+their own transaction (``append``), so the change and its event commit together. The
+data plane's events are committed in groups by ``audit/batcher.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from sqlalchemy import Dialect, Table, select
+from sqlalchemy import event as sa_event
+from sqlalchemy.orm import Session
+
+from kms_hsm.audit.chain import (
+    AuditEvent,
+    ChainedEvent,
+    ChainHead,
+    Verification,
+    event_hash,
+    verify_head,
+    verify_links,
+)
+from kms_hsm.errors import BackendUnavailable
+from kms_hsm.store.engine import Database
+from kms_hsm.store.tables import AuditEventRow, AuditHeadRow
+
+log = logging.getLogger(__name__)
+
+
+def core_table(model: type[Any]) -> Table:
+    """The Core table of an ORM class (typed for mypy)."""
+    table: Table = model.__table__
+    return table
+
+
+def sqlite_time(value: datetime, iso: str | None = None) -> str:
+    """What SQLAlchemy's ``UtcDateTime`` stores on SQLite: UTC, microseconds, no zone.
+
+    ``iso`` is ``value.isoformat()`` when the caller has it already (the audit append
+    needs it for the hash): a UTC time's text is then cut out of it, which costs a
+    fifth of converting the datetime again.
+    """
+    if iso is not None and value.tzinfo is UTC:
+        if len(iso) == len("2026-01-01T00:00:00.000000+00:00"):
+            return f"{iso[:10]} {iso[11:26]}"
+        if len(iso) == len("2026-01-01T00:00:00+00:00"):  # isoformat() drops zero microseconds
+            return f"{iso[:10]} {iso[11:19]}.000000"
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _event_of(row: AuditEventRow) -> AuditEvent:
+    return AuditEvent(
+        time=row.time,
+        principal_id=row.principal_id,
+        method=row.method,
+        key_id=row.key_id,
+        version_id=row.version_id,
+        outcome=row.outcome,
+        request_id=row.request_id,
+        source=row.source,
+    )
+
+
+# Column order of the insert: seq, time, then AuditEvent's fields after time, then links.
+_EVENT_COLUMNS = ("seq", "time", *AuditEvent._fields[1:], "prev_hash", "hash")
+
+
+def _unchanged(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """The append's SQL in the driver's own parameter style."""
+
+    read_head: str
+    insert_events: str
+    write_head: str
+    # (time, time.isoformat()) -> the driver's value
+    bind_time: Callable[[datetime, str], Any]
+
+    @classmethod
+    def for_dialect(cls, dialect: Dialect) -> _Statements:
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        # The column type's own conversion, so rows match what the ORM writes and reads;
+        # on SQLite the same text, written directly (a test holds the two together).
+        time_type = core_table(AuditEventRow).c.time.type
+        convert = time_type.dialect_impl(dialect).bind_processor(dialect) or _unchanged
+
+        def bind_time(value: datetime, _iso: str) -> Any:
+            return convert(value)
+
+        lock = "" if dialect.name == "sqlite" else " FOR UPDATE"
+        # Only constant names and placeholders go into these strings (hence the noqa).
+        return cls(
+            read_head=f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}",  # noqa: S608
+            insert_events=(
+                f"INSERT INTO audit_events ({', '.join(_EVENT_COLUMNS)}) "  # noqa: S608
+                f"VALUES ({', '.join([mark] * len(_EVENT_COLUMNS))})"
+            ),
+            write_head=f"UPDATE audit_head SET seq = {mark}, hash = {mark} WHERE id = 1",  # noqa: S608
+            bind_time=sqlite_time if dialect.name == "sqlite" else bind_time,
+        )
+
+
+class AuditLog:
+    """Appends events to the database chain and, optionally, to a JSON-lines file."""
+
+    def __init__(self, db: Database, stream_path: Path | None = None) -> None:
+        self._db = db
+        self._stream_path = stream_path
+        self._stream_lock = threading.Lock()
+        self._sql: dict[str, _Statements] = {}
+
+    def append(self, session: Session, event: AuditEvent) -> ChainedEvent:
+        """Add ``event`` to the chain inside the caller's write transaction."""
+        return self.append_many(session, [event])[0]
+
+    def append_many(self, session: Session, events: list[AuditEvent]) -> list[ChainedEvent]:
+        """Add ``events`` in order, inside the caller's write transaction."""
+        try:
+            connection = session.connection()
+            cursor = connection.connection.cursor()
+            try:
+                chained = self.append_on(cursor, connection.dialect, events)
+            finally:
+                cursor.close()
+        except Exception as exc:
+            raise _unwritable(exc) from None
+        if self._stream_path is not None:
+            sa_event.listen(session, "after_commit", lambda _s: self.stream(chained), once=True)
+        return chained
+
+    def append_on(
+        self, cursor: Any, dialect: Dialect, events: list[AuditEvent]
+    ) -> list[ChainedEvent]:
+        """Add ``events`` with a DB-API cursor inside an open write transaction.
+
+        Straight DB-API statements: this runs for every audited request, and SQLAlchemy's
+        statement compilation and per-row parameter processing cost more than the insert.
+        The links are made here, event by event with ``event_hash``, so that each event's
+        ``isoformat()`` serves both its hash and its stored time.
+        """
+        sql = self._statements(dialect)
+        cursor.execute(sql.read_head)
+        head = cursor.fetchone()
+        if head is None:
+            raise LookupError("audit_head row is missing")
+        seq, prev = head
+        chained: list[ChainedEvent] = []
+        rows = []
+        for event in events:
+            seq += 1
+            # One isoformat() for both the hash and the stored time.
+            iso = event.time.isoformat()
+            digest = event_hash(prev, seq, event, iso)
+            chained.append(ChainedEvent(seq, event, prev, digest))
+            rows.append((seq, sql.bind_time(event.time, iso), *event[1:], prev, digest))
+            prev = digest
+        cursor.executemany(sql.insert_events, rows)
+        cursor.execute(sql.write_head, (seq, prev))
+        return chained
+
+    def _statements(self, dialect: Dialect) -> _Statements:
+        statements = self._sql.get(dialect.name)
+        if statements is None:
+            statements = self._sql[dialect.name] = _Statements.for_dialect(dialect)
+        return statements
+
+    def record(self, event: AuditEvent) -> ChainedEvent:
+        """Append ``event`` in its own transaction; ``BackendUnavailable`` if that fails."""
+        try:
+            with self._db.write() as session:
+                return self.append(session, event)
+        except BackendUnavailable:
+            raise
+        except Exception as exc:
+            raise _unwritable(exc) from None
+
+    def stream(self, chained: list[ChainedEvent]) -> None:
+        """Copy committed events to the JSON-lines file, if one is configured."""
+        if self._stream_path is None:
+            return
+        with self._stream_lock, self._stream_path.open("a", encoding="utf-8") as f:
+            f.writelines(c.to_json() + "\n" for c in chained)
+
+    def events(self, since: datetime | None = None) -> Iterator[ChainedEvent]:
+        """Committed events in chain order (optionally from ``since``)."""
+        with self._db.read() as session:
+            stmt = select(AuditEventRow).order_by(AuditEventRow.seq)
+            if since is not None:
+                stmt = stmt.where(AuditEventRow.time >= since)
+            for row in session.scalars(stmt).yield_per(1000):
+                yield ChainedEvent(row.seq, _event_of(row), row.prev_hash, row.hash)
+
+    def export(self, out: TextIO, since: datetime | None = None) -> int:
+        """Write events as JSON lines; returns how many."""
+        count = 0
+        for chained in self.events(since):
+            out.write(chained.to_json() + "\n")
+            count += 1
+        return count
+
+    def verify(self) -> Verification:
+        """Walk the whole chain; report the first event whose link or content is broken."""
+        walked, end = verify_links(self.events())
+        if not walked.ok:
+            return walked
+        with self._db.read() as session:
+            head = session.get(AuditHeadRow, 1)
+        return verify_head(walked, end, None if head is None else ChainHead(head.seq, head.hash))
+
+
+def _unwritable(exc: Exception) -> BackendUnavailable:
+    """Fail closed: what a caller gets when its audit event cannot be written."""
+    log.error("audit event could not be written: %s", type(exc).__name__)
+    return BackendUnavailable(
+        "the audit trail cannot be written; the request was not carried out",
+        log_detail=str(exc),
+    )

@@ -1,0 +1,178 @@
+"""Every API method, declared once: name, permission, gRPC method, request and response.
+
+Each transport binds to these declarations and nothing else: REST (``kms_hsm.api``) maps a
+path to a method and renders its OpenAPI document from the message names; gRPC binds the
+``grpc`` full method name to the generated servicers. The ``name`` is also what the audit
+trail records, and the permission is what ``Call.authorize_key`` / ``authorize_folder`` ask
+for. Message names are the Yandex Cloud proto messages (the REST schemas mirror them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kms_hsm.service.access import Permission
+
+P = Permission
+
+_KMS = "yandex.cloud.kms.v1."
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """One API method."""
+
+    name: str  # "SymmetricCrypto.Encrypt": the audit name
+    permission: Permission
+    request: str  # proto message name
+    response: str
+    grpc: str | None = None  # "/yandex.cloud.kms.v1.SymmetricCryptoService/Encrypt"
+
+    @property
+    def operation_id(self) -> str:
+        """The REST reference's name for the method: ``SymmetricCrypto_Encrypt``."""
+        return self.name.replace(".", "_")
+
+
+def _kms(service: str, verb: str, permission: Permission, request: str, response: str) -> Method:
+    return Method(
+        f"{service}.{verb}", permission, request, response, f"/{_KMS}{service}Service/{verb}"
+    )
+
+
+ENCRYPT = _kms(
+    "SymmetricCrypto", "Encrypt", P.ENCRYPT, "SymmetricEncryptRequest", "SymmetricEncryptResponse"
+)
+DECRYPT = _kms(
+    "SymmetricCrypto", "Decrypt", P.DECRYPT, "SymmetricDecryptRequest", "SymmetricDecryptResponse"
+)
+# ReEncrypt needs DECRYPT on the source key too (asked for by the work).
+RE_ENCRYPT = _kms(
+    "SymmetricCrypto",
+    "ReEncrypt",
+    P.ENCRYPT,
+    "SymmetricReEncryptRequest",
+    "SymmetricReEncryptResponse",
+)
+GENERATE_DATA_KEY = _kms(
+    "SymmetricCrypto",
+    "GenerateDataKey",
+    P.ENCRYPT,
+    "GenerateDataKeyRequest",
+    "GenerateDataKeyResponse",
+)
+CREATE_KEY = _kms("SymmetricKey", "Create", P.CREATE, "CreateSymmetricKeyRequest", "Operation")
+GET_KEY = _kms("SymmetricKey", "Get", P.GET, "GetSymmetricKeyRequest", "SymmetricKey")
+LIST_KEYS = _kms(
+    "SymmetricKey", "List", P.LIST, "ListSymmetricKeysRequest", "ListSymmetricKeysResponse"
+)
+LIST_VERSIONS = _kms(
+    "SymmetricKey",
+    "ListVersions",
+    P.LIST_VERSIONS,
+    "ListSymmetricKeyVersionsRequest",
+    "ListSymmetricKeyVersionsResponse",
+)
+LIST_OPERATIONS = _kms(
+    "SymmetricKey",
+    "ListOperations",
+    P.LIST_OPERATIONS,
+    "ListSymmetricKeyOperationsRequest",
+    "ListSymmetricKeyOperationsResponse",
+)
+UPDATE_KEY = _kms("SymmetricKey", "Update", P.UPDATE, "UpdateSymmetricKeyRequest", "Operation")
+DELETE_KEY = _kms("SymmetricKey", "Delete", P.DELETE, "DeleteSymmetricKeyRequest", "Operation")
+ROTATE_KEY = _kms("SymmetricKey", "Rotate", P.ROTATE, "RotateSymmetricKeyRequest", "Operation")
+SET_PRIMARY_VERSION = _kms(
+    "SymmetricKey",
+    "SetPrimaryVersion",
+    P.SET_PRIMARY_VERSION,
+    "SetPrimarySymmetricKeyVersionRequest",
+    "Operation",
+)
+SCHEDULE_VERSION_DESTRUCTION = _kms(
+    "SymmetricKey",
+    "ScheduleVersionDestruction",
+    P.SCHEDULE_VERSION_DESTRUCTION,
+    "ScheduleSymmetricKeyVersionDestructionRequest",
+    "Operation",
+)
+CANCEL_VERSION_DESTRUCTION = _kms(
+    "SymmetricKey",
+    "CancelVersionDestruction",
+    P.CANCEL_VERSION_DESTRUCTION,
+    "CancelSymmetricKeyVersionDestructionRequest",
+    "Operation",
+)
+KEY_LIST_ACCESS_BINDINGS = _kms(
+    "SymmetricKey",
+    "ListAccessBindings",
+    P.LIST_ACCESS_BINDINGS,
+    "ListAccessBindingsRequest",
+    "ListAccessBindingsResponse",
+)
+KEY_SET_ACCESS_BINDINGS = _kms(
+    "SymmetricKey",
+    "SetAccessBindings",
+    P.SET_ACCESS_BINDINGS,
+    "SetAccessBindingsRequest",
+    "Operation",
+)
+KEY_UPDATE_ACCESS_BINDINGS = _kms(
+    "SymmetricKey",
+    "UpdateAccessBindings",
+    P.UPDATE_ACCESS_BINDINGS,
+    "UpdateAccessBindingsRequest",
+    "Operation",
+)
+GET_OPERATION = Method(
+    "Operation.Get",
+    P.GET_OPERATION,
+    "GetOperationRequest",
+    "Operation",
+    "/yandex.cloud.operation.OperationService/Get",
+)
+# Folder access bindings are kms-hsm's own (Yandex keeps them in resource-manager): no gRPC.
+FOLDER_LIST_ACCESS_BINDINGS = Method(
+    "Folder.ListAccessBindings",
+    P.LIST_ACCESS_BINDINGS,
+    "ListAccessBindingsRequest",
+    "ListAccessBindingsResponse",
+)
+FOLDER_SET_ACCESS_BINDINGS = Method(
+    "Folder.SetAccessBindings", P.SET_ACCESS_BINDINGS, "SetAccessBindingsRequest", "Operation"
+)
+FOLDER_UPDATE_ACCESS_BINDINGS = Method(
+    "Folder.UpdateAccessBindings",
+    P.UPDATE_ACCESS_BINDINGS,
+    "UpdateAccessBindingsRequest",
+    "Operation",
+)
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        ENCRYPT,
+        DECRYPT,
+        RE_ENCRYPT,
+        GENERATE_DATA_KEY,
+        CREATE_KEY,
+        GET_KEY,
+        LIST_KEYS,
+        LIST_VERSIONS,
+        LIST_OPERATIONS,
+        UPDATE_KEY,
+        DELETE_KEY,
+        ROTATE_KEY,
+        SET_PRIMARY_VERSION,
+        SCHEDULE_VERSION_DESTRUCTION,
+        CANCEL_VERSION_DESTRUCTION,
+        KEY_LIST_ACCESS_BINDINGS,
+        KEY_SET_ACCESS_BINDINGS,
+        KEY_UPDATE_ACCESS_BINDINGS,
+        GET_OPERATION,
+        FOLDER_LIST_ACCESS_BINDINGS,
+        FOLDER_SET_ACCESS_BINDINGS,
+        FOLDER_UPDATE_ACCESS_BINDINGS,
+    )
+}

@@ -1,0 +1,132 @@
+"""One API call from start to finish, for every transport: authenticate, run, audit.
+
+A transport (REST in ``kms_hsm.api``; gRPC next) turns its request into the caller's facts
+(``Transport``: the bearer credential, request id and source address), names the
+``Method`` (``kms_hsm.service.methods``) and hands over the work. ``run`` decides the rest
+in one place: authentication, the audit event (denials included) with the canonical gRPC
+code name as its outcome, and the fail-closed rule. Authorisation is asked for by the work
+itself (``Call.authorize_key`` / ``authorize_folder``) because only the work knows which key
+or folder a request touches; the permission is the method's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from kms_hsm.audit.chain import AuditEvent
+from kms_hsm.errors import KmsError
+from kms_hsm.service.access import Permission
+from kms_hsm.service.auth import Principal
+from kms_hsm.service.context import CallContext
+from kms_hsm.service.methods import Method
+from kms_hsm.service.runtime import Runtime
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """What the transport knows of the caller, before anything is checked."""
+
+    authorization: str | None  # "Bearer <token>": HTTP header or gRPC metadata
+    request_id: str
+    source: str  # client address
+
+
+@dataclass(slots=True)
+class Call:
+    """The state of one call; the work fills in what the audit event should name."""
+
+    method: Method
+    rt: Runtime
+    transport: Transport
+    principal: Principal
+    key_id: str = ""
+    version_id: str = ""
+    # Set when the work's own transaction already appended the audit event.
+    audited: bool = False
+
+    @property
+    def context(self) -> CallContext:
+        """Who is calling, for services that write Operations and audit events."""
+        return CallContext(
+            self.principal.id,
+            self.method.name,
+            self.transport.request_id,
+            self.transport.source,
+        )
+
+    def authorize_key(
+        self, key_id: str, permission: Permission | None = None, *, deleted_too: bool = False
+    ) -> None:
+        """Allow the method on ``key_id`` or raise NotFound / PermissionDenied."""
+        self.key_id = self.key_id or key_id
+        self.rt.access.authorize_key(
+            self.principal.id,
+            permission or self.method.permission,
+            key_id,
+            deleted_too=deleted_too,
+        )
+
+    def authorize_folder(self, folder_id: str) -> None:
+        """Allow the method in ``folder_id`` or raise PermissionDenied."""
+        self.rt.access.authorize_folder(self.principal.id, self.method.permission, folder_id)
+
+
+async def run(
+    rt: Runtime,
+    method: Method,
+    transport: Transport,
+    work: Callable[[Call], Awaitable[T]],
+    *,
+    key_id: str = "",
+) -> T:
+    """Run ``work`` as ``method`` for the caller of ``transport``; its result.
+
+    Raises:
+        KmsError: the call failed (the transport renders it by its ``code``); if even the
+            audit event of the failure cannot be written, BackendUnavailable instead.
+    """
+    call: Call | None = None
+    pinned = rt.watch.pin()
+    try:
+        principal = rt.auth.authenticate(transport.authorization)
+        call = Call(method, rt, transport, principal, key_id=key_id)
+        result = await work(call)
+    except KmsError as exc:
+        # Fail closed: if the denial cannot be recorded, the caller sees 503 instead.
+        await rt.audit_batcher.record(_event(rt, method, transport, call, exc.code.name, key_id))
+        raise
+    finally:
+        rt.watch.unpin(pinned)
+    if not call.audited:
+        # Fail closed: no event, no answer (BackendUnavailable -> 503, result discarded).
+        await rt.audit_batcher.record(_event(rt, method, transport, call, "OK"))
+    return result
+
+
+def _storable(value: str) -> str:
+    return value[:64].replace("\x00", "\ufffd")
+
+
+def _event(
+    rt: Runtime,
+    method: Method,
+    transport: Transport,
+    call: Call | None,
+    outcome: str,
+    key_id: str = "",
+) -> AuditEvent:
+    return AuditEvent(
+        time=rt.keys.clock(),
+        principal_id=call.principal.id if call else "",
+        method=method.name,
+        # Ids of refused requests come straight from the caller: keep them storable.
+        key_id=_storable((call.key_id if call else "") or key_id),
+        version_id=_storable(call.version_id if call else ""),
+        outcome=outcome,
+        request_id=transport.request_id,
+        source=transport.source,
+    )
