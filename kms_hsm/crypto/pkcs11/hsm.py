@@ -29,11 +29,12 @@ measured in softhsm-facts.md:
 from __future__ import annotations
 
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11 import exceptions as p11
 from pkcs11.mechanisms import GCMParams
 
 from kms_hsm.crypto.pkcs11.sessions import SessionManager, TokenSession
 from kms_hsm.crypto.token import READABLE_ATTRIBUTES
-from kms_hsm.errors import InvalidArgument
+from kms_hsm.errors import InvalidArgument, KeyMaterialMissing
 
 NONCE_BYTES = 12
 
@@ -98,7 +99,11 @@ class HsmCrypto:
         self._sessions.run(op, writes=True)
 
     def destroy_key(self, object_id: bytes) -> bool:
-        """Destroy every token object with ``CKA_ID``; False when there was none."""
+        """Destroy every token object with ``CKA_ID``; False when there was none.
+
+        None found counts as a missing key, so that the session manager looks again with
+        a fresh view of the store first (another process may have made the key).
+        """
 
         def op(ts: TokenSession) -> bool:
             ts.forget(object_id)
@@ -107,11 +112,16 @@ class HsmCrypto:
                     {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.ID: object_id}
                 )
             )
+            if not found:
+                raise p11.NoSuchKey(f"no secret key with CKA_ID {object_id!r}")
             for obj in found:
                 obj.destroy()
-            return bool(found)
+            return True
 
-        return self._sessions.run(op, writes=True)
+        try:
+            return self._sessions.run(op, writes=True)
+        except KeyMaterialMissing:
+            return False
 
     def find_key_ids(self, label_prefix: str = "") -> list[bytes]:
         """The ``CKA_ID`` of every secret key whose ``CKA_LABEL`` starts with ``label_prefix``."""
