@@ -125,6 +125,12 @@ class BackendUnavailable(KmsError):
     code = StatusCode.UNAVAILABLE
 
 
+class LoginRefused(BackendUnavailable):
+    """The token refused the PIN: retrying would only burn PIN attempts (HSMs lock or
+    zeroise after a few), so nothing logs in again until the PIN is fixed and the service
+    restarted."""
+
+
 class Internal(KmsError):
     """A bug or an unexpected state; details only in the server log."""
 

@@ -58,6 +58,7 @@ def test_every_error_class_has_a_code_and_status() -> None:
         "ResourceExhausted": "RESOURCE_EXHAUSTED",
         "Aborted": "ABORTED",
         "BackendUnavailable": "UNAVAILABLE",
+        "LoginRefused": "UNAVAILABLE",
         "Internal": "INTERNAL",
     }
     assert status.http_status(status.grpc_code(errors.DecryptionFailed())) == 400

@@ -6,11 +6,12 @@ import base64
 import os
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import KMS_HSM, free_port, serve_env, stop, wait_until_serving
+from tests.conftest import KMS_HSM, free_port, init_token, serve_env, stop, wait_until_serving
 
 
 def test_two_workers_each_with_one_hsm_agent_login_answer_hsm_requests(tmp_path: Path) -> None:
@@ -106,3 +107,25 @@ def test_pin_file_readable_by_others_is_refused(tmp_path: Path) -> None:
     assert "must not be readable by group or others" in result.stderr
     assert "123456" not in result.stderr
     assert base64.b64encode(b"123456").decode() not in result.stderr
+
+
+def test_a_refused_pin_is_not_tried_again(tmp_path: Path) -> None:
+    """HSMs lock or zeroise after a few wrong PINs: one refusal ends the start at once."""
+    init_token(tmp_path / "token")
+    pin = tmp_path / "wrong-pin"
+    pin.write_text("999999\n")
+    pin.chmod(0o600)
+    env = serve_env(
+        tmp_path / "data",
+        free_port(),
+        KMS_HSM_PIN_FILE=str(pin),
+        KMS_HSM_HSM_STARTUP_TIMEOUT="20",
+        SOFTHSM2_CONF=str(tmp_path / "token" / "softhsm2.conf"),
+    )
+    started = time.monotonic()
+    result = subprocess.run([KMS_HSM, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert time.monotonic() - started < 15  # not the 20 s of retries a missing token gets
+    assert "cannot start: HSM login to token 'kms-hsm' failed: PinIncorrect" in result.stderr
+    assert result.stderr.count("HSM agent not restarted") == 1
+    assert "999999" not in result.stderr

@@ -205,11 +205,13 @@ class Keyring:
         """Drop a version's cached software material (it was scheduled or destroyed)."""
         self._cache.evict(version_id)
 
-    async def discard_material(self, version: KeyVersion) -> None:
-        """Destroy a version's material: the token object, or the cached software key."""
+    async def discard_material(self, version: KeyVersion) -> bool:
+        """Destroy a version's material: the token object (False: none found), or the
+        cached software key."""
         self._cache.evict(version.id)
         if version.hosted_by_hsm:
-            await self._token.destroy_key(version.id.encode())
+            return await self._token.destroy_key(version.id.encode())
+        return True
 
     async def _software_key(self, key_id: str, stored: StoredVersion) -> SoftwareKey:
         cached = self._cache.lookup(stored.version.id)

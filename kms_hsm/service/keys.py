@@ -174,6 +174,7 @@ class KeyService:
         key_id = new_id(KEY_PREFIX)
         version_id = new_id(KEY_PREFIX)
         material = await self._keyring.create_material(key_id, version_id, spec.default_algorithm)
+        committing = False
         version = KeyVersion(
             id=version_id,
             key_id=key_id,
@@ -214,8 +215,9 @@ class KeyService:
                     "SymmetricKey",
                     key_record(key),
                 )
+                committing = True
         except Exception:
-            await self._discard_uncommitted(version)
+            await self._discard_uncommitted(version, committing=committing)
             raise
         log.info(
             "created key %s (folder %s, %s, version %s)",
@@ -401,6 +403,7 @@ class KeyService:
             )
             material = await self._keyring.create_material(key_id, version.id, algorithm)
             operation = None
+            committing = False
             try:
                 with self._db.write() as session:
                     row = self._lock_key(session, key_id)
@@ -409,8 +412,9 @@ class KeyService:
                         operation = self._commit_version(
                             session, row, version, material, by, description
                         )
+                    committing = True
             except Exception:
-                await self._discard_uncommitted(version)
+                await self._discard_uncommitted(version, committing=committing)
                 raise
             if operation is not None:
                 log.info("rotated key %s: new primary version %s", key_id, version.id)
@@ -446,8 +450,19 @@ class KeyService:
             self._key_snapshot(session, row),
         )
 
-    async def _discard_uncommitted(self, version: KeyVersion) -> None:
-        """Destroy material made for a version that did not commit; the sweep if this fails."""
+    async def _discard_uncommitted(self, version: KeyVersion, *, committing: bool = False) -> None:
+        """Destroy material made for a version that did not commit; the sweep if this fails.
+
+        ``committing``: the failure came from the COMMIT itself, which may have landed (a
+        connection lost during it); then the material stays, and the orphan sweep destroys
+        it only if no row for it exists after its grace period.
+        """
+        if committing:
+            log.warning(
+                "commit of version %s failed; its material is left to the orphan sweep",
+                version.id,
+            )
+            return
         try:
             await self._keyring.discard_material(version)
         except Exception as exc:
@@ -590,15 +605,17 @@ class KeyService:
         object that the orphan sweep (``Scheduler.reconcile_orphans``) removes.
         """
         now = self._clock()
+        due = (
+            KeyVersionRow.status == int(VersionStatus.SCHEDULED_FOR_DESTRUCTION),
+            KeyVersionRow.destroy_at <= now,
+        )
+        # A read first: most passes find nothing, and a write transaction would wait on
+        # the loop for SQLite's write lock, held meanwhile by other workers' audit commits.
+        with self._db.read() as session:
+            if session.scalars(select(KeyVersionRow.id).where(*due).limit(1)).first() is None:
+                return []
         with self._db.write() as session:
-            stmt = (
-                select(KeyVersionRow)
-                .where(
-                    KeyVersionRow.status == int(VersionStatus.SCHEDULED_FOR_DESTRUCTION),
-                    KeyVersionRow.destroy_at <= now,
-                )
-                .limit(limit)
-            )
+            stmt = select(KeyVersionRow).where(*due).limit(limit)
             if not self._db.is_sqlite:
                 stmt = stmt.with_for_update(skip_locked=True)
             destroyed = []
@@ -610,7 +627,7 @@ class KeyService:
                 bump_state(session)
         for version in destroyed:
             try:
-                await self._keyring.discard_material(version)
+                found = await self._keyring.discard_material(version)
             except KmsError as exc:
                 log.warning(
                     "version %s of key %s is DESTROYED; its token object is left to the "
@@ -618,6 +635,14 @@ class KeyService:
                     version.id,
                     version.key_id,
                     exc.log_detail or exc.message,
+                )
+                continue
+            if version.hosted_by_hsm and not found:
+                log.warning(
+                    "version %s of key %s is DESTROYED but its token object was not found; "
+                    "the orphan sweep removes it if it is there",
+                    version.id,
+                    version.key_id,
                 )
                 continue
             log.info("destroyed version %s of key %s", version.id, version.key_id)

@@ -25,7 +25,7 @@ from kms_hsm.config import Settings, write_secret_file
 from kms_hsm.crypto.agent import AgentConfig, AgentPool, AgentToken
 from kms_hsm.crypto.software import MaterialCache
 from kms_hsm.domain.ids import PRINCIPAL_PREFIX, new_id
-from kms_hsm.errors import BackendUnavailable
+from kms_hsm.errors import BackendUnavailable, LoginRefused
 from kms_hsm.service.access import AccessService
 from kms_hsm.service.auth import AuthService, new_token, token_hash
 from kms_hsm.service.crypto import CryptoService
@@ -213,6 +213,8 @@ class Runtime:
                 await self.keyring.ensure_root_key()
                 await self.keys.load_secrets()
                 return
+            except LoginRefused:
+                raise  # another try would burn another PIN attempt
             except BackendUnavailable as exc:
                 if time.monotonic() >= deadline:
                     raise BackendUnavailable(exc.log_detail or exc.message) from None

@@ -20,17 +20,19 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable
 from typing import Any, cast
 
 from kms_hsm.crypto.agent.protocol import AgentConfig, decode_error, frame, read_message
-from kms_hsm.errors import BackendUnavailable
+from kms_hsm.errors import BackendUnavailable, LoginRefused
 
 log = logging.getLogger(__name__)
 
 _SETTLED: tuple[None, float] = (None, 0.0)
 _RESTART_SPACING = 0.5
+_RESTART_SPACING_MAX = 5.0
 AGENT_MODULE = "kms_hsm.crypto.pkcs11.agent"
 
 
@@ -43,15 +45,19 @@ class _Agent:
         self.reader_task: asyncio.Task[None] | None = None
 
     def stop(self, grace: float = 0.0) -> None:
-        """Close the socket (the agent logs out and exits at EOF); kill it after ``grace``."""
+        """Close the socket (the agent logs out and exits at EOF); kill it after ``grace``.
+
+        The killed process is reaped by a thread: one stuck in an uninterruptible wait
+        (a hardware driver, a hung network file system) leaves only when that wait ends,
+        and the event loop must not wait with it.
+        """
         with contextlib.suppress(Exception):  # the loop may be closed already
             self.writer.close()
         try:
             self.process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=5)
+            threading.Thread(target=self.process.wait, name="agent-reaper", daemon=True).start()
 
 
 class AgentClient:
@@ -73,6 +79,9 @@ class AgentClient:
         self._outbox: list[tuple[int, str, tuple[Any, ...], dict[str, Any]]] = []
         self.starts = 0  # agents that opened the token: one PKCS#11 login each
         self._last_failure = "the HSM agent could not start"
+        # Set when the token refused the PIN: no agent is started again (see LoginRefused).
+        self._refused: str | None = None
+        self._failed_starts = 0
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         """Run the token method ``method`` in the agent; await what this returns."""
@@ -85,6 +94,8 @@ class AgentClient:
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         self._ensure_starting()
+        if self._refused is not None:
+            raise LoginRefused(self._refused)
         if not self._healthy or self._starting is None:
             raise BackendUnavailable(log_detail=self._last_failure)
         try:
@@ -111,14 +122,6 @@ class AgentClient:
             self._watchdog = loop.call_later(self._timeout, self._check_oldest)
         return future
 
-    async def start(self) -> bool:
-        """Start the agent now rather than at the first call; True once it serves."""
-        self._ensure_starting()
-        if self._starting is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._starting), self._timeout)
-        return self._agent is not None
-
     def close(self) -> None:
         """Stop the agent (from any thread; the loop may be gone)."""
         agent, self._agent = self._agent, None
@@ -133,9 +136,14 @@ class AgentClient:
         self._agent.writer.write(frame(outbox))
 
     def _ensure_starting(self) -> None:
+        if self._refused is not None:
+            return
         if self._starting is not None and not self._starting.done():
             return
-        if time.monotonic() - self._last_attempt < _RESTART_SPACING:
+        # Each failed start in a row doubles the wait before the next (a token that hangs
+        # leaves an agent to kill per attempt), up to _RESTART_SPACING_MAX.
+        spacing = min(_RESTART_SPACING * 2 ** max(self._failed_starts - 1, 0), _RESTART_SPACING_MAX)
+        if time.monotonic() - self._last_attempt < spacing:
             return
         self._last_attempt = time.monotonic()
         self._starting = asyncio.get_running_loop().create_task(self._start())
@@ -143,11 +151,18 @@ class AgentClient:
     async def _start(self) -> None:
         try:
             agent, reader = await self._spawn()
+        except LoginRefused as exc:
+            self._healthy = False
+            self._refused = self._last_failure = exc.message
+            log.critical("HSM agent not restarted: %s; fix the PIN and restart", exc.message)
+            return
         except Exception as exc:
             self._healthy = False
+            self._failed_starts += 1
             self._last_failure = str(getattr(exc, "log_detail", None) or exc)
             log.warning("HSM agent did not start: %s", self._last_failure)
             return
+        self._failed_starts = 0
         agent.reader_task = asyncio.get_running_loop().create_task(self._read(reader, agent))
         self._agent = agent
         self._healthy = True
@@ -184,6 +199,8 @@ class AgentClient:
                 raise BackendUnavailable(
                     log_detail=f"the HSM agent did not open the token within {self._timeout:g}s"
                 ) from None
+            if status == "refused":
+                raise LoginRefused(str(detail))
             if status != "ready":
                 raise BackendUnavailable(log_detail=str(detail))
         except BaseException:

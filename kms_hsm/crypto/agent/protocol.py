@@ -5,7 +5,8 @@ worker's own child, so pickle is trusted both ways). The worker's first frame is
 ``AgentConfig`` (the PIN travels here, never in argv or the environment); the agent answers
 ``("ready", None)`` or ``("failed", message)``. Then each worker frame is a list of
 ``(call id, method, args, kwargs)`` and each agent frame a list of
-``(call id, ok, result or encoded error)``.
+``(call id, ok, result or encoded error)``. A start that the token refused for its PIN
+answers ``("refused", message)``: the worker then never starts another agent.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from kms_hsm.crypto.agent.protocol import (
     frame,
     read_frame,
 )
-from kms_hsm.errors import BackendUnavailable
+from kms_hsm.errors import BackendUnavailable, LoginRefused
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ def serve(sock: socket.socket) -> None:
     )
     try:
         sessions.start()
+    except LoginRefused as exc:
+        sock.sendall(frame(("refused", exc.message)))
+        return
     except Exception as exc:
         sock.sendall(frame(("failed", str(exc))))
         return

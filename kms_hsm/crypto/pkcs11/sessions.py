@@ -7,11 +7,11 @@ Facts it is built on (shared/design/softhsm-facts.md, measured on SoftHSM2 2.6.1
   operation runs on it, and only ``close`` and a reinitialisation (which logs in again)
   close it.
 * One token operation at a time: ``run`` holds one lock over the call, its retries and any
-  reinitialisation, so nothing is ever finalised under a call in flight. In a worker the
-  only caller is the HSM agent's one thread; a call that hangs in the token is the worker's
-  to bound (it kills the agent after the call timeout). Tests and tools that call from
-  several threads wait their turn. Parallel token calls are what processes are for: on
-  SoftHSM2 a second thread gains ~1.2x, a second process ~1.8x.
+  reinitialisation, so nothing is ever finalised under a call in flight. In the service
+  the only user is the HSM agent process, with one thread; a call that hangs in the token
+  is its worker's to bound (it kills the agent after the call timeout). Tests and tools
+  that call from several threads wait their turn. Parallel token calls are what processes
+  are for: on SoftHSM2 a second thread gains ~1.2x, a second process ~1.8x.
 * Looking a key up by attribute costs ~300 us, so the manager caches the key objects it has
   found (``KeyHandles``).
 * After the device goes away every call fails until ``C_Finalize`` + ``C_Initialize``.
@@ -40,7 +40,7 @@ from pkcs11.mechanisms import GCMParams
 from kms_hsm.crypto.pkcs11 import library
 from kms_hsm.crypto.pkcs11.direct import DirectCalls
 from kms_hsm.crypto.pkcs11.errors import FailureKind, failure_kind, is_refusal, to_kms_error
-from kms_hsm.errors import BackendUnavailable, KeyMaterialMissing, KmsError
+from kms_hsm.errors import BackendUnavailable, KeyMaterialMissing, KmsError, LoginRefused
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ class SessionManager:
                 )
                 return
             except _FatalLogin as exc:
-                raise BackendUnavailable(
+                raise LoginRefused(
                     f"HSM login to token '{self._token_label}' failed: {exc}"
                 ) from None
             except (p11.PKCS11Error, library.ModuleError) as exc:
