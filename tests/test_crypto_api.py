@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import time
 
 import httpx
 import pytest
@@ -303,3 +304,17 @@ def test_create_validation(api) -> None:
         r = api.post("/kms/v1/keys", json=body)
         assert r.status_code == 400, (body, r.text)
         assert field in r.json()["message"], (body, r.json())
+
+
+def test_a_readyz_flood_makes_one_token_round_trip_a_second(base_url: str, runtime) -> None:
+    """/readyz needs no credentials: its token round-trip is shared for a second, so a
+    flood of probes cannot become a flood of HSM calls (issue 15)."""
+    with httpx.Client(base_url=base_url) as client:
+        before = runtime.hsm_probes
+        started = time.monotonic()
+        for _ in range(30):
+            r = client.get("/readyz")
+            assert r.status_code == 200, r.text
+            assert r.json()["checks"] == {"database": "ok", "hsm": "ok"}
+        seconds = time.monotonic() - started
+    assert 1 <= runtime.hsm_probes - before <= int(seconds) + 2

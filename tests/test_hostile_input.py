@@ -316,6 +316,21 @@ def test_deeply_nested_json_is_refused(client: httpx.Client, key_id: str, body: 
     assert_clean_error(post_raw(client, "/kms/v1/keys", body), 400)
 
 
+@pytest.mark.parametrize("depth", [33, 900, 1020])
+def test_deep_json_with_an_escape_is_refused_not_a_500(
+    client: httpx.Client, key_id: str, depth: int
+) -> None:
+    """A backslash escape sends the body through the duplicate-member check, which walks
+    it recursively: it must meet a depth limit first (issue 15: ~1,000 deep gave 500)."""
+    nested = b'{"a\\u0062":' * depth + b"1" + b"}" * depth
+    body = b'{"labels":' + nested + b"}"
+    for path in (f"/kms/v1/keys/{key_id}:encrypt", "/kms/v1/keys"):
+        r = post_raw(client, path, body)
+        assert_clean_error(r, 400)
+        assert r.json()["code"] == 3
+        assert "nest" in r.json()["message"]
+
+
 def test_nesting_the_parser_accepts_is_still_refused_cleanly(
     client: httpx.Client, key_id: str
 ) -> None:

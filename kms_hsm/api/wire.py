@@ -68,9 +68,31 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise InvalidArgument("request body is not valid JSON") from None
     if not isinstance(value, dict):
         raise InvalidArgument("request body must be a JSON object")
+    # Before any recursive walk (the duplicate check below recurses; ~1,000 levels of
+    # nesting with an escape in a name ran out of stack: 500). A body cannot nest deeper
+    # than it has brackets, so the usual small body is not walked at all.
+    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH:
+        _check_depth(value)
     if _may_repeat_a_name(raw, value):
         json.loads(raw, object_pairs_hook=_no_duplicates)
     return value
+
+
+# The deepest message any method takes nests 5 levels (UpdateAccessBindings' deltas).
+MAX_JSON_DEPTH = 32
+
+
+def _check_depth(value: Any) -> None:
+    """InvalidArgument when ``value`` nests deeper than ``MAX_JSON_DEPTH`` (iteratively)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidArgument(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(item, dict):
+            stack.extend((member, depth + 1) for member in item.values())
+        elif isinstance(item, list):
+            stack.extend((member, depth + 1) for member in item)
 
 
 def _may_repeat_a_name(raw: bytes, value: Any) -> bool:

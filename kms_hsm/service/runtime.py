@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine, select, text
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # Seconds between attempts to reach the token at start-up.
 _OPEN_RETRY = 0.5
+# Seconds one readiness round-trip through the token answers for.
+_HSM_PROBE_TTL = 1.0
 
 
 def init_script() -> Path:
@@ -159,6 +161,11 @@ class Runtime:
     watch: StateWatch
     agents: AgentPool
     scheduler: Scheduler
+    # The last token round-trip of readiness: (its loop, the task, when it started).
+    _hsm_probe: tuple[asyncio.AbstractEventLoop, asyncio.Future[None], float] | None = field(
+        default=None, repr=False
+    )
+    hsm_probes: int = 0  # token round-trips readiness has made
 
     @classmethod
     def start(cls, settings: Settings, clock: Clock = utc_now) -> Runtime:
@@ -237,11 +244,34 @@ class Runtime:
             session.execute(text("SELECT 1"))
 
     async def check_hsm(self) -> None:
-        """A real AES-GCM round-trip under the root key, inside the token."""
-        await self.keyring.self_test()
+        """A real AES-GCM round-trip under the root key, inside the token.
+
+        One at a time, shared by every caller while it runs, and a success answers for
+        ``_HSM_PROBE_TTL`` seconds: ``/readyz`` needs no credentials, and a flood of it
+        must not become a flood of token calls. A failure is not kept: the next caller
+        probes again (and fails at once while the HSM agent is down).
+        """
+        loop = asyncio.get_running_loop()
+        probe = self._hsm_probe
+        if probe is None or probe[0] is not loop or not _still_answers(probe[1], probe[2]):
+            self.hsm_probes += 1
+            probe = self._hsm_probe = (
+                loop,
+                asyncio.ensure_future(self.keyring.self_test()),
+                time.monotonic(),
+            )
+        # Shielded: a caller that gives up (its deadline) leaves the probe to the others.
+        await asyncio.shield(probe[1])
 
     def close(self) -> None:
         """Stop the HSM agents, the audit writer, then the database."""
         self.audit_batcher.close()
         self.agents.close()
         self.engine.dispose()
+
+
+def _still_answers(probe: asyncio.Future[None], started: float) -> bool:
+    if not probe.done():
+        return True
+    ok = not probe.cancelled() and probe.exception() is None
+    return ok and time.monotonic() - started <= _HSM_PROBE_TTL
