@@ -931,3 +931,23 @@ def test_service_still_serves_after_the_barrage(client: httpx.Client, key_id: st
     assert r.status_code == 200, r.text
     assert base64.b64decode(r.json()["plaintext"]) == plaintext
     assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("period", "expected"),
+    [
+        ("\u0661\u0662s", "duration string"),  # Arabic-Indic digits: not 12 s
+        ("\uff11\uff12s", "duration string"),  # fullwidth digits
+        ("86400.0000001s", "finer than a microsecond"),  # not silently 86400 s
+    ],
+)
+def test_durations_are_ascii_and_never_silently_cut(
+    client: httpx.Client, period: str, expected: str
+) -> None:
+    r = client.post(
+        "/kms/v1/keys",
+        json={"folderId": FOLDER, "defaultAlgorithm": "AES_256", "rotationPeriod": period},
+    )
+    body = assert_clean_error(r, 400)
+    assert body["code"] == 3
+    assert expected in str(body["message"])

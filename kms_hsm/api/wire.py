@@ -26,7 +26,9 @@ from kms_hsm.errors import InvalidArgument
 
 E = TypeVar("E", bound=enum.IntEnum)
 _B64_CHARS = re.compile(rb"[A-Za-z0-9+/_-]*={0,2}\Z")
-_DURATION = re.compile(r"(-?)(\d{1,12})(?:\.(\d{1,9}))?s\Z")
+# ASCII digits only: ``\d`` alone also takes other scripts' digits (Arabic-Indic "12s"
+# was read as 12 s).
+_DURATION = re.compile(r"(-?)([0-9]{1,12})(?:\.([0-9]{1,9}))?s\Z", re.ASCII)
 _CAMEL = re.compile(r"_([a-z])")
 
 
@@ -332,7 +334,11 @@ def parse_duration(field: str, value: str) -> timedelta:
     if not match:
         raise FieldError(field, 'must be a duration string such as "86400s"')
     sign, seconds, fraction = match.groups()
-    micros = int((fraction or "0").ljust(9, "0")[:6])
+    nanos = (fraction or "").ljust(9, "0")
+    if nanos[6:] != "000":
+        # Kept in microseconds: a finer duration is refused, never silently cut.
+        raise FieldError(field, "must not be finer than a microsecond")
+    micros = int(nanos[:6])
     delta = timedelta(seconds=int(seconds), microseconds=micros)
     return -delta if sign else delta
 
