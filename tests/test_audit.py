@@ -287,3 +287,17 @@ def test_sqlite_time_is_what_the_orm_stores(value) -> None:
     stored = orm(column_type.process_bind_param(value, dialect))
     assert sqlite_time(value) == stored
     assert sqlite_time(value, value.isoformat()) == stored
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("tokens", "create", "prn-x", "--expires-in", "0"),  # was: a token that never expires
+        ("tokens", "create", "prn-x", "--expires-in", "-5"),
+        ("bindings", "add", "--role", "kms.admin", "--subject", "prn-x"),  # was: every folder
+    ],
+)
+def test_cli_refuses_what_would_silently_grant_more(settings, tmp_path, args) -> None:
+    result = cli(snapshot_db(settings, tmp_path / "cli.db"), *args)
+    assert result.returncode == 2, result.stderr
+    assert "usage:" in result.stderr

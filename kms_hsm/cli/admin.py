@@ -50,7 +50,7 @@ def principals_revoke(args: argparse.Namespace) -> int:
 def tokens_create(args: argparse.Namespace) -> int:
     """Issue a token; shown once."""
     expires = None
-    if args.expires_in:
+    if args.expires_in is not None:
         expires = datetime.now().astimezone() + timedelta(seconds=args.expires_in)
     token, token_id = AuthService(_database()).issue_token(args.principal_id, expires)
     if args.output:
@@ -136,7 +136,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p = tokens.add_parser("create", help="issue a token (printed once)")
     p.add_argument("principal_id")
-    p.add_argument("--expires-in", type=int, help="seconds until it expires")
+    p.add_argument(
+        "--expires-in", type=_positive_seconds, help="seconds until it expires (default: never)"
+    )
     p.add_argument("--output", help="write the token to this file (mode 0600) instead")
     p.set_defaults(handler=tokens_create)
     p = tokens.add_parser("revoke", help="revoke a token by id")
@@ -148,7 +150,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     for name, handler in (("add", bindings_change), ("remove", bindings_change)):
         p = bindings.add_parser(name, help=f"{name} a role binding")
-        _resource_args(p)
+        # Where is never implied: a grant on every folder must be asked for (--instance).
+        _resource_args(p, required=True)
         p.add_argument("--role", required=True)
         p.add_argument("--subject", required=True, help="principal id (or allAuthenticatedUsers)")
         p.add_argument("--subject-type", default="serviceAccount")
@@ -167,8 +170,23 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.set_defaults(handler=audit_export)
 
 
-def _resource_args(p: argparse.ArgumentParser) -> None:
-    where = p.add_mutually_exclusive_group()
+def _resource_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    where = p.add_mutually_exclusive_group(required=required)
     where.add_argument("--folder")
     where.add_argument("--key")
-    where.add_argument("--instance", action="store_true", help="every folder (the default)")
+    where.add_argument(
+        "--instance",
+        action="store_true",
+        help="every folder" + ("" if required else " (the default)"),
+    )
+
+
+def _positive_seconds(value: str) -> int:
+    """A whole number of seconds above zero (0 or less would mean a token never expiring)."""
+    try:
+        seconds = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {value!r}") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("must be at least 1 second")
+    return seconds
