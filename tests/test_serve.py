@@ -80,9 +80,7 @@ def test_unreachable_hsm_at_start_retries_then_exits_clearly(tmp_path: Path) -> 
     conf = tmp_path / "softhsm2.conf"
     (tmp_path / "tokens").mkdir()
     conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\nobjectstore.backend = file\n")
-    pin = tmp_path / "pin"
-    pin.write_text("123456\n")
-    pin.chmod(0o600)
+    pin = _pin_file(tmp_path / "pin", "123456")
     env = serve_env(
         tmp_path / "data",
         free_port(),
@@ -98,9 +96,7 @@ def test_unreachable_hsm_at_start_retries_then_exits_clearly(tmp_path: Path) -> 
 
 
 def test_pin_file_readable_by_others_is_refused(tmp_path: Path) -> None:
-    pin = tmp_path / "pin"
-    pin.write_text("123456\n")
-    pin.chmod(0o644)
+    pin = _pin_file(tmp_path / "pin", "123456", mode=0o644)
     env = serve_env(tmp_path / "data", free_port(), KMS_HSM_PIN_FILE=str(pin))
     result = subprocess.run([KMS_HSM, "serve"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
@@ -112,9 +108,7 @@ def test_pin_file_readable_by_others_is_refused(tmp_path: Path) -> None:
 def test_a_refused_pin_is_not_tried_again(tmp_path: Path) -> None:
     """HSMs lock or zeroise after a few wrong PINs: one refusal ends the start at once."""
     init_token(tmp_path / "token")
-    pin = tmp_path / "wrong-pin"
-    pin.write_text("999999\n")
-    pin.chmod(0o600)
+    pin = _pin_file(tmp_path / "wrong-pin", "999999")
     env = serve_env(
         tmp_path / "data",
         free_port(),
@@ -129,3 +123,9 @@ def test_a_refused_pin_is_not_tried_again(tmp_path: Path) -> None:
     assert "cannot start: HSM login to token 'kms-hsm' failed: PinIncorrect" in result.stderr
     assert result.stderr.count("HSM agent not restarted") == 1
     assert "999999" not in result.stderr
+
+
+def _pin_file(path: Path, pin: str, mode: int = 0o600) -> Path:
+    path.write_text(pin + "\n")
+    path.chmod(mode)
+    return path
