@@ -46,6 +46,25 @@ class Settings(BaseSettings):
     # Seconds a token object must stay without a database row before it is destroyed.
     orphan_grace: float = Field(default=60.0, ge=0)
     log_level: str = "INFO"
+    # --- Limits on hostile clients (issue 15; README "Security") ---
+    # Largest request head (request line and headers) a connection may send: 431 beyond it.
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    # Seconds a connection has to send a complete request head, from its first byte or from
+    # the moment it opened; a connection that runs out is closed.
+    header_timeout: float = Field(default=10.0, gt=0)
+    # Open client connections per worker; the file-descriptor budget keeps a reserve for
+    # the token, the database and the scheduler beyond it.
+    max_connections: int = Field(default=4096, ge=1)
+    # Shortest rotationPeriod a key may have, in seconds.
+    min_rotation_period: float = Field(default=86_400.0, ge=1)
+    # Failed authentications allowed per principal and per source address in a window of
+    # seconds; beyond it the answer is 429 with Retry-After.
+    auth_failure_limit: int = Field(default=20, ge=1)
+    auth_failure_window: float = Field(default=60.0, gt=0)
+    # Session copies of HSM keys each agent keeps; the least recently used is destroyed.
+    session_cache_size: int = Field(default=1024, ge=1)
+    # Most seconds between checkpoints of the audit chain's head (token and audit log file).
+    audit_checkpoint_interval: float = Field(default=1.0, gt=0)
 
     @property
     def embedded_token(self) -> bool:
