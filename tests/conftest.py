@@ -26,6 +26,7 @@ from kms_hsm.api.app import create_app
 from kms_hsm.config import Settings
 from kms_hsm.crypto.pkcs11.sessions import SessionManager
 from kms_hsm.service.runtime import Runtime, prepare
+from tests import pg_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 SOFTHSM_MODULE = os.environ.get("KMS_HSM_PKCS11_LIBRARY", "/usr/lib/softhsm/libsofthsm2.so")
@@ -256,20 +257,36 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[sa.URL]:
+    """The PostgreSQL server of this session: the one ``KMS_HSM_TEST_DATABASE_URL`` names,
+    else a throwaway cluster started here (tests/pg_cluster.py) and stopped at the end."""
+    named = pg_cluster.url_from_environment()
+    if named is not None:
+        yield named
+        return
+    with pg_cluster.throwaway_cluster(pg_cluster.bin_dir()) as cluster:
+        yield cluster.url
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh schema in the machine's PostgreSQL (database test), dropped afterwards."""
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh schema in the session's PostgreSQL database, dropped afterwards."""
+    if request.node.get_closest_marker("postgres") is None:
+        # So that `-m "not postgres"` runs nothing that needs the server (checked before
+        # the server is started).
+        pytest.fail(f"{request.node.nodeid} uses PostgreSQL: mark it @pytest.mark.postgres")
+    postgres_server: sa.URL = request.getfixturevalue("postgres_server")
     schema = f"kms_test_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(PG_URL)
+    engine = sa.create_engine(postgres_server)
     try:
         with engine.begin() as conn:
             conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     except sa.exc.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required: {exc}")
-    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+        engine.dispose()
+        pytest.fail(f"PostgreSQL at {postgres_server!r} is required: {exc}")
+    url = postgres_server.update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
     with engine.begin() as conn:
         conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
     engine.dispose()

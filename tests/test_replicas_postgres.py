@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import KMS_HSM, free_port, init_token, serve_env, stop, wait_until_serving
+
+pytestmark = pytest.mark.postgres
 
 
 def _replica(root: Path, name: str, url: str) -> tuple[subprocess.Popen[bytes], str]:

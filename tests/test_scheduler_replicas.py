@@ -61,7 +61,9 @@ def _run_two_schedulers(token_dir: Path, url: str, tmp_path: Path) -> list[dict]
     return results
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 def test_two_processes_rotate_and_destroy_exactly_once(
     backend: str,
     token_dir: Path,
