@@ -2,7 +2,8 @@
 # Install what kms-hsm needs on a fresh Debian/Ubuntu machine, into ./.venv.
 #
 #   bash softhsm/bootstrap.sh          SoftHSM2 + the service
-#   bash softhsm/bootstrap.sh --dev    also the test tools (docker-compose, wrk, pytest, ...)
+#   bash softhsm/bootstrap.sh --dev    also the test tools (docker-compose, wrk, PostgreSQL,
+#                                      pytest, ...)
 #
 # Idempotent: installs only what is missing. Needs Python >= 3.11 (Debian 12, Ubuntu 24.04).
 set -euo pipefail
@@ -24,6 +25,10 @@ if $dev; then
   command -v wrk >/dev/null || packages+=(wrk)
   command -v pkcs11-tool >/dev/null || packages+=(opensc)
   command -v gcc >/dev/null || packages+=(gcc)
+  # The PostgreSQL tests run initdb and pg_ctl themselves (tests/pg_cluster.py); the
+  # cluster that Debian's package may create and start on port 5432 is not used.
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null ||
+    packages+=(postgresql)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
   echo "bootstrap: apt-get install ${packages[*]}"
