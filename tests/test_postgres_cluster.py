@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 import pwd
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -23,6 +23,7 @@ from tests.conftest import REPO
 # if asked to, so that the parent can interrupt it mid-test.
 CHILD_TEST = """
 import os, time
+import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -100,8 +101,11 @@ def _postgres_processes(data_dir: Path) -> list[str]:
 def _assert_gone(port: int, data_dir: Path) -> None:
     assert not data_dir.exists(), f"{data_dir} was left behind"
     assert _postgres_processes(data_dir) == []
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    # Not a bare TCP connect: another process may have been given the port since.
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(
+            host="127.0.0.1", port=port, user="postgres", dbname="test", connect_timeout=5
+        ).close()
 
 
 @pytest.mark.postgres
