@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, select, text
@@ -192,7 +193,13 @@ class Runtime:
         )
         audit = AuditLog(db, settings.audit_log_file)
         watch = StateWatch(engine)
-        keys = KeyService(db, keyring, clock, audit)
+        keys = KeyService(
+            db,
+            keyring,
+            clock,
+            audit,
+            min_rotation_period=timedelta(seconds=settings.min_rotation_period),
+        )
         return cls(
             settings=settings,
             engine=engine,
