@@ -183,6 +183,7 @@ class Runtime:
                 # why before the worker gives up on it.
                 startup_timeout=settings.call_timeout / 2,
                 log_level=settings.log_level.upper(),
+                session_cache_size=settings.session_cache_size,
             ),
             settings.call_timeout,
         )
