@@ -25,7 +25,7 @@ from tests.conftest import serve_inprocess
 
 LIMIT = 3
 # Long enough that the requests of one step always fit in it, even on a loaded machine.
-WINDOW = 3.0
+WINDOW = 5.0
 FOLDER = "b1gauthlimits"
 
 
