@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kms_hsm.errors import InvalidArgument
 
 DEFAULT_PKCS11_LIBRARY = "/usr/lib/softhsm/libsofthsm2.so"
+# KMS_HSM_MIN_ROTATION_PERIOD: whole seconds, or a whole number of s, m, h or d.
+_PERIOD = re.compile(r"([0-9]+)([smhd]?)", re.ASCII)
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 
 class Settings(BaseSettings):
@@ -55,8 +59,9 @@ class Settings(BaseSettings):
     # Open client connections per worker; the file-descriptor budget keeps a reserve for
     # the token, the database and the scheduler beyond it.
     max_connections: int = Field(default=4096, ge=1)
-    # Shortest rotationPeriod a key may have, in seconds.
-    min_rotation_period: float = Field(default=86_400.0, ge=1)
+    # Shortest rotationPeriod a key may have, in seconds ("86400", "24h" and "1d" are equal):
+    # each rotation makes a token object, so a short period fills the token.
+    min_rotation_period: int = Field(default=86_400, ge=1, le=3650 * 86_400)
     # Failed authentications allowed per principal and per source address in a window of
     # seconds; beyond it the answer is 429 with Retry-After.
     auth_failure_limit: int = Field(default=20, ge=1)
@@ -65,6 +70,17 @@ class Settings(BaseSettings):
     session_cache_size: int = Field(default=1024, ge=1)
     # Most seconds between checkpoints of the audit chain's head (token and audit log file).
     audit_checkpoint_interval: float = Field(default=1.0, gt=0)
+
+    @field_validator("min_rotation_period", mode="before")
+    @classmethod
+    def _period_with_unit(cls, value: object) -> object:
+        """Seconds, or a whole number with a unit: "90s", "30m", "24h", "1d"."""
+        if not isinstance(value, str):
+            return value
+        match = _PERIOD.fullmatch(value.strip())
+        if match is None:
+            raise ValueError('a whole number of seconds, or with a unit: "86400", "24h", "1d"')
+        return int(match[1]) * _UNIT_SECONDS[match[2]]
 
     @property
     def embedded_token(self) -> bool:

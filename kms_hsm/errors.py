@@ -40,6 +40,8 @@ class KmsError(Exception):
 
     default_message = "internal error"
     code: ClassVar[StatusCode] = StatusCode.INTERNAL
+    # Whole seconds after which a retry may succeed (HTTP Retry-After); None: not known.
+    retry_after: int | None = None
 
     def __init__(self, message: str | None = None, *, log_detail: str | None = None) -> None:
         self.message = message or self.default_message
@@ -105,10 +107,20 @@ class PermissionDenied(KmsError):
 
 
 class ResourceExhausted(KmsError):
-    """A quota or capacity limit was reached."""
+    """A quota or capacity limit was reached; ``retry_after`` says when it lets go."""
 
     default_message = "resource exhausted"
     code = StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retry_after: int | None = None,
+        log_detail: str | None = None,
+    ) -> None:
+        super().__init__(message, log_detail=log_detail)
+        self.retry_after = retry_after
 
 
 class Aborted(KmsError):

@@ -47,7 +47,7 @@ def dec(api, key_id, ciphertext, aad=b"ctx"):
 
 
 def test_update_with_mask(api) -> None:
-    key = create_key(api, "AES_256", name="before", labels={"a": "1"}, rotationPeriod="3600s")
+    key = create_key(api, "AES_256", name="before", labels={"a": "1"}, rotationPeriod="172800s")
     r = api.patch(
         f"/kms/v1/keys/{key['id']}",
         json={
@@ -64,7 +64,7 @@ def test_update_with_mask(api) -> None:
     assert updated["name"] == "after" and updated["labels"] == {"b": "2"}
     assert updated["deletionProtection"] is True
     assert "description" not in updated
-    assert updated["rotationPeriod"] == "3600s"
+    assert updated["rotationPeriod"] == "172800s"
     # A path in the mask that is absent from the body resets the field.
     r = api.patch(f"/kms/v1/keys/{key['id']}", json={"updateMask": "rotationPeriod,labels"})
     reset = op_ok(r, "UpdateSymmetricKeyMetadata")["response"]

@@ -78,6 +78,8 @@ def test_two_processes_rotate_and_destroy_exactly_once(
         pin_file=token_dir / "user-pin",
         database_url=url,
         scheduler_interval=0,
+        # Keys here rotate hourly, below the default floor of a day.
+        min_rotation_period=3600,
     )
     prepare(settings)
     clock = SteppingClock()

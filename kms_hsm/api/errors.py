@@ -70,7 +70,10 @@ def kms_error_response(request: Request, exc: KmsError) -> Response:
         f" ({exc.log_detail})" if exc.log_detail else "",
         extra={"request_id": request_id(request)},
     )
-    return error_response(request, code, exc.message, getattr(exc, "field", None))
+    response = error_response(request, code, exc.message, getattr(exc, "field", None))
+    if exc.retry_after is not None:
+        response.headers["retry-after"] = str(exc.retry_after)
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -2,6 +2,14 @@
 
 A token is ``kmsh1_`` + 43 base64url characters (256 random bits). Only its SHA-256 is
 stored; the token itself is shown once, when it is issued.
+
+Failed authentication is limited per source address and per principal (a revoked or
+expired token names its principal): beyond ``auth_failure_limit`` failures in
+``auth_failure_window`` seconds the answer is ResourceExhausted (429) with the seconds to
+wait, and a token that is not already known good is not even looked up. Missing or
+malformed credentials are not counted: they cost nothing and guess nothing. Tokens
+already known good (cached) are not limited, so a client sharing an address with an
+attacker keeps working; the budgets are per process (per worker).
 """
 
 from __future__ import annotations
@@ -11,13 +19,15 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NoReturn
 
 from sqlalchemy import select
 
 from kms_hsm.domain.ids import PRINCIPAL_PREFIX, new_id
-from kms_hsm.errors import NotFound, Unauthenticated
+from kms_hsm.errors import NotFound, ResourceExhausted, Unauthenticated
 from kms_hsm.service.cache import StateCache
 from kms_hsm.service.keys import Clock, utc_now
+from kms_hsm.service.limits import FailureWindow, source_key
 from kms_hsm.store import repository
 from kms_hsm.store.engine import Database
 from kms_hsm.store.state import StateWatch, bump_state
@@ -69,11 +79,19 @@ class AuthService:
     """Issues tokens and turns a presented token into a ``Principal``."""
 
     def __init__(
-        self, db: Database, clock: Clock = utc_now, watch: StateWatch | None = None
+        self,
+        db: Database,
+        clock: Clock = utc_now,
+        watch: StateWatch | None = None,
+        *,
+        failure_limit: int = 20,
+        failure_window: float = 60.0,
     ) -> None:
         self._db = db
         self._clock = clock
         self._known: StateCache[tuple[Principal, datetime | None]] = StateCache(watch)
+        self._failed_sources = FailureWindow(failure_limit, failure_window)
+        self._failed_principals = FailureWindow(failure_limit, failure_window)
 
     def has_principals(self) -> bool:
         """True once any principal exists."""
@@ -148,11 +166,13 @@ class AuthService:
                 for p in principals
             ]
 
-    def authenticate(self, authorization: str | None) -> Principal:
-        """The principal behind an ``Authorization: Bearer`` header value.
+    def authenticate(self, authorization: str | None, source: str = "") -> Principal:
+        """The principal behind an ``Authorization: Bearer`` header value sent from ``source``.
 
         Raises:
             Unauthenticated: missing, malformed, unknown, revoked or expired token.
+            ResourceExhausted: too many failures from ``source`` or for the token's
+                principal lately; ``retry_after`` says when to try again.
         """
         if not authorization:
             raise Unauthenticated()
@@ -161,20 +181,44 @@ class AuthService:
         if scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN_CHARS:
             raise Unauthenticated("malformed Authorization header: use Bearer <token>")
         digest = token_hash(token)
-        principal, expires_at = self._known.get(digest, lambda: self._load_token(digest))
+        principal, expires_at = self._known.get(digest, lambda: self._load_token(digest, source))
         if expires_at is not None and expires_at <= self._clock():
-            raise Unauthenticated("token is invalid or has expired")
+            self._refuse(source, principal.id)
         return principal
 
-    def _load_token(self, digest: str) -> tuple[Principal, datetime | None]:
+    def _load_token(self, digest: str, source: str) -> tuple[Principal, datetime | None]:
+        # Before the database: a source over its budget gets no more lookups.
+        wait = self._failed_sources.retry_after(source_key(source))
+        if wait is not None:
+            raise _too_many(wait)
         with self._db.read() as session:
             row = repository.find_token(session, digest)
             # The lookup is by hash; the compare is constant-time anyway.
             if row is None or not hmac.compare_digest(row.token_sha256, digest):
-                raise Unauthenticated("token is invalid or has expired")
+                self._refuse(source, None)
             if row.revoked_at is not None:
-                raise Unauthenticated("token is invalid or has expired")
+                self._refuse(source, row.principal_id)
             principal = session.get(PrincipalRow, row.principal_id)
             if principal is None or principal.disabled_at is not None:
-                raise Unauthenticated("token is invalid or has expired")
+                self._refuse(source, row.principal_id)
             return Principal(principal.id, principal.name), row.expires_at
+
+    def _refuse(self, source: str, principal_id: str | None) -> NoReturn:
+        """Count a failed token and refuse it: 401, or 429 once a budget is spent."""
+        keys = [(self._failed_sources, source_key(source))]
+        if principal_id is not None:
+            keys.append((self._failed_principals, principal_id))
+        waits = [w for table, key in keys if (w := table.retry_after(key)) is not None]
+        if waits:
+            # Refusals over the budget are not counted: the window lets go on time.
+            raise _too_many(max(waits))
+        for table, key in keys:
+            table.record(key)
+        raise Unauthenticated("token is invalid or has expired")
+
+
+def _too_many(retry_after: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"too many failed authentications; retry after {retry_after}s",
+        retry_after=retry_after,
+    )

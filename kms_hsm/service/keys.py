@@ -136,11 +136,14 @@ class KeyService:
         keyring: Keyring,
         clock: Clock = utc_now,
         audit: AuditLog | None = None,
+        *,
+        min_rotation_period: timedelta = timedelta(days=1),
     ) -> None:
         self._db = db
         self._keyring = keyring
         self._clock = clock
         self._audit = audit
+        self._min_rotation_period = min_rotation_period
         self._page_tokens: PageTokens | None = None
 
     @property
@@ -169,7 +172,7 @@ class KeyService:
         validation.check_id("folderId", spec.folder_id)
         validation.check_key_fields(spec.name, spec.description, spec.labels)
         validation.check_algorithm("defaultAlgorithm", spec.default_algorithm)
-        validation.check_rotation_period(spec.rotation_period)
+        self._check_rotation_period(spec.rotation_period)
         now = self._clock()
         key_id = new_id(KEY_PREFIX)
         version_id = new_id(KEY_PREFIX)
@@ -289,6 +292,15 @@ class KeyService:
         next_token = self._tokens().encode(scope, Cursor(last.created_at, last.id))
         return Page(items[:size], next_token)
 
+    def _check_rotation_period(self, period: timedelta | None) -> None:
+        validation.check_rotation_period(period)
+        # Each rotation makes a token object: a short period would fill the token.
+        if period is not None and period < self._min_rotation_period:
+            floor = int(self._min_rotation_period.total_seconds())
+            raise InvalidArgument(
+                f"rotationPeriod must be at least {floor}s (this server's minimum)"
+            )
+
     # ----------------------------------------------------------------- mutations
 
     def update(
@@ -312,7 +324,7 @@ class KeyService:
         if "default_algorithm" in mask:
             validation.check_algorithm("defaultAlgorithm", values.default_algorithm)
         if "rotation_period" in mask:
-            validation.check_rotation_period(values.rotation_period)
+            self._check_rotation_period(values.rotation_period)
         now = self._clock()
         with self._db.write() as session:
             row = self._lock_key(session, key_id)

@@ -92,7 +92,7 @@ async def run(
     call: Call | None = None
     pinned = rt.watch.pin()
     try:
-        principal = rt.auth.authenticate(transport.authorization)
+        principal = rt.auth.authenticate(transport.authorization, transport.source)
         call = Call(method, rt, transport, principal, key_id=key_id)
         result = await work(call)
     except KmsError as exc:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, select, text
@@ -182,6 +183,7 @@ class Runtime:
                 # why before the worker gives up on it.
                 startup_timeout=settings.call_timeout / 2,
                 log_level=settings.log_level.upper(),
+                session_cache_size=settings.session_cache_size,
             ),
             settings.call_timeout,
         )
@@ -192,14 +194,26 @@ class Runtime:
         )
         audit = AuditLog(db, settings.audit_log_file)
         watch = StateWatch(engine)
-        keys = KeyService(db, keyring, clock, audit)
+        keys = KeyService(
+            db,
+            keyring,
+            clock,
+            audit,
+            min_rotation_period=timedelta(seconds=settings.min_rotation_period),
+        )
         return cls(
             settings=settings,
             engine=engine,
             keyring=keyring,
             keys=keys,
             crypto=CryptoService(db, keyring, watch),
-            auth=AuthService(db, clock, watch),
+            auth=AuthService(
+                db,
+                clock,
+                watch,
+                failure_limit=settings.auth_failure_limit,
+                failure_window=settings.auth_failure_window,
+            ),
             access=AccessService(db, audit, clock, watch),
             audit=audit,
             audit_batcher=AuditBatcher(audit, db),

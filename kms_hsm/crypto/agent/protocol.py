@@ -47,6 +47,8 @@ class AgentConfig:
     pin: str = field(repr=False)
     startup_timeout: float
     log_level: str
+    # Session copies of HSM keys the agent keeps (least recently used destroyed).
+    session_cache_size: int = 1024
 
 
 def frame(message: Any) -> bytes:

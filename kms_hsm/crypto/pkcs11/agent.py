@@ -53,6 +53,7 @@ def serve(sock: socket.socket) -> None:
         config.token_label,
         config.pin,
         startup_timeout=config.startup_timeout,
+        session_cache_size=config.session_cache_size,
     )
     try:
         sessions.start()

@@ -86,7 +86,7 @@ class HsmCrypto:
         """Create a persistent, sensitive, never-extractable AES-256 key with ``CKA_ID``."""
 
         def op(ts: TokenSession) -> None:
-            ts.session.generate_key(
+            key = ts.session.generate_key(
                 KeyType.AES,
                 256,
                 id=object_id,
@@ -95,6 +95,8 @@ class HsmCrypto:
                 capabilities=_KEY_CAPABILITIES,
                 template=_TOKEN_KEY_TEMPLATE,
             )
+            # Its first use then needs no find, a scan of every object in the token.
+            ts.remember(object_id, key)
 
         self._sessions.run(op, writes=True)
 
