@@ -124,8 +124,7 @@ def check_binding(binding: Binding) -> Binding:
         )
     if binding.subject_type not in SUBJECT_TYPES:
         raise InvalidArgument(f"subject.type must be one of {', '.join(sorted(SUBJECT_TYPES))}")
-    if not binding.subject_id or len(binding.subject_id) > 100:
-        raise InvalidArgument("subject.id must be 1..100 characters")
+    validation.check_id("subject.id", binding.subject_id, max_len=validation.MAX_SUBJECT_ID)
     if binding.subject_type == "system" and binding.subject_id != "allAuthenticatedUsers":
         raise InvalidArgument("system subjects supported here: allAuthenticatedUsers")
     return binding
@@ -311,7 +310,13 @@ class AccessService:
     def _check_resource(resource: Resource) -> None:
         if resource.type not in _RESOURCE_TYPES:
             raise InvalidArgument("resource type must be key, folder or instance")
-        validation.check_id("resourceId", resource.id)
+        if resource.type == "instance":
+            if resource != Resource(*INSTANCE):
+                raise InvalidArgument(f"the instance's resourceId is {INSTANCE[1]!r}")
+            return
+        # Folder ids are at most 50 wherever they appear (keys' folderId).
+        longest = validation.MAX_ID if resource.type == "folder" else validation.MAX_RESOURCE_ID
+        validation.check_id("resourceId", resource.id, max_len=longest)
 
 
 def _row(resource: Resource, b: Binding, now: datetime) -> AccessBindingRow:

@@ -117,7 +117,7 @@ async def create_key(request: Request) -> Response:
                 "deletionProtection",
             ),
         )
-        folder_id = f.string("folderId", required=True, max_len=MAX_ID)
+        folder_id = f.identifier("folderId", required=True)
         algorithm = f.enum("defaultAlgorithm", Algorithm)
         if algorithm is Algorithm.SYMMETRIC_ALGORITHM_UNSPECIFIED:
             raise wire.FieldError("defaultAlgorithm", "is required")
@@ -150,7 +150,7 @@ async def list_keys(request: Request) -> Response:
 
     async def work(call: Call) -> dict[str, Any]:
         q = wire.Query(request.query_params, ("folderId", "pageSize", "pageToken"))
-        folder_id = q.string("folderId", required=True, max_len=MAX_ID)
+        folder_id = q.identifier("folderId", required=True)
         call.authorize_folder(folder_id)
         page = call.rt.keys.list_keys(folder_id, q.integer("pageSize"), q.string("pageToken"))
         return wire.compact(
@@ -190,7 +190,7 @@ async def set_primary_version(keyId: str, request: Request) -> Response:
 
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(await json_body(request), ("keyId", "versionId"))
-        version_id = f.string("versionId", required=True, max_len=MAX_ID)
+        version_id = f.identifier("versionId", required=True)
         call.authorize_key(_check_path_id("keyId", keyId))
         call.version_id = version_id
         op = call.rt.keys.set_primary_version(keyId, version_id, call.context)
@@ -210,7 +210,7 @@ async def schedule_version_destruction(keyId: str, request: Request) -> Response
 
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(await json_body(request), ("keyId", "versionId", "pendingPeriod"))
-        version_id = f.string("versionId", required=True, max_len=MAX_ID)
+        version_id = f.identifier("versionId", required=True)
         pending = f.duration("pendingPeriod")
         call.authorize_key(_check_path_id("keyId", keyId))
         call.version_id = version_id
@@ -231,7 +231,7 @@ async def cancel_version_destruction(keyId: str, request: Request) -> Response:
 
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(await json_body(request), ("keyId", "versionId"))
-        version_id = f.string("versionId", required=True, max_len=MAX_ID)
+        version_id = f.identifier("versionId", required=True)
         call.authorize_key(_check_path_id("keyId", keyId))
         call.version_id = version_id
         op = call.rt.keys.cancel_version_destruction(keyId, version_id, call.context)
