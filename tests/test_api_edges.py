@@ -8,13 +8,19 @@ redirect and repeated Authorization headers.
 from __future__ import annotations
 
 import base64
-from urllib.parse import quote
+import logging
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
 
 from kms_hsm.service.runtime import Runtime
-from tests.conftest import create_key
+from tests.conftest import KMS_HSM, create_key, free_port, serve_env, stop, wait_until_serving
 
 FOLDER = "b1g-edges"
 BAD_IDS = {
@@ -114,3 +120,163 @@ def test_identifiers_are_checked_below_the_api(runtime: Runtime, wait: object) -
         wait(runtime.keys.create(spec, "tester"))  # type: ignore[operator]
     with pytest.raises(InvalidArgument, match="resourceId"):
         runtime.access.set_bindings(Resource("folder", "a\nb"), [], "tester")
+
+
+# --- log lines --------------------------------------------------------------------------
+
+
+def test_client_strings_reach_the_server_log_escaped(tmp_path: Path) -> None:
+    """Control characters sent in a path never reach ``kms-hsm serve``'s log raw."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [KMS_HSM, "serve"], env=serve_env(tmp_path / "data", port), stdout=log, stderr=log
+        )
+    try:
+        wait_until_serving(proc, base)
+        token = (tmp_path / "data" / "admin-token").read_text().strip()
+        forged = "%0A2026-01-01 00:00:00,000 INFO [1] FORGED%0D%1B[31m%C2%85%E2%80%A8\\x0a"
+        with httpx.Client(
+            base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ) as c:
+            for path in (
+                f"/kms/v1/keys/abc{forged}",  # control plane
+                f"/kms/v1/keys/abc{forged}:encrypt",  # data plane
+                f"/operations/x{forged}",
+            ):
+                r = c.request("POST" if path.endswith(":encrypt") else "GET", path, json={})
+                assert 400 <= r.status_code < 500, r.text
+            r = httpx.get(f"{base}/kms/v1/keys/unauth{forged}", timeout=30)
+            assert r.status_code == 401
+    finally:
+        stop(proc)
+    text = log_path.read_bytes().decode("utf-8", "replace")
+    assert "abc" in text, text  # the requests were logged
+    for raw in ("\x1b", "\r", "\x85", "\u2028"):
+        assert raw not in text, f"raw {raw!r} in the log"
+    forged_lines = [line for line in text.split("\n") if "FORGED" in line]
+    assert len(forged_lines) == 4, text
+    for line in forged_lines:  # each is one record of ours, never a line of its own
+        assert re.match(r"\d{4}-\d\d-\d\d [\d:,]+ INFO \[\d+\] kms_hsm\.api: (GET|POST) /", line)
+    assert "abc\\x0a2026-01-01" in text
+    assert "\\\\x0a" in text  # a backslash the client sent is itself escaped
+
+
+def test_log_formatter_escapes_messages_and_indents_tracebacks() -> None:
+    from kms_hsm.logs import EscapingFormatter
+
+    formatter = EscapingFormatter("%(levelname)s %(message)s")
+    try:
+        raise ValueError("bad\nFORGED line")
+    except ValueError:
+        record = logging.LogRecord(
+            "t", logging.ERROR, __file__, 1, "path %s", ("a\nb\x1b",), sys.exc_info()
+        )
+    lines = formatter.format(record).split("\n")
+    assert lines[0] == "ERROR path a\\x0ab\\x1b"
+    assert all(line.startswith("  ") for line in lines[1:]), lines
+    assert "  FORGED line" in lines
+
+
+# --- X-Request-Id -----------------------------------------------------------------------
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
+
+
+def _audited_request_ids(runtime: Runtime) -> set[str]:
+    return {chained.event.request_id for chained in runtime.audit.events()}
+
+
+@pytest.mark.parametrize(
+    "rid",
+    ["4d1c1ad2-5b8e-4f2f-9f5e-0d6c8b2d7a11", "req:42", "web.7f3a_x-1", "0" * 64],
+    ids=["uuid", "colon", "dotted", "64-chars"],
+)
+def test_request_ids_that_look_like_one_are_kept(
+    api: httpx.Client, runtime: Runtime, key_id: str, rid: str
+) -> None:
+    r = api.get(f"/kms/v1/keys/{key_id}", headers={"x-request-id": rid})
+    assert r.status_code == 200
+    assert r.headers["x-request-id"] == rid
+    r = api.post(
+        f"/kms/v1/keys/{key_id}:encrypt", json={"plaintext": "YQ=="}, headers={"x-request-id": rid}
+    )
+    assert r.status_code == 200
+    assert r.headers["x-request-id"] == rid
+    assert rid in _audited_request_ids(runtime)
+
+
+@pytest.mark.parametrize(
+    "rid",
+    [b"r" * 65, b"a b", b"x/y", b"\xff\xfe", b'"quoted"', b"\xe2\x80\xa8"],
+    ids=["65-chars", "space", "slash", "latin1", "quotes", "utf8-separator"],
+)
+def test_request_ids_that_do_not_look_like_one_are_replaced(
+    api: httpx.Client, runtime: Runtime, key_id: str, rid: bytes
+) -> None:
+    sent = rid.decode("latin-1")
+    for r in (
+        api.get(f"/kms/v1/keys/{key_id}", headers={b"x-request-id": rid}),
+        api.post(
+            f"/kms/v1/keys/{key_id}:encrypt",
+            json={"plaintext": "YQ=="},
+            headers={b"x-request-id": rid},
+        ),
+        api.get("/kms/v1/keys/nope", headers={b"x-request-id": rid}),
+    ):
+        assert 200 <= r.status_code < 500
+        assert UUID.match(r.headers["x-request-id"]), r.headers["x-request-id"]
+    audited = _audited_request_ids(runtime)
+    assert sent not in audited and sent[:100] not in audited
+
+
+def test_a_refused_request_id_is_kept_escaped_for_the_transport() -> None:
+    from kms_hsm.api.app import MAX_CLIENT_REQUEST_ID, _request_ids
+
+    rid, original = _request_ids({b"x-request-id": b"a\nb\x1b\\c d"})
+    assert UUID.match(rid)
+    assert original == "a\\x0ab\\x1b\\\\c d"
+    rid, original = _request_ids({b"x-request-id": b"\x01" * 500})
+    assert UUID.match(rid)
+    assert original == "\\x01" * (MAX_CLIENT_REQUEST_ID // 4)
+    assert _request_ids({b"x-request-id": b"req:42"}) == ("req:42", "")
+    rid, original = _request_ids({})
+    assert UUID.match(rid) and original == ""
+
+
+# --- two Authorization headers ----------------------------------------------------------
+
+
+def _raw_request(base_url: str, head: str, body: bytes = b"") -> tuple[int, bytes]:
+    parts = urlsplit(base_url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(head.encode("latin-1") + b"\r\n" + body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        status = int(data.split(b" ", 2)[1])
+        return status, data
+
+
+@pytest.mark.parametrize("order", ["good-first", "good-last"])
+def test_two_authorization_headers_are_refused_by_every_route(
+    base_url: str, admin_token: str, key_id: str, order: str
+) -> None:
+    good, bad = f"Bearer {admin_token}", "Bearer kmsh1_not-a-token"
+    first, second = (good, bad) if order == "good-first" else (bad, good)
+    auth = f"Authorization: {first}\r\nAuthorization: {second}\r\n"
+    body = b'{"plaintext": "YQ=="}'
+    for head, payload in (
+        (f"GET /kms/v1/keys/{key_id} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n", b""),
+        (
+            f"POST /kms/v1/keys/{key_id}:encrypt HTTP/1.1\r\nHost: x\r\n{auth}"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n",
+            body,
+        ),
+    ):
+        status, data = _raw_request(base_url, head, payload)
+        assert status == 401, data[:300]
+        assert b'"code":16' in data

@@ -64,7 +64,9 @@ def kms_error_response(request: Request, exc: KmsError) -> Response:
         level,
         "%s %s -> %s %s%s",
         request.method,
-        request.url.path,
+        # The path as received (escaped by the log formatter); ``request.url`` drops CR,
+        # LF and tab on its way through urllib, so the line would not show what was sent.
+        request.scope["path"],
         code,
         type(exc).__name__,
         f" ({exc.log_detail})" if exc.log_detail else "",
@@ -101,7 +103,7 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception(
             "unhandled error in %s %s",
             request.method,
-            request.url.path,
+            request.scope["path"],
             extra={"request_id": request_id(request)},
         )
         return error_response(request, 13, "internal error")
