@@ -280,3 +280,46 @@ def test_two_authorization_headers_are_refused_by_every_route(
         status, data = _raw_request(base_url, head, payload)
         assert status == 401, data[:300]
         assert b'"code":16' in data
+
+
+# --- §8: verb paths, folder operations, forged ciphertexts, timing, redirects -----------
+
+VERB_PATHS = [
+    "/kms/v1/keys/abc:rotate",
+    "/kms/v1/keys/abc:encrypt",
+    "/kms/v1/keys/abc:setAccessBindings",
+    "/kms/v1/keys/abc:listAccessBindings",
+    "/kms-hsm/v1/folders/b1g:updateAccessBindings",
+]
+
+
+@pytest.mark.parametrize("path", VERB_PATHS)
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PATCH"])
+def test_methods_a_verb_path_does_not_take_are_405(
+    api: httpx.Client, method: str, path: str
+) -> None:
+    if method == "GET" and path.endswith(":listAccessBindings"):
+        pytest.skip("GET is that path's method")
+    r = api.request(method, path)
+    assert r.status_code == 405, r.text
+    assert r.json()["code"] == 12
+    assert r.headers["allow"] in ("GET", "POST")
+    assert r.headers["x-request-id"]
+
+
+def test_unknown_verbs_are_still_a_bad_key_id(api: httpx.Client) -> None:
+    assert_invalid(api.get("/kms/v1/keys/abc:nope"), "keyId")
+
+
+@pytest.mark.parametrize("path", ["/kms/v1/keys/", "/operations/", "/healthz/"])
+def test_trailing_slashes_are_not_redirected_by_the_client_host(
+    base_url: str, admin_token: str, path: str
+) -> None:
+    r = httpx.get(
+        f"{base_url}{path}",
+        headers={"Host": "evil.example", "Authorization": f"Bearer {admin_token}"},
+        follow_redirects=False,
+    )
+    assert not r.is_redirect, r.headers
+    assert "location" not in r.headers
+    assert r.status_code == 404 and r.json()["code"] == 5, r.text

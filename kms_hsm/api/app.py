@@ -19,7 +19,8 @@ from kms_hsm import __version__
 from kms_hsm.api import wire
 from kms_hsm.api.deps import BODY_KEY, HEADERS_KEY, MAX_BODY_BYTES, read_body
 from kms_hsm.api.errors import error_response, install_error_handlers, kms_error_response
-from kms_hsm.api.openapi import install_openapi
+from kms_hsm.api.openapi import bindings, install_openapi
+from kms_hsm.api.rest import verb_guard
 from kms_hsm.api.routes import access, crypto, health, keys
 from kms_hsm.config import Settings
 from kms_hsm.errors import KmsError
@@ -258,7 +259,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     install_error_handlers(app)
 
     app.add_middleware(RequestGuard)
+    # No trailing-slash redirect: Starlette built its Location from the client's Host
+    # header (an open redirect), and API clients call exact paths; "/kms/v1/keys/" is 404.
+    app.router.redirect_slashes = False
     # Verb routes on {resourceId} must come before the catch-all GET /kms/v1/keys/{keyId}.
+    app.include_router(verb_guard(bindings()))
     app.include_router(access.routes.router)
     app.include_router(keys.routes.router)
     app.include_router(health.router)

@@ -96,7 +96,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:
             # The HTTP answer is 405 (the path exists, the method does not), with the
             # gRPC code a transcoder gives an unknown method: 12 UNIMPLEMENTED.
-            return error_response(request, 12, "method not allowed on this path", None, 405)
+            response = error_response(request, 12, "method not allowed on this path", None, 405)
+            if exc.headers and "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
         return error_response(request, code, str(exc.detail))
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
