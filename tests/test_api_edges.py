@@ -311,6 +311,46 @@ def test_unknown_verbs_are_still_a_bad_key_id(api: httpx.Client) -> None:
     assert_invalid(api.get("/kms/v1/keys/abc:nope"), "keyId")
 
 
+def _principal(runtime: Runtime, name: str) -> tuple[str, httpx.Client]:
+    principal = runtime.auth.create_principal(name)
+    token, _ = runtime.auth.issue_token(principal.id)
+    return principal.id, httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def test_folder_binding_operations_are_readable_by_their_author(
+    api: httpx.Client, base_url: str, runtime: Runtime
+) -> None:
+    folder = "b1g-edges-ops"
+    stranger_id, stranger = _principal(runtime, "stranger")
+    viewer = {"roleId": "kms.viewer", "subject": {"id": stranger_id, "type": "serviceAccount"}}
+    for verb, body in (
+        ("setAccessBindings", {"accessBindings": []}),
+        (
+            "updateAccessBindings",
+            {"accessBindingDeltas": [{"action": "ADD", "accessBinding": viewer}]},
+        ),
+    ):
+        r = api.post(f"/kms-hsm/v1/folders/{folder}:{verb}", json=body)
+        assert r.status_code == 200, r.text
+        op = r.json()
+        got = api.get(f"/operations/{op['id']}")
+        assert got.status_code == 200, got.text
+        assert got.json() == op
+    # A caller with no role on the folder is told nothing of its operations; a viewer may read.
+    set_op = api.post(
+        f"/kms-hsm/v1/folders/{folder}:setAccessBindings", json={"accessBindings": []}
+    ).json()
+    with stranger:
+        r = stranger.get(f"{base_url}/operations/{set_op['id']}")
+        assert r.status_code == 404 and r.json()["code"] == 5, r.text
+        r = api.post(
+            f"/kms-hsm/v1/folders/{folder}:setAccessBindings", json={"accessBindings": [viewer]}
+        )
+        assert r.status_code == 200
+        r = stranger.get(f"{base_url}/operations/{set_op['id']}")
+        assert r.status_code == 200, r.text
+
+
 @pytest.mark.parametrize("path", ["/kms/v1/keys/", "/operations/", "/healthz/"])
 def test_trailing_slashes_are_not_redirected_by_the_client_host(
     base_url: str, admin_token: str, path: str

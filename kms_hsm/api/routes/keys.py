@@ -15,7 +15,7 @@ from kms_hsm.api.rest import Routes
 from kms_hsm.domain.model import Algorithm, KeyStatus
 from kms_hsm.domain.records import key_from_record, version_from_record
 from kms_hsm.domain.validation import MAX_DESCRIPTION, MAX_ID, MAX_NAME
-from kms_hsm.errors import NotFound
+from kms_hsm.errors import NotFound, PermissionDenied
 from kms_hsm.service import methods
 from kms_hsm.service.keys import KeySpec, KeyUpdate
 from kms_hsm.service.pipeline import Call
@@ -347,15 +347,24 @@ async def get_key(keyId: str, request: Request) -> Response:
 
 @routes.bind(methods.GET_OPERATION, "get", "/operations/{operationId}", summary="Get an operation")
 async def get_operation(operationId: str, request: Request) -> Response:
-    """OperationService.Get: allowed to whoever may view the operation's key."""
+    """OperationService.Get: allowed to whoever may view the operation's key or folder.
+
+    An operation on no key (a folder's or the instance's access bindings) is also
+    readable by its author, who may have given up their own role on the folder in it.
+    """
 
     async def work(call: Call) -> dict[str, Any]:
         op = call.rt.keys.get_operation(_check_path_id("operationId", operationId))
-        if op.key_id is None:
-            raise NotFound(f"operation {operationId} not found")
         try:
-            call.authorize_key(op.key_id, deleted_too=True)
+            if op.key_id is not None:
+                call.authorize_key(op.key_id, deleted_too=True)
+            elif op.created_by != call.principal.id:
+                call.authorize_folder(str(op.metadata["value"].get("resource_id", "")))
         except NotFound:
+            raise NotFound(f"operation {operationId} not found") from None
+        except PermissionDenied:
+            if op.key_id is not None:
+                raise  # a role on the key, but not this one: as for the key itself
             raise NotFound(f"operation {operationId} not found") from None
         return operation_json(op)
 
