@@ -351,6 +351,58 @@ def test_folder_binding_operations_are_readable_by_their_author(
         assert r.status_code == 200, r.text
 
 
+def _forged(ciphertext: str) -> str:
+    raw = bytearray(base64.b64decode(ciphertext))
+    raw[-1] ^= 0x01  # the version id in the header stays; the tag no longer matches
+    return b64(bytes(raw))
+
+
+@pytest.mark.parametrize("algorithm", ["AES_256", "AES_256_HSM"])
+def test_forged_ciphertexts_naming_a_scheduled_or_destroyed_version_fail_uniformly(
+    api: httpx.Client, runtime: Runtime, clock: object, wait: object, algorithm: str
+) -> None:
+    from datetime import timedelta
+
+    key = create_key(api, algorithm, folderId=FOLDER)
+    key_id, v1 = key["id"], key["primaryVersion"]["id"]  # type: ignore[index]
+
+    def decrypt(ciphertext: str) -> httpx.Response:
+        return api.post(f"/kms/v1/keys/{key_id}:decrypt", json={"ciphertext": ciphertext})
+
+    genuine = api.post(f"/kms/v1/keys/{key_id}:encrypt", json={"plaintext": "YQ=="}).json()
+    forged = _forged(genuine["ciphertext"])
+    uniform = decrypt(forged)
+    assert uniform.status_code == 400 and uniform.json()["code"] == 3  # while ACTIVE
+
+    assert api.post(f"/kms/v1/keys/{key_id}:rotate").status_code == 200
+    r = api.post(
+        f"/kms/v1/keys/{key_id}:scheduleVersionDestruction",
+        json={"versionId": v1, "pendingPeriod": "86400s"},
+    )
+    assert r.status_code == 200, r.text
+    r = decrypt(forged)
+    assert (r.status_code, r.json()["code"], r.json()["message"]) == (
+        400,
+        3,
+        uniform.json()["message"],
+    ), r.text
+    assert "SCHEDULED" not in r.text
+    # The genuine ciphertext authenticates: its caller may learn why it is refused.
+    r = decrypt(genuine["ciphertext"])
+    assert r.status_code == 400 and r.json()["code"] == 9, r.text
+
+    clock.advance(timedelta(days=1, seconds=1))  # type: ignore[attr-defined]
+    assert v1 in wait(runtime.scheduler.run_once()).destroyed  # type: ignore[operator,attr-defined]
+    for ciphertext in (forged, genuine["ciphertext"]):
+        r = decrypt(ciphertext)
+        assert (r.status_code, r.json()["code"], r.json()["message"]) == (
+            400,
+            3,
+            uniform.json()["message"],
+        ), r.text
+        assert "DESTROYED" not in r.text
+
+
 @pytest.mark.parametrize("path", ["/kms/v1/keys/", "/operations/", "/healthz/"])
 def test_trailing_slashes_are_not_redirected_by_the_client_host(
     base_url: str, admin_token: str, path: str
