@@ -144,7 +144,7 @@ class AccessService:
         self._audit = audit
         self._clock = clock
         self._granted: StateCache[frozenset[Permission]] = StateCache(watch)
-        self._folders: StateCache[tuple[str, bool]] = StateCache(watch)
+        self._folders: StateCache[tuple[str, bool] | None] = StateCache(watch)
         self._allowed: StateCache[bool] = StateCache(watch)
 
     def permissions(
@@ -191,23 +191,33 @@ class AccessService:
     def _authorize_key(
         self, principal_id: str, permission: Permission, key_id: str, deleted_too: bool
     ) -> bool:
-        folder_id, deleted = self._folders.get(key_id, lambda: self._load_folder(key_id))
-        if deleted and not deleted_too:
-            raise NotFound(f"key {key_id} not found")
+        found = self._folders.get(key_id, lambda: self._load_folder(key_id))
+        folder_id, deleted = found or ("", False)
+        # An unknown key takes the same steps as a key the caller has no role on: one
+        # folder lookup and one permissions lookup, each cached until the next state
+        # change. Unknown ids were looked up anew on every request (~0.95 ms against
+        # ~0.55 ms), which told a caller with no role which ids exist.
         granted = self.permissions(
             principal_id, [Resource("key", key_id), Resource("folder", folder_id)]
         )
+        if found is None or (deleted and not deleted_too):
+            raise NotFound(f"key {key_id} not found")
         if permission in granted:
             return True
         if not granted:
             raise NotFound(f"key {key_id} not found")
         raise PermissionDenied(f"permission denied: {permission.value} on key {key_id}")
 
-    def _load_folder(self, key_id: str) -> tuple[str, bool]:
+    def _load_folder(self, key_id: str) -> tuple[str, bool] | None:
+        """(folder id, deleted) of a key; None when there is no such key.
+
+        None is cached like a key: key ids are random (85 bits) and made only by Create,
+        so no request can name a key before it exists.
+        """
         with self._db.read() as session:
             row = session.get(KeyRow, key_id)
             if row is None:
-                raise NotFound(f"key {key_id} not found")
+                return None
             return row.folder_id, row.deleted_at is not None
 
     def authorize_folder(self, principal_id: str, permission: Permission, folder_id: str) -> None:
