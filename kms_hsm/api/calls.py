@@ -41,7 +41,7 @@ def transport(request: Request) -> pipeline.Transport:
         authorization(request),
         state["request_id"],
         str(client[0]) if client else "",
-        state["client_request_id"],
+        state.get("client_request_id", ""),
     )
 
 
