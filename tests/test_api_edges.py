@@ -295,13 +295,18 @@ VERB_PATHS = [
 ]
 
 
-@pytest.mark.parametrize("path", VERB_PATHS)
-@pytest.mark.parametrize("method", ["GET", "DELETE", "PATCH"])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        (method, path)
+        for path in VERB_PATHS
+        for method in ("GET", "DELETE", "PATCH")
+        if not (method == "GET" and path.endswith(":listAccessBindings"))  # its own method
+    ],
+)
 def test_methods_a_verb_path_does_not_take_are_405(
     api: httpx.Client, method: str, path: str
 ) -> None:
-    if method == "GET" and path.endswith(":listAccessBindings"):
-        pytest.skip("GET is that path's method")
     r = api.request(method, path)
     assert r.status_code == 405, r.text
     assert r.json()["code"] == 12
