@@ -6,6 +6,7 @@ import gc
 import logging
 import os
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,10 +19,12 @@ from kms_hsm import __version__
 from kms_hsm.api import wire
 from kms_hsm.api.deps import BODY_KEY, HEADERS_KEY, MAX_BODY_BYTES, read_body
 from kms_hsm.api.errors import error_response, install_error_handlers, kms_error_response
-from kms_hsm.api.openapi import install_openapi
+from kms_hsm.api.openapi import bindings, install_openapi
+from kms_hsm.api.rest import verb_guard
 from kms_hsm.api.routes import access, crypto, health, keys
 from kms_hsm.config import Settings
 from kms_hsm.errors import KmsError
+from kms_hsm.logs import escape
 from kms_hsm.service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -47,8 +50,36 @@ _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
-def _request_id(headers: dict[bytes, bytes]) -> str:
-    return headers.get(b"x-request-id", b"")[:100].decode("latin-1") or new_request_id()
+# A client's X-Request-Id is taken as the request's id only when it looks like one:
+# UUIDs, ULIDs, hex trace ids, W3C traceparent values ("00-<32 hex>-<16 hex>-01", 55
+# characters) and dotted or colon-separated ids ("req:42", "web.7f3a") all fit; nothing
+# that could split, forge or bloat a log line or audit record does.
+_CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+# What is kept of a refused one, for the audit trail: escaped, at most this long.
+MAX_CLIENT_REQUEST_ID = 100
+
+
+def _request_ids(headers: dict[bytes, bytes]) -> tuple[str, str]:
+    """(the request's id, the client's X-Request-Id when it was refused, escaped, else "")."""
+    sent = headers.get(b"x-request-id")
+    if sent is None:
+        return new_request_id(), ""
+    if _CLIENT_REQUEST_ID.fullmatch(sent):
+        return sent.decode("ascii"), ""
+    return new_request_id(), _escaped_prefix(sent.decode("latin-1"), MAX_CLIENT_REQUEST_ID)
+
+
+def _escaped_prefix(text: str, limit: int) -> str:
+    """``escape(text)`` cut to ``limit`` characters, never inside one character's escape."""
+    kept: list[str] = []
+    size = 0
+    for char in text[:limit]:
+        escaped = escape(char)
+        size += len(escaped)
+        if size > limit:
+            break
+        kept.append(escaped)
+    return "".join(kept)
 
 
 def _too_large(headers: dict[bytes, bytes]) -> bool:
@@ -92,8 +123,10 @@ async def _admit(
 ) -> tuple[dict[bytes, bytes], str] | None:
     """Headers and request id of an HTTP request; None when it was refused (too large)."""
     headers = dict(scope["headers"])
-    rid = _request_id(headers)
-    scope.setdefault("state", {})["request_id"] = rid
+    rid, client_rid = _request_ids(headers)
+    state = scope.setdefault("state", {})
+    state["request_id"] = rid
+    state["client_request_id"] = client_rid
     if _too_large(headers):
         response = error_response(
             Request(scope), 3, f"request body must be at most {MAX_BODY_BYTES} bytes"
@@ -226,7 +259,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     install_error_handlers(app)
 
     app.add_middleware(RequestGuard)
+    # No trailing-slash redirect: Starlette built its Location from the client's Host
+    # header (an open redirect), and API clients call exact paths; "/kms/v1/keys/" is 404.
+    app.router.redirect_slashes = False
     # Verb routes on {resourceId} must come before the catch-all GET /kms/v1/keys/{keyId}.
+    app.include_router(verb_guard(bindings()))
     app.include_router(access.routes.router)
     app.include_router(keys.routes.router)
     app.include_router(health.router)

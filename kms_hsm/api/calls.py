@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import Request, Response
 
 from kms_hsm.api import wire
-from kms_hsm.api.deps import header, runtime
+from kms_hsm.api.deps import runtime
 from kms_hsm.service import pipeline
 from kms_hsm.service.methods import Method
 from kms_hsm.service.pipeline import Call
@@ -21,15 +21,27 @@ from kms_hsm.service.pipeline import Call
 Work = Callable[[Call], Awaitable[dict[str, Any]]]
 
 
+def authorization(request: Request) -> str | None:
+    """The one ``Authorization`` header's value; None when there is none or more than one.
+
+    Two of them were read differently by different routes (the first by FastAPI's, the
+    last by the data plane's): a request that sends two is unauthenticated (401/16).
+    """
+    found = [v for k, v in request.scope["headers"] if k == b"authorization"]
+    return found[0].decode("latin-1") if len(found) == 1 else None
+
+
 def transport(request: Request) -> pipeline.Transport:
     """The caller's facts as HTTP gives them."""
     # From the scope, not ``request.client``: that builds a new Address on every access.
     client = request.scope.get("client")
+    # Both ids are set by the app's admission step (api/app.py) for every HTTP request.
+    state = request.scope["state"]
     return pipeline.Transport(
-        header(request, "authorization"),
-        # Set by the app's admission step (api/app.py) for every HTTP request.
-        request.scope["state"]["request_id"],
+        authorization(request),
+        state["request_id"],
         str(client[0]) if client else "",
+        state.get("client_request_id", ""),
     )
 
 

@@ -64,7 +64,9 @@ def kms_error_response(request: Request, exc: KmsError) -> Response:
         level,
         "%s %s -> %s %s%s",
         request.method,
-        request.url.path,
+        # The path as received (escaped by the log formatter); ``request.url`` drops CR,
+        # LF and tab on its way through urllib, so the line would not show what was sent.
+        request.scope["path"],
         code,
         type(exc).__name__,
         f" ({exc.log_detail})" if exc.log_detail else "",
@@ -97,14 +99,17 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:
             # The HTTP answer is 405 (the path exists, the method does not), with the
             # gRPC code a transcoder gives an unknown method: 12 UNIMPLEMENTED.
-            return error_response(request, 12, "method not allowed on this path", None, 405)
+            response = error_response(request, 12, "method not allowed on this path", None, 405)
+            if exc.headers and "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
         return error_response(request, code, str(exc.detail))
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception(
             "unhandled error in %s %s",
             request.method,
-            request.url.path,
+            request.scope["path"],
             extra={"request_id": request_id(request)},
         )
         return error_response(request, 13, "internal error")

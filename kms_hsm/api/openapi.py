@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from kms_hsm.api import schemas
 from kms_hsm.api.rest import Binding, Routes
 from kms_hsm.api.routes import access, crypto, keys
+from kms_hsm.api.schemas import ID_PATTERN
 
 if TYPE_CHECKING:
     from kms_hsm.api.app import KmsApp
@@ -49,7 +50,7 @@ def message_models(binding: Binding) -> tuple[type[BaseModel] | None, type[BaseM
 
 
 _QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
-    "folderId": {"type": "string", "maxLength": 50},
+    "folderId": {"type": "string", "minLength": 1, "maxLength": 50, "pattern": ID_PATTERN},
     "pageSize": {"type": "string", "format": "int64", "pattern": "^[0-9]{1,4}$"},
     "pageToken": {"type": "string", "maxLength": 256},
 }
@@ -104,8 +105,13 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             )
         for p in params:
             if p.get("in") == "path":
-                longest = 64 if p["name"] in ("resourceId", "folderId") else 50
-                p["schema"] = {"type": "string", "minLength": 1, "maxLength": longest}
+                longest = 64 if p["name"] == "resourceId" else 50
+                p["schema"] = {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": longest,
+                    "pattern": ID_PATTERN,
+                }
         operation["parameters"] = params
         responses: dict[str, Any] = {
             "200": {

@@ -9,12 +9,13 @@ renders from every binding and its method's message names.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from kms_hsm.service.methods import Method
 
@@ -78,3 +79,34 @@ class Routes:
             for b in self.bindings
             if not b.served
         ]
+
+
+# Methods that a catch-all route (``/kms/v1/keys/{keyId}``) also takes: without a route of
+# their own on a verb path they would reach it with "abc:rotate" as the key id.
+_CAUGHT_ALL = ("GET", "PATCH", "DELETE")
+
+
+def verb_guard(bindings: Iterable[Binding]) -> APIRouter:
+    """Routes that answer 405 for the methods a ``:verb`` path does not take.
+
+    Included before the other routers, so that ``GET /kms/v1/keys/abc:rotate`` is the
+    documented 405 (gRPC code 12), not a Get of a key named "abc:rotate".
+    """
+    allowed: dict[str, set[str]] = {}
+    for b in bindings:
+        if "}:" in b.path:
+            allowed.setdefault(b.path, set()).add(b.verb.upper())
+    router = APIRouter()
+    for path, verbs in allowed.items():
+        refused = [m for m in _CAUGHT_ALL if m not in verbs]
+        router.add_api_route(
+            path, _refusal(", ".join(sorted(verbs))), methods=refused, include_in_schema=False
+        )
+    return router
+
+
+def _refusal(allow: str) -> Callable[[], Awaitable[None]]:
+    async def not_allowed() -> None:
+        raise HTTPException(405, headers={"Allow": allow})
+
+    return not_allowed

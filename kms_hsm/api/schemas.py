@@ -23,6 +23,11 @@ KeyStatus = Literal["STATUS_UNSPECIFIED", "CREATING", "ACTIVE", "INACTIVE"]
 VersionStatus = Literal["STATUS_UNSPECIFIED", "ACTIVE", "SCHEDULED_FOR_DESTRUCTION", "DESTROYED"]
 
 
+# What ``validation.is_id`` accepts (lengths are per field).
+ID_PATTERN = r"^[A-Za-z0-9_-]+$"
+ID_OR_EMPTY = r"^[A-Za-z0-9_-]*$"  # optional ids: "" is the default (the primary version)
+
+
 def _bytes(description: str, max_bytes: int | None = None) -> Any:
     extra: dict[str, Any] = {"format": "byte"}
     if max_bytes is not None:
@@ -52,7 +57,7 @@ class Message(BaseModel):
 class SymmetricEncryptRequest(Message):
     """Body of :encrypt."""
 
-    versionId: str | None = Field(default=None, max_length=50)
+    versionId: str | None = Field(default=None, max_length=50, pattern=ID_OR_EMPTY)
     aadContext: str | None = _bytes("Additional authenticated data", 8192)
     plaintext: str = Field(
         min_length=1, description="Plaintext, 1..32768 bytes", json_schema_extra={"format": "byte"}
@@ -85,9 +90,9 @@ class SymmetricDecryptResponse(Message):
 class SymmetricReEncryptRequest(Message):
     """Body of :reEncrypt."""
 
-    versionId: str | None = Field(default=None, max_length=50)
+    versionId: str | None = Field(default=None, max_length=50, pattern=ID_OR_EMPTY)
     aadContext: str | None = _bytes("AAD for the new ciphertext", 8192)
-    sourceKeyId: str = Field(min_length=1, max_length=50)
+    sourceKeyId: str = Field(min_length=1, max_length=50, pattern=ID_PATTERN)
     sourceAadContext: str | None = _bytes("AAD of the source ciphertext", 8192)
     ciphertext: str = Field(min_length=1, json_schema_extra={"format": "byte"})
 
@@ -105,7 +110,7 @@ class SymmetricReEncryptResponse(Message):
 class GenerateDataKeyRequest(Message):
     """Body of :generateDataKey; dataKeySpec UNSPECIFIED means AES_256."""
 
-    versionId: str | None = Field(default=None, max_length=50)
+    versionId: str | None = Field(default=None, max_length=50, pattern=ID_OR_EMPTY)
     aadContext: str | None = _bytes("AAD bound to the data key ciphertext", 8192)
     dataKeySpec: Algorithm | None = None
     skipPlaintext: bool | None = None
@@ -153,7 +158,7 @@ class SymmetricKey(Message):
 class CreateSymmetricKeyRequest(Message):
     """Body of Create."""
 
-    folderId: str = Field(min_length=1, max_length=50)
+    folderId: str = Field(min_length=1, max_length=50, pattern=ID_PATTERN)
     name: str | None = Field(default=None, max_length=100)
     description: str | None = Field(default=None, max_length=1024)
     labels: dict[str, str] | None = Field(default=None, max_length=64)
@@ -178,20 +183,20 @@ class UpdateSymmetricKeyRequest(Message):
 class SetPrimarySymmetricKeyVersionRequest(Message):
     """Body of :setPrimaryVersion."""
 
-    versionId: str = Field(min_length=1, max_length=50)
+    versionId: str = Field(min_length=1, max_length=50, pattern=ID_PATTERN)
 
 
 class ScheduleSymmetricKeyVersionDestructionRequest(Message):
     """Body of :scheduleVersionDestruction; pendingPeriod defaults to 7 days."""
 
-    versionId: str = Field(min_length=1, max_length=50)
+    versionId: str = Field(min_length=1, max_length=50, pattern=ID_PATTERN)
     pendingPeriod: str | None = _duration("86400s .. 31536000s")
 
 
 class CancelSymmetricKeyVersionDestructionRequest(Message):
     """Body of :cancelVersionDestruction."""
 
-    versionId: str = Field(min_length=1, max_length=50)
+    versionId: str = Field(min_length=1, max_length=50, pattern=ID_PATTERN)
 
 
 class Any_(BaseModel):
@@ -248,7 +253,7 @@ class ListSymmetricKeyOperationsResponse(Message):
 class Subject(Message):
     """``yandex.cloud.access.Subject``."""
 
-    id: str = Field(max_length=100)
+    id: str = Field(min_length=1, max_length=100, pattern=ID_PATTERN)
     type: Literal["userAccount", "serviceAccount", "federatedUser", "system"]
 
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from kms_hsm.domain import validation
 from kms_hsm.domain.model import Key, KeyVersion
 from kms_hsm.errors import InvalidArgument
 
@@ -150,6 +151,12 @@ class Fields:
             raise FieldError(name, "is required")
         return check_text(name, value, max_len)
 
+    def identifier(
+        self, name: str, *, required: bool = False, max_len: int = validation.MAX_ID
+    ) -> str:
+        """An id field ("" when absent): 1..``max_len`` of ``[A-Za-z0-9_-]``."""
+        return check_identifier(name, self.string(name, required=required), max_len)
+
     def bytes_(self, name: str, *, required: bool = False, max_len: int | None = None) -> bytes:
         """A base64 bytes field (b"" when absent)."""
         value = self._get(name, required)
@@ -249,6 +256,12 @@ class Query:
             raise FieldError(name, "is required")
         return check_text(name, value, max_len)
 
+    def identifier(
+        self, name: str, *, required: bool = False, max_len: int = validation.MAX_ID
+    ) -> str:
+        """An id parameter ("" when absent): 1..``max_len`` of ``[A-Za-z0-9_-]``."""
+        return check_identifier(name, self.string(name, required=required), max_len)
+
     def integer(self, name: str) -> int:
         """An int64 parameter (0 when absent)."""
         value = self._values.get(name, "")
@@ -268,11 +281,18 @@ def check_text(field: str, value: str, max_len: int | None = None) -> str:
     return value
 
 
-def path_id(field: str, value: str, max_len: int = 50) -> str:
-    """An id taken from the URL path: 1..max_len characters, no ':' and no NUL."""
-    if not value or ":" in value:
-        raise FieldError(field, f"must be 1..{max_len} characters without ':'")
-    return check_text(field, value, max_len)
+def check_identifier(field: str, value: str, max_len: int = validation.MAX_ID) -> str:
+    """An id value ("" passes: required-ness is the caller's): ``validation.is_id``."""
+    if value and not validation.is_id(value, max_len):
+        raise FieldError(field, f"must be 1..{max_len} {validation.ID_RULE}")
+    return value
+
+
+def path_id(field: str, value: str, max_len: int = validation.MAX_ID) -> str:
+    """An id taken from the URL path: 1..max_len of ``[A-Za-z0-9_-]``."""
+    if not validation.is_id(value, max_len):
+        raise FieldError(field, f"must be 1..{max_len} {validation.ID_RULE}")
+    return value
 
 
 def field_mask(field: str, value: str, paths: Mapping[str, str]) -> frozenset[str]:

@@ -9,6 +9,8 @@ from kms_hsm.domain.model import SUPPORTED_ALGORITHMS, Algorithm
 from kms_hsm.errors import InvalidArgument
 
 MAX_ID = 50
+MAX_RESOURCE_ID = 64  # access.proto's resourceId
+MAX_SUBJECT_ID = 100  # access.proto's Subject.id
 MAX_NAME = 100
 MAX_DESCRIPTION = 1024
 MAX_LABELS = 64
@@ -18,12 +20,26 @@ _LABEL_KEY = re.compile(r"[a-z][-_0-9a-z]{0,62}\Z")
 _LABEL_VALUE = re.compile(r"[-_0-9a-z]{0,63}\Z")
 
 
-def check_id(field: str, value: str, *, required: bool = True) -> str:
-    """An id field: required unless told otherwise, at most 50 characters."""
-    if required and not value:
-        raise InvalidArgument(f"{field} is required")
-    if len(value) > MAX_ID:
-        raise InvalidArgument(f"{field} must be at most {MAX_ID} characters")
+# Yandex ids are Latin letters and digits; '_' and '-' keep client-chosen ids such as
+# folder "b1g-demo" valid. Nothing else: '/' and ':' are URL syntax here, and control
+# characters or spaces in an id would split or forge log and audit lines.
+_ID = re.compile(r"[A-Za-z0-9_-]+")
+ID_RULE = "characters of A-Z, a-z, 0-9, '_' and '-'"
+
+
+def is_id(value: str, max_len: int = MAX_ID) -> bool:
+    """True when ``value`` is a well-formed identifier of 1..``max_len`` characters."""
+    return 0 < len(value) <= max_len and _ID.fullmatch(value) is not None
+
+
+def check_id(field: str, value: str, *, required: bool = True, max_len: int = MAX_ID) -> str:
+    """An id field: required unless told otherwise, 1..``max_len`` of ``[A-Za-z0-9_-]``."""
+    if not value:
+        if required:
+            raise InvalidArgument(f"{field} is required")
+        return value
+    if not is_id(value, max_len):
+        raise InvalidArgument(f"{field} must be 1..{max_len} {ID_RULE}")
     return value
 
 

@@ -117,8 +117,21 @@ class CryptoService:
             if isinstance(exc, DecryptionFailed):
                 raise
             raise DecryptionFailed(log_detail="envelope names a version of another key") from None
-        _check_usable(key, stored)
+        if key.status is not KeyStatus.ACTIVE:
+            raise FailedPrecondition(f"key {key.id} is {key.status.name}, not ACTIVE")
+        # The version comes from the ciphertext, which anyone can forge: its state is told
+        # only to a caller whose ciphertext authenticates. A destroyed version can no
+        # longer authenticate anything, so it fails as every bad ciphertext does.
+        status = stored.version.status
+        if status is VersionStatus.DESTROYED:
+            raise DecryptionFailed(
+                log_detail=f"envelope names DESTROYED version {stored.version.id}"
+            )
         plaintext = await self._keyring.decrypt(key_id, stored, envelope, aad_context)
+        if status is not VersionStatus.ACTIVE:
+            raise FailedPrecondition(
+                f"version {stored.version.id} of key {key.id} is {status.name}"
+            )
         return DecryptResult(key_id, stored.version.id, plaintext)
 
     async def re_encrypt(

@@ -31,8 +31,10 @@ class Transport:
     """What the transport knows of the caller, before anything is checked."""
 
     authorization: str | None  # "Bearer <token>": HTTP header or gRPC metadata
-    request_id: str
+    request_id: str  # the client's when it looked like an id, else one made here
     source: str  # client address
+    # The client's request id when it was refused (escaped, bounded), else "".
+    client_request_id: str = ""
 
 
 @dataclass(slots=True)

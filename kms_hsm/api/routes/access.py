@@ -11,6 +11,7 @@ from kms_hsm.api.calls import handle
 from kms_hsm.api.deps import json_body
 from kms_hsm.api.rest import Routes
 from kms_hsm.api.routes.keys import operation_json
+from kms_hsm.domain.validation import MAX_ID, MAX_RESOURCE_ID, MAX_SUBJECT_ID
 from kms_hsm.errors import InvalidArgument
 from kms_hsm.service import methods
 from kms_hsm.service.access import Binding, Resource
@@ -21,12 +22,15 @@ _PAGING = ("pageSize", "pageToken")
 
 routes = Routes("AccessBindings")
 
-MAX_RESOURCE_ID = 64
 MAX_BINDINGS_TOKEN = 100
 
 
 def _resource_id(value: str) -> str:
     return wire.path_id("resourceId", value, MAX_RESOURCE_ID)
+
+
+def _folder_id(value: str) -> str:
+    return wire.path_id("folderId", value, MAX_ID)
 
 
 def _binding(field: str, value: Any) -> Binding:
@@ -37,10 +41,13 @@ def _binding(field: str, value: Any) -> Binding:
     if not isinstance(subject, dict):
         raise wire.FieldError(f"{field}.subject", "is required")
     s = wire.Fields(subject, ("id", "type"))
+    subject_id = subject.get("id")
+    if not isinstance(subject_id, str) or not subject_id:
+        raise wire.FieldError(f"{field}.subject.id", "is required (a string)")
     return Binding(
         f.string("roleId", required=True, max_len=64),
         s.string("type", required=True, max_len=100),
-        s.string("id", required=True, max_len=100),
+        wire.check_identifier(f"{field}.subject.id", subject_id, MAX_SUBJECT_ID),
     )
 
 
@@ -163,7 +170,7 @@ async def update_key_bindings(resourceId: str, request: Request) -> Response:
 )
 async def list_folder_bindings(folderId: str, request: Request) -> Response:
     """Folder bindings apply to every key in the folder (a kms-hsm extension)."""
-    resource = Resource("folder", _resource_id(folderId))
+    resource = Resource("folder", _folder_id(folderId))
     return await handle(
         request, methods.FOLDER_LIST_ACCESS_BINDINGS, lambda c: _list(request, c, resource)
     )
@@ -177,7 +184,7 @@ async def list_folder_bindings(folderId: str, request: Request) -> Response:
 )
 async def set_folder_bindings(folderId: str, request: Request) -> Response:
     """Replace every binding on a folder."""
-    resource = Resource("folder", _resource_id(folderId))
+    resource = Resource("folder", _folder_id(folderId))
     return await handle(
         request, methods.FOLDER_SET_ACCESS_BINDINGS, lambda c: _set(request, c, resource)
     )
@@ -191,7 +198,7 @@ async def set_folder_bindings(folderId: str, request: Request) -> Response:
 )
 async def update_folder_bindings(folderId: str, request: Request) -> Response:
     """ADD/REMOVE deltas on a folder's bindings."""
-    resource = Resource("folder", _resource_id(folderId))
+    resource = Resource("folder", _folder_id(folderId))
     return await handle(
         request, methods.FOLDER_UPDATE_ACCESS_BINDINGS, lambda c: _update(request, c, resource)
     )

@@ -41,7 +41,7 @@ async def encrypt_message(keyId: str, request: Request) -> dict[str, Any]:
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(await json_body(request), ("keyId", "versionId", "aadContext", "plaintext"))
         call.authorize_key(path_key_id(keyId))
-        version_id = f.string("versionId", max_len=MAX_ID)
+        version_id = f.identifier("versionId")
         plaintext = f.bytes_("plaintext", required=True, max_len=MAX_PLAINTEXT)
         aad = f.bytes_("aadContext", max_len=MAX_AAD)
         result = await call.rt.crypto.encrypt(keyId, version_id, plaintext, aad)
@@ -98,10 +98,10 @@ async def re_encrypt_message(keyId: str, request: Request) -> dict[str, Any]:
             await json_body(request),
             ("keyId", "versionId", "aadContext", "sourceKeyId", "sourceAadContext", "ciphertext"),
         )
-        source_key_id = f.string("sourceKeyId", required=True, max_len=MAX_ID)
+        source_key_id = f.identifier("sourceKeyId", required=True)
         call.authorize_key(path_key_id(keyId))
         call.authorize_key(source_key_id, Permission.DECRYPT)
-        version_id = f.string("versionId", max_len=MAX_ID)
+        version_id = f.identifier("versionId")
         aad = f.bytes_("aadContext", max_len=MAX_AAD)
         source_aad = f.bytes_("sourceAadContext", max_len=MAX_AAD)
         ciphertext = f.bytes_("ciphertext", required=True)
@@ -136,7 +136,7 @@ async def generate_data_key_message(keyId: str, request: Request) -> dict[str, A
             ("keyId", "versionId", "aadContext", "dataKeySpec", "skipPlaintext"),
         )
         call.authorize_key(path_key_id(keyId))
-        version_id = f.string("versionId", max_len=MAX_ID)
+        version_id = f.identifier("versionId")
         aad = f.bytes_("aadContext", max_len=MAX_AAD)
         spec = f.enum("dataKeySpec", Algorithm)
         skip = f.boolean("skipPlaintext")

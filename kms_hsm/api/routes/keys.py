@@ -15,7 +15,7 @@ from kms_hsm.api.rest import Routes
 from kms_hsm.domain.model import Algorithm, KeyStatus
 from kms_hsm.domain.records import key_from_record, version_from_record
 from kms_hsm.domain.validation import MAX_DESCRIPTION, MAX_ID, MAX_NAME
-from kms_hsm.errors import NotFound
+from kms_hsm.errors import NotFound, PermissionDenied
 from kms_hsm.service import methods
 from kms_hsm.service.keys import KeySpec, KeyUpdate
 from kms_hsm.service.pipeline import Call
@@ -117,7 +117,7 @@ async def create_key(request: Request) -> Response:
                 "deletionProtection",
             ),
         )
-        folder_id = f.string("folderId", required=True, max_len=MAX_ID)
+        folder_id = f.identifier("folderId", required=True)
         algorithm = f.enum("defaultAlgorithm", Algorithm)
         if algorithm is Algorithm.SYMMETRIC_ALGORITHM_UNSPECIFIED:
             raise wire.FieldError("defaultAlgorithm", "is required")
@@ -150,7 +150,7 @@ async def list_keys(request: Request) -> Response:
 
     async def work(call: Call) -> dict[str, Any]:
         q = wire.Query(request.query_params, ("folderId", "pageSize", "pageToken"))
-        folder_id = q.string("folderId", required=True, max_len=MAX_ID)
+        folder_id = q.identifier("folderId", required=True)
         call.authorize_folder(folder_id)
         page = call.rt.keys.list_keys(folder_id, q.integer("pageSize"), q.string("pageToken"))
         return wire.compact(
@@ -190,7 +190,7 @@ async def set_primary_version(keyId: str, request: Request) -> Response:
 
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(await json_body(request), ("keyId", "versionId"))
-        version_id = f.string("versionId", required=True, max_len=MAX_ID)
+        version_id = f.identifier("versionId", required=True)
         call.authorize_key(_check_path_id("keyId", keyId))
         call.version_id = version_id
         op = call.rt.keys.set_primary_version(keyId, version_id, call.context)
@@ -210,7 +210,7 @@ async def schedule_version_destruction(keyId: str, request: Request) -> Response
 
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(await json_body(request), ("keyId", "versionId", "pendingPeriod"))
-        version_id = f.string("versionId", required=True, max_len=MAX_ID)
+        version_id = f.identifier("versionId", required=True)
         pending = f.duration("pendingPeriod")
         call.authorize_key(_check_path_id("keyId", keyId))
         call.version_id = version_id
@@ -231,7 +231,7 @@ async def cancel_version_destruction(keyId: str, request: Request) -> Response:
 
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(await json_body(request), ("keyId", "versionId"))
-        version_id = f.string("versionId", required=True, max_len=MAX_ID)
+        version_id = f.identifier("versionId", required=True)
         call.authorize_key(_check_path_id("keyId", keyId))
         call.version_id = version_id
         op = call.rt.keys.cancel_version_destruction(keyId, version_id, call.context)
@@ -347,15 +347,24 @@ async def get_key(keyId: str, request: Request) -> Response:
 
 @routes.bind(methods.GET_OPERATION, "get", "/operations/{operationId}", summary="Get an operation")
 async def get_operation(operationId: str, request: Request) -> Response:
-    """OperationService.Get: allowed to whoever may view the operation's key."""
+    """OperationService.Get: allowed to whoever may view the operation's key or folder.
+
+    An operation on no key (a folder's or the instance's access bindings) is also
+    readable by its author, who may have given up their own role on the folder in it.
+    """
 
     async def work(call: Call) -> dict[str, Any]:
         op = call.rt.keys.get_operation(_check_path_id("operationId", operationId))
-        if op.key_id is None:
-            raise NotFound(f"operation {operationId} not found")
         try:
-            call.authorize_key(op.key_id, deleted_too=True)
+            if op.key_id is not None:
+                call.authorize_key(op.key_id, deleted_too=True)
+            elif op.created_by != call.principal.id:
+                call.authorize_folder(str(op.metadata["value"].get("resource_id", "")))
         except NotFound:
+            raise NotFound(f"operation {operationId} not found") from None
+        except PermissionDenied:
+            if op.key_id is not None:
+                raise  # a role on the key, but not this one: as for the key itself
             raise NotFound(f"operation {operationId} not found") from None
         return operation_json(op)
 
