@@ -13,10 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from kms_hsm.audit.chain import AuditEvent
+from kms_hsm.audit.store import AuditLog
 from kms_hsm.domain.ids import PRINCIPAL_PREFIX, new_id
 from kms_hsm.errors import NotFound, Unauthenticated
 from kms_hsm.service.cache import StateCache
+from kms_hsm.service.context import CallContext
 from kms_hsm.service.keys import Clock, utc_now
 from kms_hsm.store import repository
 from kms_hsm.store.engine import Database
@@ -69,10 +73,15 @@ class AuthService:
     """Issues tokens and turns a presented token into a ``Principal``."""
 
     def __init__(
-        self, db: Database, clock: Clock = utc_now, watch: StateWatch | None = None
+        self,
+        db: Database,
+        clock: Clock = utc_now,
+        watch: StateWatch | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
+        self._audit = audit
         self._known: StateCache[tuple[Principal, datetime | None]] = StateCache(watch)
 
     def has_principals(self) -> bool:
@@ -80,14 +89,38 @@ class AuthService:
         with self._db.read() as session:
             return session.scalars(select(PrincipalRow.id).limit(1)).first() is not None
 
-    def create_principal(self, name: str) -> Principal:
+    def _audited(self, session: Session, by: CallContext | None, method: str, subject: str) -> None:
+        """The change's audit event, in its transaction (``subject``: what it changed)."""
+        if self._audit is None or by is None:
+            return
+        self._audit.append(
+            session,
+            AuditEvent(
+                time=self._clock(),
+                principal_id=by.principal_id,
+                method=method,
+                key_id=subject,
+                version_id="",
+                outcome="OK",
+                request_id=by.request_id,
+                source=by.source,
+            ),
+        )
+
+    def create_principal(self, name: str, by: CallContext | None = None) -> Principal:
         """A new principal with no tokens."""
         principal = Principal(new_id(PRINCIPAL_PREFIX), name)
         with self._db.write() as session:
             session.add(PrincipalRow(id=principal.id, name=name, created_at=self._clock()))
+            self._audited(session, by, "Principal.Create", principal.id)
         return principal
 
-    def issue_token(self, principal_id: str, expires_at: datetime | None = None) -> tuple[str, str]:
+    def issue_token(
+        self,
+        principal_id: str,
+        expires_at: datetime | None = None,
+        by: CallContext | None = None,
+    ) -> tuple[str, str]:
         """A new bearer token for ``principal_id``: (token, token id). Shown once, stored hashed."""
         token = new_token()
         token_id = new_id("tok")
@@ -104,9 +137,10 @@ class AuthService:
                     expires_at=expires_at,
                 )
             )
+            self._audited(session, by, "Token.Create", token_id)
         return token, token_id
 
-    def revoke_token(self, token_id: str) -> None:
+    def revoke_token(self, token_id: str, by: CallContext | None = None) -> None:
         """Revoke one token; effective on the next request."""
         with self._db.write() as session:
             row = session.get(TokenRow, token_id)
@@ -114,8 +148,9 @@ class AuthService:
                 raise NotFound(f"token {token_id} not found")
             row.revoked_at = row.revoked_at or self._clock()
             bump_state(session)
+            self._audited(session, by, "Token.Revoke", token_id)
 
-    def revoke_principal(self, principal_id: str) -> None:
+    def revoke_principal(self, principal_id: str, by: CallContext | None = None) -> None:
         """Disable a principal and revoke all its tokens."""
         now = self._clock()
         with self._db.write() as session:
@@ -128,6 +163,7 @@ class AuthService:
                 select(TokenRow).where(TokenRow.principal_id == principal_id)
             ):
                 row.revoked_at = row.revoked_at or now
+            self._audited(session, by, "Principal.Revoke", principal_id)
 
     def list_principals(self) -> list[PrincipalInfo]:
         """Every principal with its token ids (never the tokens)."""
