@@ -21,10 +21,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
-from kms_hsm.audit.chain import AuditEvent, event_hash
+from kms_hsm.audit.chain import GENESIS, AuditEvent, event_hash
+from kms_hsm.audit.store import AuditLog
 from kms_hsm.service.runtime import Runtime
 from kms_hsm.service.scheduler import Scheduler
+from kms_hsm.store.engine import MIGRATIONS_DIR, Database, make_engine, upgrade_schema
+from kms_hsm.store.tables import AuditHeadRow
 from tests.conftest import REPO, create_key
 from tests.test_audit import _own_service, cli
 
@@ -217,7 +221,13 @@ def test_verify_refuses_a_forged_checkpoint_line(service, tmp_path) -> None:
 
 def test_event_mac_and_checkpoint_vectors() -> None:
     """Chain v2 is pinned byte for byte: canonical JSON, HMAC-SHA-256 link, checkpoint."""
-    from kms_hsm.audit.chain import ChainHead, Checkpoint, canonical_event_v2, event_mac
+    from kms_hsm.audit.chain import (
+        ChainHead,
+        ChainKey,
+        Checkpoint,
+        canonical_event_v2,
+        event_mac,
+    )
 
     event = AuditEvent(
         datetime(2026, 11, 28, 6, 0, 0, 123456, tzinfo=UTC),
@@ -230,7 +240,8 @@ def test_event_mac_and_checkpoint_vectors() -> None:
         "127.0.0.1",
         "my-req 1",
     )
-    key = bytes(range(32))
+    secret = bytes(range(32))
+    key = ChainKey(secret)
     canonical = (
         '{"client_request_id":"my-req 1","key_id":"abjkey","method":"SymmetricCrypto.Encrypt",'
         '"outcome":"OK","principal_id":"ajeadmin",'
@@ -239,7 +250,7 @@ def test_event_mac_and_checkpoint_vectors() -> None:
     )
     assert canonical_event_v2(2, event) == canonical
     link = "4e6e17c2ecd78a3862947e9eaddadf16eecd2686b933a8fb30a58acb0e70acb9"
-    assert hmac.new(key, ("ab" * 32 + canonical).encode(), hashlib.sha256).hexdigest() == link
+    assert hmac.new(secret, ("ab" * 32 + canonical).encode(), hashlib.sha256).hexdigest() == link
     assert event_mac(key, "ab" * 32, 2, event) == link
     checkpoint = Checkpoint.make(key, ChainHead(2, link), datetime(2026, 12, 4, 10, tzinfo=UTC))
     assert json.loads(checkpoint.to_json()) == {
@@ -249,7 +260,9 @@ def test_event_mac_and_checkpoint_vectors() -> None:
         "time": "2026-12-04T10:00:00+00:00",
         "mac": "cebff78b1610e62c8bda76a8898d4cf53a399b98d6c7e4425469ee5e3696bf33",
     }
-    assert checkpoint.valid(key) and not checkpoint.valid(bytes(32))
+    assert checkpoint.valid(key) and not checkpoint.valid(ChainKey(bytes(32)))
+    assert event_mac(key, "ab" * 32, 2, event) == link  # the keyed state is reused intact
+    assert "0001" not in repr(key)
 
 
 def test_client_request_id_is_stored_and_exported(runtime) -> None:
@@ -371,3 +384,53 @@ def test_orphan_sweep_destructions_are_audited(runtime, token_dir, wait) -> None
     assert [(e.principal_id, e.method) for e in events] == [
         ("system:scheduler", "Token.DestroyOrphanObject")
     ]
+
+
+def _v1_database_upgraded(url: str) -> tuple[AuditLog, int]:
+    """A database at migration 0005 holding a v1 chain, then upgraded: its log and length."""
+    from alembic import command
+    from alembic.config import Config
+
+    engine = make_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0005")
+    prev, rows = GENESIS, []
+    for seq in range(1, 4):  # what the code before chain v2 wrote
+        event = AuditEvent(
+            datetime(2026, 11, 1, 0, 0, seq, tzinfo=UTC), "p", "M", "k", "", "OK", "r", "s"
+        )
+        digest = event_hash(prev, seq, event)
+        rows.append(
+            {"seq": seq, "time": event.time, **event._asdict(), "prev_hash": prev, "hash": digest}
+        )
+        prev = digest
+    for row in rows:
+        del row["client_request_id"]
+        if engine.dialect.name == "sqlite":  # as UtcDateTime stores it there
+            row["time"] = row["time"].replace(tzinfo=None).isoformat(" ", "microseconds")
+    v1_table = sa.table("audit_events", *(sa.column(name) for name in rows[0]))
+    with engine.begin() as connection:
+        connection.execute(v1_table.insert(), rows)
+        connection.execute(
+            AuditHeadRow.__table__.update().where(AuditHeadRow.id == 1).values(seq=3, hash=prev)
+        )
+    upgrade_schema(engine)
+    return AuditLog(Database(engine), chain_key=bytes(32)), 3
+
+
+def test_a_v1_chain_upgraded_stays_verifiable_and_v2_begins_after_it(tmp_path) -> None:
+    """Existing databases keep their v1 events; verify says where the MAC'd part begins,
+    and a v1 event appended after it (a downgrade) is refused."""
+    log, v1_events = _v1_database_upgraded(f"sqlite:///{tmp_path / 'old.db'}")
+    log.record(AuditEvent(datetime.now(UTC), "p", "M", "k", "", "OK", "r", "s", "c"))
+    log.record(AuditEvent(datetime.now(UTC), "p", "M", "k", "", "OK", "r", "s"))
+    result = log.verify()
+    assert result.ok and result.events == v1_events + 2 and result.mac_from == v1_events + 1
+    with sqlite3.connect(tmp_path / "old.db") as db:
+        _relink_v1(db, v1_events + 2)
+    result = log.verify()
+    assert not result.ok and result.first_broken_seq == v1_events + 2
+    assert "unkeyed (v1) event after the MAC'd part began" in result.reason

@@ -32,6 +32,7 @@ from kms_hsm.audit.chain import (
     AuditEvent,
     ChainedEvent,
     ChainHead,
+    ChainKey,
     Checkpoint,
     Verification,
     event_mac,
@@ -133,14 +134,14 @@ class AuditLog:
         self._stream_path = stream_path
         self._stream_lock = threading.Lock()
         self._sql: dict[str, _Statements] = {}
-        self._key = chain_key
+        self._key = None if chain_key is None else ChainKey(chain_key)
 
     def set_chain_key(self, key: bytes) -> None:
         """The v2 chain key, unwrapped by the token (``chain.CHAIN_KEY_NAME``)."""
-        self._key = key
+        self._key = ChainKey(key)
 
     @property
-    def chain_key(self) -> bytes | None:
+    def chain_key(self) -> ChainKey | None:
         """The chain key once set (checkpoints are MAC'd with it too)."""
         return self._key
 
