@@ -434,3 +434,25 @@ def test_a_v1_chain_upgraded_stays_verifiable_and_v2_begins_after_it(tmp_path) -
     result = log.verify()
     assert not result.ok and result.first_broken_seq == v1_events + 2
     assert "unkeyed (v1) event after the MAC'd part began" in result.reason
+
+
+def test_the_token_checkpoint_is_not_moved_back_by_a_change_on_an_older_copy(
+    service, tmp_path
+) -> None:
+    """A CLI change on an older copy of the database (a fork behind the live chain) must
+    not replace the token's checkpoint of the live head: the live chain still verifies,
+    the fork does not."""
+    _runtime, api, home = service
+    _some_events(api, 1)
+    _checkpointed(home)
+    fork = _copy(home, tmp_path / "fork.db")
+    _some_events(api, 3)
+    live_head = _checkpointed(home)
+    changed = cli(_url(fork), "principals", "create", "forked")
+    assert changed.returncode == 0, changed.stderr
+    assert _head_seq(fork) < live_head
+    live = cli(_url(_db_path(home)), "audit", "verify")
+    assert live.returncode == 0, live.stdout + live.stderr
+    forked = cli(_url(fork), "audit", "verify")
+    assert forked.returncode == 1, forked.stdout + forked.stderr
+    assert "checkpoint in the token" in forked.stdout
