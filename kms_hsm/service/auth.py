@@ -20,7 +20,7 @@ from kms_hsm.audit.store import AuditLog
 from kms_hsm.domain.ids import PRINCIPAL_PREFIX, new_id
 from kms_hsm.errors import NotFound, Unauthenticated
 from kms_hsm.service.cache import StateCache
-from kms_hsm.service.context import CallContext
+from kms_hsm.service.context import CallContext, as_context
 from kms_hsm.service.keys import Clock, utc_now
 from kms_hsm.store import repository
 from kms_hsm.store.engine import Database
@@ -90,15 +90,19 @@ class AuthService:
             return session.scalars(select(PrincipalRow.id).limit(1)).first() is not None
 
     def _audited(self, session: Session, by: CallContext | None, method: str, subject: str) -> None:
-        """The change's audit event, in its transaction (``subject``: what it changed)."""
-        if self._audit is None or by is None:
+        """The change's audit event, in its transaction (``subject``: what it changed).
+
+        A change without a caller (an in-process call) is recorded as ``system:internal``.
+        """
+        if self._audit is None:
             return
+        by = as_context(by or "system:internal", method)
         self._audit.append(
             session,
             AuditEvent(
                 time=self._clock(),
                 principal_id=by.principal_id,
-                method=method,
+                method=by.method,
                 key_id=subject,
                 version_id="",
                 outcome="OK",
