@@ -250,8 +250,10 @@ class HsmCrypto:
     def write_data(self, label: str, value: bytes) -> None:
         """Make ``value`` the one private token data object labelled ``label``.
 
-        The new object is made before the old ones go, so that a crash in between leaves
-        two (readers take the newest content they trust) rather than none.
+        A new object each time: SoftHSM2 refuses ``C_SetAttributeValue`` on a data
+        object's ``CKA_VALUE`` (``CKR_ATTRIBUTE_READ_ONLY``, tried). It is made before the
+        old ones go, so that a crash in between leaves two (readers check them all) rather
+        than none. Measured on SoftHSM2: 4.5 ms a write, 0.13 ms a read.
         """
 
         def op(ts: TokenSession) -> None:
