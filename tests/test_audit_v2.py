@@ -29,7 +29,15 @@ from kms_hsm.service.runtime import Runtime
 from kms_hsm.service.scheduler import Scheduler
 from kms_hsm.store.engine import MIGRATIONS_DIR, Database, make_engine, upgrade_schema
 from kms_hsm.store.tables import AuditHeadRow
-from tests.conftest import REPO, create_key
+from tests.conftest import (
+    KMS_HSM,
+    REPO,
+    create_key,
+    free_port,
+    serve_env,
+    stop,
+    wait_until_serving,
+)
 from tests.test_audit import _own_service, cli
 
 # ---------------------------------------------------------------- helpers
@@ -82,9 +90,7 @@ def _checkpointed(home: Path, timeout: float = 5.0) -> int:
 
 def _copy(home: Path, dest: Path) -> Path:
     """A consistent copy of the service's database (an attacker's working copy, or a backup)."""
-    with sqlite3.connect(_db_path(home)) as src, sqlite3.connect(dest) as dst:
-        src.backup(dst)
-    return dest
+    return _copy_file(_db_path(home), dest)
 
 
 def _relink_v1(db: sqlite3.Connection, from_seq: int) -> None:
@@ -313,7 +319,11 @@ def test_cli_changes_are_audited_and_the_chain_still_verifies(service) -> None:
         ("Principal.Revoke", principal),
     ]
     assert all(p.startswith("cli:") for p, _m, _k in events)
-    assert issued.stdout.strip() not in db.read_bytes().decode("latin-1")  # token not logged
+    # Not db.read_bytes(): closing another descriptor of the file in this process would
+    # drop the SQLite locks the in-process service holds (SQLite's "how to corrupt" 2.2).
+    with sqlite3.connect(db) as conn:
+        stored = repr(conn.execute("SELECT * FROM audit_events").fetchall())
+    assert issued.stdout.strip() not in stored  # the token is not in the trail
     verified = cli(url, "audit", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
@@ -456,3 +466,85 @@ def test_the_token_checkpoint_is_not_moved_back_by_a_change_on_an_older_copy(
     forked = cli(_url(fork), "audit", "verify")
     assert forked.returncode == 1, forked.stdout + forked.stderr
     assert "checkpoint in the token" in forked.stdout
+
+
+def test_two_workers_checkpoint_one_chain_and_a_clean_stop_leaves_no_window(
+    tmp_path: Path,
+) -> None:
+    """``serve --workers 2``: both workers append to one chain and checkpoint its head in
+    the token and the file; after a clean stop the newest checkpoint is the last event, so
+    cutting even one event off the end is caught by the token alone."""
+    data = tmp_path / "data"
+    stream = tmp_path / "audit.jsonl"
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    extra = {
+        "KMS_HSM_AUDIT_LOG_FILE": str(stream),
+        "KMS_HSM_AUDIT_CHECKPOINT_INTERVAL": "0.2",
+    }
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [KMS_HSM, "serve", "--workers", "2"],
+        env=serve_env(data, port, **extra),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until_serving(proc, base_url)
+        auth = {"Authorization": f"Bearer {(data / 'admin-token').read_text().strip()}"}
+        created = httpx.post(
+            f"{base_url}/kms/v1/keys",
+            json={"folderId": "b1g", "defaultAlgorithm": "AES_256"},
+            headers=auth,
+        )
+        key_id = created.json()["response"]["id"]
+        workers: set[str] = set()
+        for _ in range(40):
+            with httpx.Client(headers=auth) as client:  # new connections spread over workers
+                r = client.post(
+                    f"{base_url}/kms/v1/keys/{key_id}:encrypt", json={"plaintext": "AA=="}
+                )
+                assert r.status_code == 200, r.text
+                workers.add(r.headers["x-kms-worker"])
+            time.sleep(0.02)
+        assert len(workers) == 2
+    finally:
+        stop(proc)
+        log.close()
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
+    db = data / "kms.db"
+    head = _head_seq(db)
+    lines = [json.loads(line) for line in stream.read_text().splitlines()]
+    checkpoints = [line["seq"] for line in lines if line.get("type") == "checkpoint"]
+    assert len(checkpoints) >= 2 and max(checkpoints) == head
+    env = serve_env(data, 0)
+
+    def verify(url: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [KMS_HSM, "audit", "verify", "--checkpoints", str(stream)],
+            env={**env, "KMS_HSM_DATABASE_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    intact = verify(_url(db))
+    assert intact.returncode == 0, intact.stdout + intact.stderr
+    assert f"newest checkpoint: event {head} " in intact.stdout
+    cut = _copy_file(db, tmp_path / "cut.db")
+    with sqlite3.connect(cut) as conn:
+        (kept,) = conn.execute(
+            "SELECT hash FROM audit_events WHERE seq = ?", (head - 1,)
+        ).fetchone()
+        conn.execute("DELETE FROM audit_events WHERE seq = ?", (head,))
+        conn.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (head - 1, kept))
+    stream.write_text("")  # the token alone
+    broken = verify(_url(cut))
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert f"BROKEN at event {head}" in broken.stdout and "in the token" in broken.stdout
+
+
+def _copy_file(source: Path, dest: Path) -> Path:
+    with sqlite3.connect(source) as src, sqlite3.connect(dest) as dst:
+        src.backup(dst)
+    return dest
