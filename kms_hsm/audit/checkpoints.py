@@ -32,11 +32,11 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kms_hsm.audit.chain import Checkpoint
+from kms_hsm.audit.chain import ChainKey, Checkpoint
 from kms_hsm.audit.store import AuditLog
 from kms_hsm.crypto.token import Token
 from kms_hsm.errors import KmsError
@@ -76,6 +76,22 @@ def file_checkpoints(path: Path) -> Iterator[Checkpoint]:
                     yield Checkpoint.parse(data)
                 except ValueError:
                     raise ValueError(f"{path}:{number}: malformed checkpoint") from None
+
+
+def worth_checking(checkpoints: Iterable[Checkpoint], key: ChainKey) -> list[Checkpoint]:
+    """Of a file's checkpoints, the ones ``audit verify`` must hold the chain against.
+
+    The newest valid one suffices: the chain's MACs pin every event before it, so the
+    older ones agree if it does. A forged one (wrong MAC) comes first, to be named. A
+    year of one-second checkpoints is 31 million lines: they are streamed, not kept.
+    """
+    newest: Checkpoint | None = None
+    for checkpoint in checkpoints:
+        if not checkpoint.valid(key):
+            return [checkpoint]
+        if newest is None or checkpoint.seq > newest.seq:
+            newest = checkpoint
+    return [] if newest is None else [newest]
 
 
 class AuditCheckpoints:

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from kms_hsm.audit.chain import Checkpoint
-from kms_hsm.audit.checkpoints import file_checkpoints
+from kms_hsm.audit.checkpoints import file_checkpoints, worth_checking
 from kms_hsm.audit.store import AuditLog
 from kms_hsm.config import Settings, write_secret_file
 from kms_hsm.errors import InvalidArgument
@@ -160,14 +160,20 @@ def audit_verify(args: argparse.Namespace) -> int:
     checkpoint it holds must be in the chain. ``--checkpoints FILE`` (repeatable):
     the JSON-lines audit files, whose checkpoints must all be in the chain too.
     """
-    checkpoints: list[tuple[str, Checkpoint]] = []
     for path in args.checkpoints or ():
-        try:
-            checkpoints += [(str(path), c) for c in file_checkpoints(Path(path))]
-        except (OSError, ValueError) as exc:
-            print(f"kms-hsm: cannot read checkpoints: {exc}", file=sys.stderr)
+        if not Path(path).is_file():
+            print(f"kms-hsm: no checkpoint file {path}", file=sys.stderr)
             return 2
     with _with_token(checkpoint=False) as (rt, runner):
+        key = rt.audit.chain_key
+        checkpoints: list[tuple[str, Checkpoint]] = []
+        for path in args.checkpoints or ():
+            try:
+                found = file_checkpoints(Path(path))
+                checkpoints += [(path, c) for c in worth_checking(found, key)] if key else []
+            except (OSError, ValueError) as exc:
+                print(f"kms-hsm: cannot read checkpoints: {exc}", file=sys.stderr)
+                return 2
         in_token = runner.run(rt.audit_checkpoints.in_token())
         checkpoints += [("the token", c) for c in in_token]
         result = rt.audit.verify(checkpoints)
