@@ -21,7 +21,13 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from kms_hsm.audit.chain import GENESIS, AuditEvent, canonical_event, event_hash
+from kms_hsm.audit.chain import (
+    GENESIS,
+    AuditEvent,
+    canonical_event,
+    canonical_event_v2,
+    event_hash,
+)
 from kms_hsm.audit.store import sqlite_time
 from kms_hsm.config import Settings
 from kms_hsm.service.runtime import Runtime, prepare
@@ -29,9 +35,12 @@ from kms_hsm.store.tables import AuditEventRow
 from tests.conftest import KMS_HSM, create_key, serve_inprocess
 
 
-def cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(db_url: str, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI on ``db_url``, with the session token's PIN (changes and verify need it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_HSM_")}
     env["KMS_HSM_DATABASE_URL"] = db_url
+    env["KMS_HSM_PIN_FILE"] = str(Path(os.environ["SOFTHSM2_CONF"]).parent / "user-pin")
+    env.update(extra)
     return subprocess.run([KMS_HSM, *args], env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -87,10 +96,9 @@ def test_tampering_is_named_by_verify(api, settings, tmp_path, tamper) -> None:
             a = db.execute("SELECT * FROM audit_events WHERE seq=?", (victim,)).fetchone()
             b = db.execute("SELECT * FROM audit_events WHERE seq=?", (victim + 1,)).fetchone()
             db.execute("DELETE FROM audit_events WHERE seq IN (?, ?)", (victim, victim + 1))
-            db.execute("INSERT INTO audit_events VALUES (?,?,?,?,?,?,?,?,?,?,?)", (victim, *b[1:]))
-            db.execute(
-                "INSERT INTO audit_events VALUES (?,?,?,?,?,?,?,?,?,?,?)", (victim + 1, *a[1:])
-            )
+            marks = ",".join("?" * len(a))
+            db.execute(f"INSERT INTO audit_events VALUES ({marks})", (victim, *b[1:]))
+            db.execute(f"INSERT INTO audit_events VALUES ({marks})", (victim + 1, *a[1:]))
         else:
             db.execute("DELETE FROM audit_events WHERE seq=?", (last,))
             victim = last
@@ -229,7 +237,8 @@ def test_events_are_streamed_as_json_lines(token_dir, tmp_path) -> None:
             api.post(f"/kms/v1/keys/{key['id']}:encrypt", json={"plaintext": "c2VjcmV0"})
         exported = io.StringIO()
         runtime.audit.export(exported)
-    streamed = [json.loads(line) for line in stream.read_text().splitlines()]
+    lines = [json.loads(line) for line in stream.read_text().splitlines()]
+    streamed = [line for line in lines if line.get("type") != "checkpoint"]
     assert streamed == [json.loads(line) for line in exported.getvalue().splitlines()]
     assert [e["method"] for e in streamed] == ["SymmetricKey.Create"] + [
         "SymmetricCrypto.Encrypt"
@@ -243,13 +252,17 @@ def test_events_are_streamed_as_json_lines(token_dir, tmp_path) -> None:
     st.datetimes(timezones=st.just(UTC)),
 )
 def test_canonical_event_is_sorted_compact_json(seq, texts, time) -> None:
-    """The hand-built canonical form is exactly json.dumps(sort_keys, no spaces), so
-    chains written before and after it verify alike."""
-    event = AuditEvent(time, *texts)
+    """The hand-built canonical forms are exactly json.dumps(sort_keys, no spaces), so
+    chains written before and after them verify alike (v1 without client_request_id)."""
+    event = AuditEvent(time, *texts, client_request_id=texts[0][::-1])
     body = {**event._asdict(), "time": time.isoformat(), "seq": seq}
+    v2 = json.dumps({**body, "v": 2}, sort_keys=True, separators=(",", ":"))
+    del body["client_request_id"]
     expected = json.dumps(body, sort_keys=True, separators=(",", ":"))
     assert canonical_event(seq, event) == expected
     assert canonical_event(seq, event, time.isoformat()) == expected
+    assert canonical_event_v2(seq, event) == v2
+    assert canonical_event_v2(seq, event, time.isoformat()) == v2
 
 
 def test_event_hash_vector() -> None:
@@ -301,3 +314,25 @@ def test_cli_refuses_what_would_silently_grant_more(settings, tmp_path, args) ->
     result = cli(snapshot_db(settings, tmp_path / "cli.db"), *args)
     assert result.returncode == 2, result.stderr
     assert "usage:" in result.stderr
+
+
+def test_a_replaced_request_id_is_audited_beside_the_new_one(api, runtime) -> None:
+    """A client X-Request-Id that does not look like one is kept, escaped, in its own field."""
+    key = create_key(api, "AES_256")
+
+    def audited(header: str) -> tuple[AuditEvent, httpx.Response]:
+        before = sum(1 for _ in runtime.audit.events())
+        r = api.post(
+            f"/kms/v1/keys/{key['id']}:encrypt",
+            json={"plaintext": "AA=="},
+            headers={"X-Request-Id": header},
+        )
+        assert r.status_code == 200, r.text
+        (event,) = [e.event for e in list(runtime.audit.events())[before:]]
+        return event, r
+
+    event, _ = audited("req:42")
+    assert (event.request_id, event.client_request_id) == ("req:42", "")
+    event, r = audited("a\tb c")
+    assert event.request_id == r.headers["x-request-id"] != "a\tb c"
+    assert event.client_request_id == "a\\x09b c"

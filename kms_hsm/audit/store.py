@@ -1,8 +1,10 @@
 """The audit chain kept in the database (``audit_events``, ``audit_head``).
 
-One hash-chained event per request that reaches a key (the chain: ``audit/chain.py``).
-Appends lock the single ``audit_head`` row, which holds the end of the chain, so every
-process sharing the database extends one chain.
+One chained event per request that reaches a key and per change made by the CLI, the
+scheduler or the orphan sweep (the chain: ``audit/chain.py``). Appends lock the single
+``audit_head`` row, which holds the end of the chain, so every process sharing the
+database extends one chain. Every append is v2 (MAC'd): an ``AuditLog`` without its chain
+key (``set_chain_key``, unwrapped by the token at start) refuses to append.
 
 Fail closed: ``record`` raises ``BackendUnavailable`` when the event cannot be written,
 and the caller must then not answer with the result. Mutations append their event inside
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,11 +27,16 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
 from kms_hsm.audit.chain import (
+    CHAIN_V2,
+    GENESIS,
     AuditEvent,
     ChainedEvent,
     ChainHead,
+    ChainKey,
+    Checkpoint,
     Verification,
-    event_hash,
+    event_mac,
+    verify_checkpoints,
     verify_head,
     verify_links,
 )
@@ -71,11 +78,12 @@ def _event_of(row: AuditEventRow) -> AuditEvent:
         outcome=row.outcome,
         request_id=row.request_id,
         source=row.source,
+        client_request_id=row.client_request_id,
     )
 
 
 # Column order of the insert: seq, time, then AuditEvent's fields after time, then links.
-_EVENT_COLUMNS = ("seq", "time", *AuditEvent._fields[1:], "prev_hash", "hash")
+_EVENT_COLUMNS = ("seq", "time", *AuditEvent._fields[1:], "prev_hash", "hash", "chain")
 
 
 def _unchanged(value: Any) -> Any:
@@ -119,11 +127,28 @@ class _Statements:
 class AuditLog:
     """Appends events to the database chain and, optionally, to a JSON-lines file."""
 
-    def __init__(self, db: Database, stream_path: Path | None = None) -> None:
+    def __init__(
+        self, db: Database, stream_path: Path | None = None, chain_key: bytes | None = None
+    ) -> None:
         self._db = db
         self._stream_path = stream_path
         self._stream_lock = threading.Lock()
         self._sql: dict[str, _Statements] = {}
+        self._key = None if chain_key is None else ChainKey(chain_key)
+
+    def set_chain_key(self, key: bytes) -> None:
+        """The v2 chain key, unwrapped by the token (``chain.CHAIN_KEY_NAME``)."""
+        self._key = ChainKey(key)
+
+    @property
+    def chain_key(self) -> ChainKey | None:
+        """The chain key once set (checkpoints are MAC'd with it too)."""
+        return self._key
+
+    @property
+    def stream_path(self) -> Path | None:
+        """The JSON-lines file, if one is configured."""
+        return self._stream_path
 
     def append(self, session: Session, event: AuditEvent) -> ChainedEvent:
         """Add ``event`` to the chain inside the caller's write transaction."""
@@ -154,6 +179,9 @@ class AuditLog:
         The links are made here, event by event with ``event_hash``, so that each event's
         ``isoformat()`` serves both its hash and its stored time.
         """
+        key = self._key
+        if key is None:
+            raise LookupError("the audit chain key is not loaded (the token was not reached)")
         sql = self._statements(dialect)
         cursor.execute(sql.read_head)
         head = cursor.fetchone()
@@ -166,9 +194,9 @@ class AuditLog:
             seq += 1
             # One isoformat() for both the hash and the stored time.
             iso = event.time.isoformat()
-            digest = event_hash(prev, seq, event, iso)
-            chained.append(ChainedEvent(seq, event, prev, digest))
-            rows.append((seq, sql.bind_time(event.time, iso), *event[1:], prev, digest))
+            digest = event_mac(key, prev, seq, event, iso)
+            chained.append(ChainedEvent(seq, event, prev, digest, CHAIN_V2))
+            rows.append((seq, sql.bind_time(event.time, iso), *event[1:], prev, digest, CHAIN_V2))
             prev = digest
         cursor.executemany(sql.insert_events, rows)
         cursor.execute(sql.write_head, (seq, prev))
@@ -197,6 +225,13 @@ class AuditLog:
         with self._stream_lock, self._stream_path.open("a", encoding="utf-8") as f:
             f.writelines(c.to_json() + "\n" for c in chained)
 
+    def stream_line(self, line: str) -> None:
+        """Append one line (a checkpoint) to the JSON-lines file, if one is configured."""
+        if self._stream_path is None:
+            return
+        with self._stream_lock, self._stream_path.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
     def events(self, since: datetime | None = None) -> Iterator[ChainedEvent]:
         """Committed events in chain order (optionally from ``since``)."""
         with self._db.read() as session:
@@ -204,7 +239,7 @@ class AuditLog:
             if since is not None:
                 stmt = stmt.where(AuditEventRow.time >= since)
             for row in session.scalars(stmt).yield_per(1000):
-                yield ChainedEvent(row.seq, _event_of(row), row.prev_hash, row.hash)
+                yield ChainedEvent(row.seq, _event_of(row), row.prev_hash, row.hash, row.chain)
 
     def export(self, out: TextIO, since: datetime | None = None) -> int:
         """Write events as JSON lines; returns how many."""
@@ -214,14 +249,36 @@ class AuditLog:
             count += 1
         return count
 
-    def verify(self) -> Verification:
-        """Walk the whole chain; report the first event whose link or content is broken."""
-        walked, end = verify_links(self.events())
+    def head(self) -> ChainHead:
+        """The end of the chain as stored with the last append."""
+        with self._db.read() as session:
+            row = session.get(AuditHeadRow, 1)
+        return ChainHead(0, GENESIS) if row is None else ChainHead(row.seq, row.hash)
+
+    def verify(self, checkpoints: Iterable[tuple[str, Checkpoint]] = ()) -> Verification:
+        """Walk the whole chain; the first event whose link or content is broken.
+
+        ``checkpoints``: (where found, checkpoint) pairs that the chain must contain
+        (the token's and those of ``--checkpoints`` files): they catch a cut tail and an
+        older database restored.
+        """
+        wanted = list(checkpoints)
+        seqs = {c.seq for _, c in wanted}
+        links: dict[int, str] = {}
+
+        def recording(chain: Iterator[ChainedEvent]) -> Iterator[ChainedEvent]:
+            for chained in chain:
+                if chained.seq in seqs:
+                    links[chained.seq] = chained.hash
+                yield chained
+
+        walked, end = verify_links(recording(self.events()), self._key)
         if not walked.ok:
             return walked
         with self._db.read() as session:
             head = session.get(AuditHeadRow, 1)
-        return verify_head(walked, end, None if head is None else ChainHead(head.seq, head.hash))
+        walked = verify_head(walked, end, None if head is None else ChainHead(head.seq, head.hash))
+        return verify_checkpoints(walked, links, end, wanted, self._key)
 
 
 def _unwritable(exc: Exception) -> BackendUnavailable:

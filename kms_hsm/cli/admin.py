@@ -7,14 +7,25 @@ Tokens are printed once, on standard output (or into a 0600 file), never in a lo
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import getpass
+import os
 import sys
+import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from kms_hsm.audit.chain import Checkpoint
+from kms_hsm.audit.checkpoints import file_checkpoints, worth_checking
 from kms_hsm.audit.store import AuditLog
 from kms_hsm.config import Settings, write_secret_file
+from kms_hsm.errors import InvalidArgument
 from kms_hsm.service.access import AccessService, Binding, Resource
 from kms_hsm.service.auth import AuthService
+from kms_hsm.service.context import CallContext
+from kms_hsm.service.runtime import Runtime
 from kms_hsm.store.engine import Database, make_engine, upgrade_schema
 
 
@@ -24,9 +35,44 @@ def _database() -> Database:
     return Database(engine)
 
 
+@contextlib.contextmanager
+def _with_token(*, checkpoint: bool = True) -> Iterator[tuple[Runtime, asyncio.Runner]]:
+    """The services with the token reached, as ``serve`` has them, on a loop of their own.
+
+    Every change the CLI makes is audited, and the audit chain's key is unwrapped by the
+    token: so a change needs the PIN as well as the database (``KMS_HSM_PIN_FILE``...).
+    After a change the head is checkpointed in the token (and the audit log file), so that
+    the change cannot be cut off the end unnoticed even if no server runs.
+    """
+    # The agent's start-up lines would only be noise on a command's stderr.
+    settings = Settings()
+    if "KMS_HSM_LOG_LEVEL" not in os.environ:
+        settings = settings.model_copy(update={"log_level": "WARNING"})
+    runtime = Runtime.start(settings)
+    try:
+        upgrade_schema(runtime.engine)
+        with asyncio.Runner() as runner:
+            runner.run(runtime.open())
+            yield runtime, runner
+            if checkpoint:
+                runner.run(runtime.audit_checkpoints.write_once())
+    finally:
+        runtime.close()  # stops the agent too
+
+
+def _caller(method: str) -> CallContext:
+    """Who the CLI's events name: the operating-system user who ran it."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return CallContext(f"cli:{user}", method, str(uuid.uuid4()), "cli")
+
+
 def principals_create(args: argparse.Namespace) -> int:
     """Create a service account; prints its id."""
-    principal = AuthService(_database()).create_principal(args.name)
+    with _with_token() as (rt, _):
+        principal = rt.auth.create_principal(args.name, by=_caller("Principal.Create"))
     print(principal.id)
     return 0
 
@@ -42,7 +88,8 @@ def principals_list(args: argparse.Namespace) -> int:
 
 def principals_revoke(args: argparse.Namespace) -> int:
     """Disable a principal and revoke all its tokens."""
-    AuthService(_database()).revoke_principal(args.principal_id)
+    with _with_token() as (rt, _):
+        rt.auth.revoke_principal(args.principal_id, by=_caller("Principal.Revoke"))
     print(f"revoked {args.principal_id}")
     return 0
 
@@ -52,7 +99,10 @@ def tokens_create(args: argparse.Namespace) -> int:
     expires = None
     if args.expires_in is not None:
         expires = datetime.now().astimezone() + timedelta(seconds=args.expires_in)
-    token, token_id = AuthService(_database()).issue_token(args.principal_id, expires)
+    with _with_token() as (rt, _):
+        token, token_id = rt.auth.issue_token(
+            args.principal_id, expires, by=_caller("Token.Create")
+        )
     if args.output:
         write_secret_file(Path(args.output), token)
         print(f"token {token_id} written to {args.output} (mode 0600)")
@@ -64,7 +114,8 @@ def tokens_create(args: argparse.Namespace) -> int:
 
 def tokens_revoke(args: argparse.Namespace) -> int:
     """Revoke one token by its id."""
-    AuthService(_database()).revoke_token(args.token_id)
+    with _with_token() as (rt, _):
+        rt.auth.revoke_token(args.token_id, by=_caller("Token.Revoke"))
     print(f"revoked {args.token_id}")
     return 0
 
@@ -81,9 +132,16 @@ def bindings_change(args: argparse.Namespace) -> int:
     """Add or remove one binding."""
     binding = Binding(args.role, args.subject_type, args.subject)
     action = "ADD" if args.bindings_command == "add" else "REMOVE"
-    AccessService(_database(), AuditLog(_database())).update_bindings(
-        _resource(args), [(action, binding)], "cli"
-    )
+    with _with_token() as (rt, _):
+        if action == "ADD" and args.subject_type == "serviceAccount":
+            known = {p.id: p for p in rt.auth.list_principals()}
+            if args.subject not in known:
+                raise InvalidArgument(
+                    f"no principal {args.subject}: create it first (kms-hsm principals create)"
+                )
+            if known[args.subject].revoked:
+                raise InvalidArgument(f"principal {args.subject} is revoked")
+        rt.access.update_bindings(_resource(args), [(action, binding)], _caller(""))
     print(f"{action.lower()}ed {args.role} for {args.subject_type}:{args.subject}")
     return 0
 
@@ -96,12 +154,50 @@ def bindings_list(args: argparse.Namespace) -> int:
 
 
 def audit_verify(args: argparse.Namespace) -> int:
-    """Exit 0 when the chain is intact, 1 naming the first broken event."""
-    result = AuditLog(_database()).verify()
+    """Exit 0 when the chain is intact, 1 naming the first broken event.
+
+    Needs the token: the chain key that checks v2 links is unwrapped by it, and the
+    checkpoint it holds must be in the chain. ``--checkpoints FILE`` (repeatable):
+    the JSON-lines audit files, whose checkpoints must all be in the chain too.
+    """
+    for path in args.checkpoints or ():
+        if not Path(path).is_file():
+            print(f"kms-hsm: no checkpoint file {path}", file=sys.stderr)
+            return 2
+    with _with_token(checkpoint=False) as (rt, runner):
+        key = rt.audit.chain_key
+        checkpoints: list[tuple[str, Checkpoint]] = []
+        for path in args.checkpoints or ():
+            try:
+                found = file_checkpoints(Path(path))
+                checkpoints += [(path, c) for c in worth_checking(found, key)] if key else []
+            except (OSError, ValueError) as exc:
+                print(f"kms-hsm: cannot read checkpoints: {exc}", file=sys.stderr)
+                return 2
+        in_token = runner.run(rt.audit_checkpoints.in_token())
+        checkpoints += [("the token", c) for c in in_token]
+        result = rt.audit.verify(checkpoints)
+    if result.mac_from is None:
+        print("no event is MAC'd yet: every event is a v1 SHA-256 link (no token key)")
+    elif result.mac_from > 1:
+        print(
+            f"events 1-{result.mac_from - 1} are v1 (SHA-256 links, no key); "
+            f"events from {result.mac_from} on are MAC'd by the token's chain key"
+        )
+    else:
+        print("every event is MAC'd by the token's chain key")
+    if not in_token:
+        print(
+            "warning: the token holds no checkpoint of this chain yet, so events cut off "
+            "the end could not be seen"
+        )
+    for note in result.notes:
+        print(note)
     if result.ok:
         print(f"audit chain intact: {result.events} events")
         return 0
-    print(f"audit chain BROKEN at event {result.first_broken_seq}: {result.reason}")
+    where = f" at event {result.first_broken_seq}" if result.first_broken_seq else ""
+    print(f"audit chain BROKEN{where}: {result.reason}")
     return 1
 
 
@@ -163,7 +259,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     audit = sub.add_parser("audit", help="the audit trail").add_subparsers(
         dest="audit_command", required=True
     )
-    audit.add_parser("verify", help="check the hash chain").set_defaults(handler=audit_verify)
+    p = audit.add_parser("verify", help="check the chain (needs the token: PIN)")
+    p.add_argument(
+        "--checkpoints",
+        action="append",
+        metavar="FILE",
+        help="a JSON-lines audit log (KMS_HSM_AUDIT_LOG_FILE) whose checkpoints the chain "
+        "must contain: catches an older database restored (repeatable)",
+    )
+    p.set_defaults(handler=audit_verify)
     p = audit.add_parser("export", help="write events as JSON lines")
     p.add_argument("--since", help="RFC 3339 time, e.g. 2026-01-01T00:00:00Z")
     p.add_argument("--output")

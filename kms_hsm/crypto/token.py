@@ -89,3 +89,9 @@ class Token(Protocol):
 
     async def random(self, n: int) -> bytes:
         """``n`` bytes from the token's RNG."""
+
+    async def read_data(self, label: str) -> list[bytes]:
+        """The values of the private token data objects labelled ``label`` (PIN needed)."""
+
+    async def write_data(self, label: str, value: bytes) -> None:
+        """Replace the private token data object labelled ``label`` with ``value``."""

@@ -22,10 +22,14 @@ from datetime import datetime
 from typing import NoReturn
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from kms_hsm.audit.chain import AuditEvent
+from kms_hsm.audit.store import AuditLog
 from kms_hsm.domain.ids import PRINCIPAL_PREFIX, new_id
 from kms_hsm.errors import NotFound, ResourceExhausted, Unauthenticated
 from kms_hsm.service.cache import StateCache
+from kms_hsm.service.context import CallContext, as_context
 from kms_hsm.service.keys import Clock, utc_now
 from kms_hsm.service.limits import FailureWindow, source_key
 from kms_hsm.store import repository
@@ -83,12 +87,14 @@ class AuthService:
         db: Database,
         clock: Clock = utc_now,
         watch: StateWatch | None = None,
+        audit: AuditLog | None = None,
         *,
         failure_limit: int = 20,
         failure_window: float = 60.0,
     ) -> None:
         self._db = db
         self._clock = clock
+        self._audit = audit
         self._known: StateCache[tuple[Principal, datetime | None]] = StateCache(watch)
         self._failed_sources = FailureWindow(failure_limit, failure_window)
         self._failed_principals = FailureWindow(failure_limit, failure_window)
@@ -98,14 +104,42 @@ class AuthService:
         with self._db.read() as session:
             return session.scalars(select(PrincipalRow.id).limit(1)).first() is not None
 
-    def create_principal(self, name: str) -> Principal:
+    def _audited(self, session: Session, by: CallContext | None, method: str, subject: str) -> None:
+        """The change's audit event, in its transaction (``subject``: what it changed).
+
+        A change without a caller (an in-process call) is recorded as ``system:internal``.
+        """
+        if self._audit is None:
+            return
+        by = as_context(by or "system:internal", method)
+        self._audit.append(
+            session,
+            AuditEvent(
+                time=self._clock(),
+                principal_id=by.principal_id,
+                method=by.method,
+                key_id=subject,
+                version_id="",
+                outcome="OK",
+                request_id=by.request_id,
+                source=by.source,
+            ),
+        )
+
+    def create_principal(self, name: str, by: CallContext | None = None) -> Principal:
         """A new principal with no tokens."""
         principal = Principal(new_id(PRINCIPAL_PREFIX), name)
         with self._db.write() as session:
             session.add(PrincipalRow(id=principal.id, name=name, created_at=self._clock()))
+            self._audited(session, by, "Principal.Create", principal.id)
         return principal
 
-    def issue_token(self, principal_id: str, expires_at: datetime | None = None) -> tuple[str, str]:
+    def issue_token(
+        self,
+        principal_id: str,
+        expires_at: datetime | None = None,
+        by: CallContext | None = None,
+    ) -> tuple[str, str]:
         """A new bearer token for ``principal_id``: (token, token id). Shown once, stored hashed."""
         token = new_token()
         token_id = new_id("tok")
@@ -122,9 +156,10 @@ class AuthService:
                     expires_at=expires_at,
                 )
             )
+            self._audited(session, by, "Token.Create", token_id)
         return token, token_id
 
-    def revoke_token(self, token_id: str) -> None:
+    def revoke_token(self, token_id: str, by: CallContext | None = None) -> None:
         """Revoke one token; effective on the next request."""
         with self._db.write() as session:
             row = session.get(TokenRow, token_id)
@@ -132,8 +167,9 @@ class AuthService:
                 raise NotFound(f"token {token_id} not found")
             row.revoked_at = row.revoked_at or self._clock()
             bump_state(session)
+            self._audited(session, by, "Token.Revoke", token_id)
 
-    def revoke_principal(self, principal_id: str) -> None:
+    def revoke_principal(self, principal_id: str, by: CallContext | None = None) -> None:
         """Disable a principal and revoke all its tokens."""
         now = self._clock()
         with self._db.write() as session:
@@ -146,6 +182,7 @@ class AuthService:
                 select(TokenRow).where(TokenRow.principal_id == principal_id)
             ):
                 row.revoked_at = row.revoked_at or now
+            self._audited(session, by, "Principal.Revoke", principal_id)
 
     def list_principals(self) -> list[PrincipalInfo]:
         """Every principal with its token ids (never the tokens)."""

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from kms_hsm.audit.chain import AuditEvent
 from kms_hsm.audit.store import AuditLog
 from kms_hsm.domain import validation
 from kms_hsm.domain.ids import KEY_PREFIX, new_id
@@ -82,6 +83,8 @@ _METHOD_BY_METADATA = {
     "CancelSymmetricKeyVersionDestructionMetadata": "SymmetricKey.CancelVersionDestruction",
 }
 Caller = str | CallContext
+SCHEDULER = "system:scheduler"
+"""The principal of what the scheduler and the orphan sweep do on their own."""
 
 
 def utc_now() -> datetime:
@@ -575,7 +578,7 @@ class KeyService:
         """
         try:
             return await self._rotate(
-                key_id, "system", "Rotate symmetric key (scheduled)", due_only=True
+                key_id, SCHEDULER, "Rotate symmetric key (scheduled)", due_only=True
             )
         except NotFound:
             return None
@@ -637,6 +640,10 @@ class KeyService:
                 destroyed.append(_version_row(row, None))
             if destroyed:
                 bump_state(session)
+                # In the transaction that marks them: no version is destroyed unaudited.
+                self._system_events(
+                    session, "SymmetricKey.DestroyVersion", [(v.key_id, v.id) for v in destroyed]
+                )
         for version in destroyed:
             try:
                 found = await self._keyring.discard_material(version)
@@ -659,6 +666,30 @@ class KeyService:
                 continue
             log.info("destroyed version %s of key %s", version.id, version.key_id)
         return destroyed
+
+    def record_orphan_destruction(self, object_ids: list[bytes]) -> None:
+        """Audit the orphan sweep's destruction of token objects, before it happens.
+
+        First, and fail closed: if the events cannot be written, nothing is destroyed.
+        The version id is the object's ``CKA_ID`` (the id of the version it was made for).
+        """
+        if self._audit is None or not object_ids:
+            return
+        with self._db.write() as session:
+            self._system_events(
+                session,
+                "Token.DestroyOrphanObject",
+                [("", o.decode("ascii", "replace")) for o in object_ids],
+            )
+
+    def _system_events(self, session: Session, method: str, targets: list[tuple[str, str]]) -> None:
+        if self._audit is None:
+            return
+        now = self._clock()
+        self._audit.append_many(
+            session,
+            [AuditEvent(now, SCHEDULER, method, k, v, "OK", "", "internal") for k, v in targets],
+        )
 
     # ----------------------------------------------------------------- helpers
 

@@ -131,4 +131,5 @@ def _event(
         outcome=outcome,
         request_id=transport.request_id,
         source=transport.source,
+        client_request_id=transport.client_request_id,
     )

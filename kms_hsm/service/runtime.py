@@ -21,6 +21,8 @@ from pathlib import Path
 from sqlalchemy import Engine, select, text
 
 from kms_hsm.audit.batcher import AuditBatcher
+from kms_hsm.audit.chain import CHAIN_KEY_NAME
+from kms_hsm.audit.checkpoints import AuditCheckpoints
 from kms_hsm.audit.store import AuditLog
 from kms_hsm.config import Settings, write_secret_file
 from kms_hsm.crypto.agent import AgentConfig, AgentPool, AgentToken
@@ -162,6 +164,7 @@ class Runtime:
     watch: StateWatch
     agents: AgentPool
     scheduler: Scheduler
+    audit_checkpoints: AuditCheckpoints
     # The last token round-trip of readiness: (its loop, the task, when it started).
     _hsm_probe: tuple[asyncio.AbstractEventLoop, asyncio.Future[None], float] | None = field(
         default=None, repr=False
@@ -187,8 +190,9 @@ class Runtime:
             ),
             settings.call_timeout,
         )
+        token = AgentToken(agents)
         keyring = Keyring(
-            AgentToken(agents),
+            token,
             MaterialCache(settings.material_cache_size, settings.material_cache_ttl),
             db,
         )
@@ -201,6 +205,7 @@ class Runtime:
             audit,
             min_rotation_period=timedelta(seconds=settings.min_rotation_period),
         )
+        checkpoints = AuditCheckpoints(audit, token, settings.audit_checkpoint_interval)
         return cls(
             settings=settings,
             engine=engine,
@@ -211,6 +216,7 @@ class Runtime:
                 db,
                 clock,
                 watch,
+                audit,
                 failure_limit=settings.auth_failure_limit,
                 failure_window=settings.auth_failure_window,
             ),
@@ -219,11 +225,20 @@ class Runtime:
             audit_batcher=AuditBatcher(audit, db),
             watch=watch,
             agents=agents,
-            scheduler=Scheduler(keys, keyring, settings.scheduler_interval, settings.orphan_grace),
+            scheduler=Scheduler(
+                keys,
+                keyring,
+                settings.scheduler_interval,
+                settings.orphan_grace,
+                checkpoints=checkpoints,
+            ),
+            audit_checkpoints=checkpoints,
         )
 
     async def open(self) -> None:
         """Start this loop's HSM agent and settle the root key and the service secrets.
+
+        The audit chain key is one of them: until it is unwrapped nothing can be audited.
 
         Retried until the start-up deadline (``KMS_HSM_HSM_STARTUP_TIMEOUT``): a token that
         another process is logging in to, or that is not there yet, may refuse for a while.
@@ -231,8 +246,10 @@ class Runtime:
         deadline = time.monotonic() + self.settings.hsm_startup_timeout
         while True:
             try:
-                await self.keyring.ensure_root_key()
+                root_key_id = await self.keyring.ensure_root_key()
                 await self.keys.load_secrets()
+                self.audit.set_chain_key(await self.keyring.service_secret(CHAIN_KEY_NAME))
+                self.audit_checkpoints.set_root_key(root_key_id)
                 return
             except LoginRefused:
                 raise  # another try would burn another PIN attempt

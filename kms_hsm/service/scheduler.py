@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kms_hsm.audit.checkpoints import AuditCheckpoints
 from kms_hsm.errors import KmsError
 from kms_hsm.service.keyring import Keyring
 from kms_hsm.service.keys import KeyService
@@ -40,6 +41,8 @@ class Scheduler:
         interval: float,
         orphan_grace: float = 60.0,
         monotonic: Callable[[], float] = time.monotonic,
+        *,
+        checkpoints: AuditCheckpoints | None = None,
     ) -> None:
         self._keys = keys
         self._keyring = keyring
@@ -50,6 +53,7 @@ class Scheduler:
         # to commit its row, so an object is destroyed only if still orphaned after the grace.
         self._orphans_seen: dict[bytes, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self._checkpoints = checkpoints
 
     async def reconcile_orphans(self) -> list[bytes]:
         """Destroy token objects that stayed without a database row for the grace period."""
@@ -61,6 +65,9 @@ class Scheduler:
             return []
         # Look again right before destroying: a row may have committed meanwhile.
         due &= await self._keyring.orphan_objects()
+        if not due:
+            return []
+        self._keys.record_orphan_destruction(sorted(due))
         await self._keyring.destroy_objects(due)
         for object_id in sorted(due):
             self._orphans_seen.pop(object_id, None)
@@ -88,18 +95,22 @@ class Scheduler:
         return PassResult(rotated, destroyed)
 
     def start(self) -> None:
-        """Start the passes on the running loop (no-op for interval 0)."""
+        """Start the audit checkpoints and the passes (none for interval 0) on the loop."""
+        if self._checkpoints is not None:
+            self._checkpoints.start()
         if self._interval <= 0 or self._task is not None:
             return
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="kms-scheduler")
 
     async def stop(self) -> None:
-        """Cancel the passes (a pass in progress ends at its next await)."""
+        """Cancel the passes (a pass in progress ends at its next await), checkpoint last."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._checkpoints is not None:
+            await self._checkpoints.stop()
 
     async def _loop(self) -> None:
         while True:

@@ -183,7 +183,10 @@ class AccessBindingRow(Base):
 
 
 class AuditEventRow(Base):
-    """One audit event; ``hash`` chains it to the event before it (``prev_hash``)."""
+    """One audit event; ``hash`` chains it to the event before it (``prev_hash``).
+
+    ``chain``: 1 for a SHA-256 link, 2 for a MAC under the token-wrapped chain key.
+    """
 
     __tablename__ = "audit_events"
 
@@ -198,6 +201,8 @@ class AuditEventRow(Base):
     source: Mapped[str] = mapped_column(String(100))
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    client_request_id: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    chain: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class AuditHeadRow(Base):

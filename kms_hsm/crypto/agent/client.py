@@ -351,3 +351,11 @@ class AgentToken:
     async def random(self, n: int) -> bytes:
         """See ``Token.random``."""
         return cast(bytes, await self.agents.client().call("random", n))
+
+    async def read_data(self, label: str) -> list[bytes]:
+        """See ``Token.read_data``."""
+        return cast(list[bytes], await self.agents.client().call("read_data", label))
+
+    async def write_data(self, label: str, value: bytes) -> None:
+        """See ``Token.write_data``."""
+        await self.agents.client().call("write_data", label, value)

@@ -34,6 +34,8 @@ TOKEN_METHODS = frozenset(
         "generate_wrapped_data_key",
         "unwrap_data_key",
         "random",
+        "read_data",
+        "write_data",
     }
 )
 

@@ -6,7 +6,9 @@ Token objects made here:
   private, sensitive, never extractable (so ``CKA_NEVER_EXTRACTABLE``), usable for
   encrypt/decrypt (AES-GCM) and wrap/unwrap (AES-KWP) and nothing else;
 * the root key (``CKA_ID`` = ``ROOT_KEY_PREFIX`` + its id), with the same attributes, that
-  encrypts software key material.
+  encrypts software key material;
+* small private data objects (``CKO_DATA``, by label) such as the audit chain's
+  checkpoint (``write_data``): readable only after login, i.e. with the PIN.
 
 Both are used through in-memory session copies where the token allows (``working_key``;
 see ``KeyHandles`` in sessions.py), which is why they are ``CKA_MODIFIABLE``.
@@ -69,6 +71,10 @@ _DATA_KEY_TEMPLATE = {
     Attribute.VERIFY: False,
     Attribute.DERIVE: False,
 }
+
+
+def _data(label: str) -> dict[Attribute, object]:
+    return {Attribute.CLASS: ObjectClass.DATA, Attribute.TOKEN: True, Attribute.LABEL: label}
 
 
 def _check_nonce(nonce: bytes) -> None:
@@ -234,6 +240,39 @@ class HsmCrypto:
                 data_key.destroy()
 
         return self._sessions.run(op, decrypting=True)
+
+    def read_data(self, label: str) -> list[bytes]:
+        """The values of every private token data object labelled ``label``."""
+
+        def op(ts: TokenSession) -> list[bytes]:
+            return [bytes(obj[Attribute.VALUE]) for obj in ts.session.get_objects(_data(label))]
+
+        return self._sessions.run(op)
+
+    def write_data(self, label: str, value: bytes) -> None:
+        """Make ``value`` the one private token data object labelled ``label``.
+
+        A new object each time: SoftHSM2 refuses ``C_SetAttributeValue`` on a data
+        object's ``CKA_VALUE`` (``CKR_ATTRIBUTE_READ_ONLY``, tried). It is made before the
+        old ones go, so that a crash in between leaves two (readers check them all) rather
+        than none. Measured on SoftHSM2: 4.5 ms a write, 0.13 ms a read.
+        """
+
+        def op(ts: TokenSession) -> None:
+            old = list(ts.session.get_objects(_data(label)))
+            ts.session.create_object(
+                {
+                    **_data(label),
+                    Attribute.PRIVATE: True,
+                    Attribute.MODIFIABLE: True,
+                    Attribute.APPLICATION: "kms-hsm",
+                    Attribute.VALUE: value,
+                }
+            )
+            for obj in old:
+                obj.destroy()
+
+        self._sessions.run(op, writes=True)
 
     def random(self, n: int) -> bytes:
         """``n`` bytes from the token's RNG (C_GenerateRandom)."""
