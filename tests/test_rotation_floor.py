@@ -109,3 +109,44 @@ def test_a_lower_floor_is_the_operators_choice(
         assert key.rotation_period == timedelta(seconds=60)
     finally:
         runtime.close()
+
+
+def test_a_key_stored_below_the_floor_rotates_at_the_floor(
+    token_dir: Path, tmp_path: Path, portal: BlockingPortal, wait
+) -> None:
+    """A period stored before the floor (or under a lower one) does not rotate every pass."""
+    from datetime import UTC, datetime
+
+    from kms_hsm.store.engine import Database
+    from kms_hsm.store.tables import KeyRow
+
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    settings = Settings(
+        data_dir=tmp_path,
+        pin_file=token_dir / "user-pin",
+        database_url=f"sqlite:///{tmp_path / 'floor.db'}",
+        scheduler_interval=0,
+        min_rotation_period="1m",
+    )
+    prepare(settings)
+    runtime = Runtime.start(settings, lambda: now[0])
+    try:
+        portal.call(runtime.open)
+        spec = KeySpec(FOLDER, "k", "", {}, Algorithm.AES_128, timedelta(minutes=1), False)
+        key_id = wait(runtime.keys.create(spec, "test")).metadata["value"]["key_id"]
+    finally:
+        runtime.close()
+    # The same database under the default floor of one day.
+    settings = settings.model_copy(update={"min_rotation_period": 86_400})
+    runtime = Runtime.start(settings, lambda: now[0])
+    try:
+        portal.call(runtime.open)
+        with Database(runtime.engine).read() as session:
+            assert session.get(KeyRow, key_id).rotation_period_seconds == 60
+        now[0] += timedelta(hours=2)
+        assert key_id not in runtime.keys.due_rotations()
+        assert wait(runtime.keys.rotate_if_due(key_id)) is None
+        now[0] += timedelta(days=1)
+        assert key_id in runtime.keys.due_rotations()
+    finally:
+        runtime.close()

@@ -586,8 +586,16 @@ class KeyService:
     def _rotation_due(self, row: KeyRow) -> bool:
         if row.rotation_period_seconds is None:
             return False
-        since = row.rotated_at or row.created_at
-        return since + timedelta(seconds=row.rotation_period_seconds) <= self._clock()
+        return self._due(row.rotated_at or row.created_at, row.rotation_period_seconds)
+
+    def _due(self, since: datetime, seconds: int, now: datetime | None = None) -> bool:
+        # A key stored with a shorter period (before the floor existed, or under a lower
+        # KMS_HSM_MIN_ROTATION_PERIOD) rotates at the floor, not on every pass.
+        period = max(timedelta(seconds=seconds), self._min_rotation_period)
+        try:
+            return since + period <= (now or self._clock())
+        except OverflowError:
+            return False  # a due date past year 9999 is never due
 
     def due_rotations(self, limit: int = 500) -> list[str]:
         """Ids of live keys whose rotation may be due (checked again under lock)."""
@@ -602,13 +610,8 @@ class KeyService:
             ).all()
         due = []
         for key_id, rotated_at, created_at, seconds in rows:
-            if seconds is None:
-                continue
-            try:
-                if (rotated_at or created_at) + timedelta(seconds=seconds) <= now:
-                    due.append(key_id)
-            except OverflowError:
-                continue  # a due date past year 9999 is never due
+            if seconds is not None and self._due(rotated_at or created_at, seconds, now):
+                due.append(key_id)
         return due[:limit]
 
     async def destroy_due_versions(self, limit: int = 500) -> list[KeyVersion]:
