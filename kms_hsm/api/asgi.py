@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kms_hsm.api.app import KmsApp, create_app
-from kms_hsm.api.protocol import apply_limits
+from kms_hsm.api.protocol import apply_limits, freeze_heap
 from kms_hsm.config import Settings
 from kms_hsm.logs import configure_logging
 
@@ -13,4 +13,6 @@ def build() -> KmsApp:
     settings = Settings()
     configure_logging(settings.log_level)
     apply_limits(settings)
-    return create_app(settings)
+    app = create_app(settings)
+    freeze_heap()
+    return app

@@ -22,7 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from kms_hsm.api.app import create_app
-    from kms_hsm.api.protocol import HTTP_PROTOCOL, apply_limits
+    from kms_hsm.api.protocol import HTTP_PROTOCOL, apply_limits, freeze_heap
     from kms_hsm.service.runtime import Runtime, prepare
 
     # Workers are spawned and read their settings from the environment.
@@ -73,7 +73,9 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.workers == 1:
         apply_limits(settings)  # workers apply their own (kms_hsm.api.asgi.build)
         try:
-            uvicorn.Server(uvicorn.Config(create_app(settings, runtime), **options)).run()
+            server = uvicorn.Server(uvicorn.Config(create_app(settings, runtime), **options))
+            freeze_heap()
+            server.run()
         finally:
             runtime.close()
         return 0
