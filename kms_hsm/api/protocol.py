@@ -43,6 +43,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
@@ -399,8 +400,6 @@ class H11GuardedProtocol(_GuardedProtocol, H11Protocol):
 
     def handle_events(self) -> None:
         """uvicorn's event loop over h11, then note whether a head is still being read."""
-        import h11
-
         super().handle_events()
         if self._lingering or self._raw.is_closing():
             return
