@@ -305,6 +305,12 @@ def test_limits_hold_over_tls(serve, tmp_path: Path) -> None:
     def tls_connect() -> ssl.SSLSocket:
         return context.wrap_socket(connect(s.port), server_hostname="127.0.0.1")
 
+    # Before its handshake a connection is not yet HTTP's: the handshake has the same
+    # deadline (asyncio's default is 60 s, uvicorn has no option for it).
+    started = time.monotonic()
+    with connect(s.port) as raw:
+        assert read_all(raw, 10) == b""
+    assert time.monotonic() - started < 3 * HEADER_TIMEOUT
     with tls_connect() as sock:
         sock.sendall(head(64 * 1024))
         assert read_all(sock, 10).startswith(b"HTTP/1.1 431 ")

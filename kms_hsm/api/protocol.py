@@ -150,6 +150,33 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+def _bound_handshakes(base: type[asyncio.AbstractEventLoop]) -> type[asyncio.AbstractEventLoop]:
+    class Loop(base):  # type: ignore[valid-type,misc]
+        async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.Server:
+            if kwargs.get("ssl") is not None:
+                kwargs.setdefault("ssl_handshake_timeout", _limits.header_timeout)
+            return cast(asyncio.Server, await super().create_server(*args, **kwargs))
+
+    return Loop
+
+
+def loop_factory() -> asyncio.AbstractEventLoop:
+    """uvloop (else asyncio's loop) whose TLS handshakes must end within header_timeout.
+
+    A TLS connection reaches the HTTP protocol, and so its deadline and the connection
+    cap, only once its handshake is done; until then it holds a file descriptor for
+    asyncio's default 60 s. uvicorn has no option for it, but takes a loop factory.
+    """
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional for uvicorn
+        return _bound_handshakes(asyncio.SelectorEventLoop)()
+    return _bound_handshakes(uvloop.Loop)()
+
+
+LOOP = "kms_hsm.api.protocol:loop_factory"
+
+
 class CoalescingTransport:
     """A transport whose writes within one loop turn leave as a single write."""
 
