@@ -4,7 +4,9 @@ Limits (issue 15; README "Security"), per worker process:
 
 - A request head (request line and headers) larger than ``max_header_bytes`` is answered
   ``431`` and the connection closed; the parser is never fed more than that many bytes of
-  one head, so a flood costs neither memory nor parsing time.
+  one head, so a flood costs neither memory nor parsing time. (A pipelined head that starts
+  in the same read as the previous body is counted from the next read: one read, at most
+  256 KiB, more.)
 - A connection must send a complete head within ``header_timeout`` seconds of opening, or
   of the first byte of a following request (closed between 1 and 1.25 times that).
   Nothing received: closed quietly (like an idle keep-alive connection, so a client cannot
