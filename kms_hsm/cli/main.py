@@ -22,7 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from kms_hsm.api.app import create_app
-    from kms_hsm.api.protocol import HTTP_PROTOCOL
+    from kms_hsm.api.protocol import HTTP_PROTOCOL, LOOP, apply_limits, freeze_heap
     from kms_hsm.service.runtime import Runtime, prepare
 
     # Workers are spawned and read their settings from the environment.
@@ -66,11 +66,17 @@ def _serve(args: argparse.Namespace) -> int:
         "log_level": settings.log_level.lower(),
         "access_log": False,
         "http": HTTP_PROTOCOL,
+        "loop": LOOP,
+        # Only if h11 stands in for httptools: our own budget (protocol.py) must act first.
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
         **tls,
     }
     if settings.workers == 1:
+        apply_limits(settings)  # workers apply their own (kms_hsm.api.asgi.build)
         try:
-            uvicorn.Server(uvicorn.Config(create_app(settings, runtime), **options)).run()
+            server = uvicorn.Server(uvicorn.Config(create_app(settings, runtime), **options))
+            freeze_heap()
+            server.run()
         finally:
             runtime.close()
         return 0
