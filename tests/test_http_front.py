@@ -376,3 +376,117 @@ def test_both_parsers_keep_the_limits(parser: str) -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def slow_bodies(port: int, count: int) -> list[socket.socket]:
+    """``count`` connections that each sent a whole encrypt head and one byte of its body."""
+    opened = []
+    for _ in range(count):
+        try:
+            sock = connect(port, timeout=2)
+            sock.sendall(
+                b"POST /kms/v1/keys/abc:encrypt HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 65536\r\n\r\n{"
+            )
+        except OSError:
+            continue
+        opened.append(sock)
+    return opened
+
+
+def test_slow_bodies_neither_hold_the_connection_cap_nor_stay_open(serve) -> None:
+    cap = 10
+    s = serve(KMS_HSM_HEADER_TIMEOUT=str(HEADER_TIMEOUT), KMS_HSM_MAX_CONNECTIONS=str(cap))
+    key_id = encrypt_key(s, "AES_256_HSM")
+    # Finding: a head and one byte of body, then silence, held a place for good, unevictable
+    # and without authentication: with the cap full every new connection was refused.
+    slow = slow_bodies(s.port, cap)
+    started = time.monotonic()
+    try:
+        served: list[str] = []
+        while len(served) < 2 and time.monotonic() - started < 20:
+            try:
+                with httpx.Client(
+                    base_url=s.url, headers={"Authorization": f"Bearer {s.token}"}, timeout=10
+                ) as client:
+                    if not served:
+                        assert encrypt(client, key_id).status_code == 200
+                        served.append("encrypt")
+                    assert client.get("/healthz").status_code == 200
+                    served.append("healthz")
+            except httpx.TransportError:
+                time.sleep(0.1)
+        took = time.monotonic() - started
+        assert served == ["encrypt", "healthz"], served
+        # Overdue after one timeout, closed by the next connection or by 1.25 timeouts.
+        assert took < 4 * HEADER_TIMEOUT + 2, took
+        for sock in slow:
+            answer = read_all(sock, 10)
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+    finally:
+        for sock in slow:
+            sock.close()
+    text = s.text()
+    assert "Traceback" not in text
+    assert "request body not received in time" not in text or "408" in text
+
+
+def test_a_body_sent_in_time_is_served_and_a_late_one_408(serve) -> None:
+    s = serve(KMS_HSM_HEADER_TIMEOUT=str(HEADER_TIMEOUT))
+    body = b'{"plaintext": "Zm9v"}'
+    start = (
+        b"POST /kms/v1/keys/abc:encrypt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        % (s.token.encode(), len(body))
+    )
+    with connect(s.port) as sock:  # slower than the deadline in total: 408, then closed
+        sock.sendall(start)
+        started = time.monotonic()
+        try:
+            for i in range(len(body) - 1):  # never the whole body
+                sock.send(body[i : i + 1])
+                time.sleep(0.2)
+                if time.monotonic() - started > 2 * HEADER_TIMEOUT:
+                    break
+        except OSError:
+            pass
+        answer = read_all(sock, 10)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+        assert b"request body not received in time" in answer
+    with connect(s.port) as sock:  # in time, in pieces: answered (the key does not exist)
+        sock.sendall(start)
+        for i in range(0, len(body), 8):
+            time.sleep(0.1)
+            sock.send(body[i : i + 8])
+        assert sock.recv(65536).startswith(b"HTTP/1.1 404 ")
+    assert "Traceback" not in s.text()
+
+
+class _Conn:
+    def __init__(self, evictable: bool) -> None:
+        self.can_go = evictable
+        self.evicted = False
+
+    def evictable(self) -> bool:
+        return self.can_go
+
+    def evict(self) -> None:
+        self.evicted = True
+
+
+def test_the_cap_keeps_in_line_the_connections_it_cannot_close_yet() -> None:
+    from kms_hsm.api import protocol
+
+    front = protocol._Front()
+    busy, idle = _Conn(False), _Conn(True)
+    for conn in (busy, idle):
+        assert front.admit(conn, 2)  # type: ignore[arg-type]
+    newcomer = _Conn(True)
+    assert front.admit(newcomer, 2)  # type: ignore[arg-type]
+    assert idle.evicted and not busy.evicted
+    # Finding: `busy` was dropped from the queue when skipped, so it could never be closed
+    # to make room, even once it owed no response.
+    assert list(front.waiting) == [busy, newcomer]
+    busy.can_go = True
+    assert front.admit(_Conn(True), 2)  # type: ignore[arg-type]
+    assert busy.evicted

@@ -12,9 +12,15 @@ Limits (issue 15; README "Security"), per worker process:
   Nothing received: closed quietly (like an idle keep-alive connection, so a client cannot
   read it as an answer); part of a head received: ``408``, then closed. Idle time between
   requests stays uvicorn's ``timeout_keep_alive``.
+- A request's whole body must arrive within ``header_timeout`` seconds of its head (same
+  spread), or ``408`` and closed. A total, not a minimum rate: bodies are at most 256 KiB
+  (``api.deps.MAX_BODY_BYTES``), so a rate would still let one connection hold its place
+  for as long as its body size over that rate, and the data plane reads the body before it
+  authenticates, so any client could.
 - At most ``connection_cap()`` open client connections. A new connection beyond the cap
-  closes the oldest one that has not sent a complete request head (half-open or idle
-  between requests), or is itself closed when every connection is busy with a request.
+  closes the connection whose body is most overdue, else the oldest one that has not sent
+  a complete request head (half-open or idle between requests), or is itself closed when
+  every connection is busy with a request.
 
 What uvicorn offers does not cover this: ``h11_max_incomplete_event_size`` applies to h11
 only (we run httptools, whose parser has no limit) and answers 400; ``timeout_keep_alive``
@@ -42,6 +48,7 @@ import resource
 import socket
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -218,6 +225,9 @@ class _Front:
     def __init__(self) -> None:
         self.open: set[_GuardedProtocol] = set()
         self.waiting: OrderedDict[_GuardedProtocol, None] = OrderedDict()
+        # Connections reading a request body, in the order their bodies fall due (one
+        # timeout after their head): the first is the first to become evictable.
+        self.bodies: OrderedDict[_GuardedProtocol, None] = OrderedDict()
         self.shedding = False
         self.closed = 0
         self.refused = 0
@@ -227,16 +237,13 @@ class _Front:
         False when every connection is busy with a request and ``conn`` must go."""
         if len(self.open) >= cap:
             self._shed(cap)
-            while self.waiting:
-                oldest, _ = self.waiting.popitem(last=False)
-                if oldest.evictable():
-                    self.open.discard(oldest)
-                    oldest.evict()
-                    self.closed += 1
-                    break
-            else:
+            victim = self._victim()
+            if victim is None:
                 self.refused += 1
                 return False
+            self.forget(victim)
+            victim.evict()
+            self.closed += 1
         elif self.shedding and len(self.open) < cap * 3 // 4:
             log.warning(
                 "client connections back under the cap: %d closed and %d refused meanwhile",
@@ -247,6 +254,27 @@ class _Front:
         self.open.add(conn)
         self.waiting[conn] = None
         return True
+
+    def _victim(self) -> _GuardedProtocol | None:
+        """The connection to close for a new one: an overdue body, else the oldest waiting."""
+        if self.bodies:
+            first = next(iter(self.bodies))
+            if first.evictable():
+                return first
+        skipped = []
+        victim = None
+        while self.waiting:
+            conn, _ = self.waiting.popitem(last=False)
+            if conn.evictable():
+                victim = conn
+                break
+            skipped.append(conn)
+        # Put back, in their places, those that cannot go now: dropped from the queue they
+        # would stay unevictable until their next response.
+        for conn in reversed(skipped):
+            self.waiting[conn] = None
+            self.waiting.move_to_end(conn, last=False)
+        return victim
 
     def _shed(self, cap: int) -> None:
         if not self.shedding:
@@ -266,13 +294,21 @@ class _Front:
             self.waiting.move_to_end(conn)
 
     def busy(self, conn: _GuardedProtocol) -> None:
-        """``conn`` has sent a complete head: it is not closed to make room."""
+        """``conn`` has sent a complete head: it is not closed to make room until its body
+        is overdue."""
         self.waiting.pop(conn, None)
+        if conn in self.open:
+            self.bodies[conn] = None
+
+    def body_done(self, conn: _GuardedProtocol) -> None:
+        """``conn`` has sent its whole body (or been refused)."""
+        self.bodies.pop(conn, None)
 
     def forget(self, conn: _GuardedProtocol) -> None:
         """``conn`` is closed."""
         self.open.discard(conn)
         self.waiting.pop(conn, None)
+        self.bodies.pop(conn, None)
 
 
 _fronts: weakref.WeakKeyDictionary[ServerState, _Front] = weakref.WeakKeyDictionary()
@@ -313,7 +349,9 @@ class _GuardedProtocol(asyncio.Protocol):
         self._reading_head = True
         self._head_bytes = 0
         self._lingering = False
-        # The deadline of the head being read, or the end of a lingering close; cancelled
+        # When the body being read is overdue (loop time); None when no body is read.
+        self._body_due: float | None = None
+        # The deadline of the head or body being read, or the end of a lingering close; cancelled
         # when the connection goes, so that it does not keep the connection alive.
         self._timer: asyncio.TimerHandle | None = None
         self._front = _front_of(self.server_state)
@@ -361,7 +399,9 @@ class _GuardedProtocol(asyncio.Protocol):
     def evictable(self) -> bool:
         """True when closing this connection loses no request (it owes no response)."""
         idle = self.cycle is None or self.cycle.response_complete
-        return (self._reading_head and idle) or self._lingering
+        if (self._reading_head and idle) or self._lingering:
+            return True
+        return self._body_due is not None and self.loop.time() >= self._body_due
 
     def evict(self) -> None:
         """Close now: the connection's place goes to a new one."""
@@ -369,8 +409,17 @@ class _GuardedProtocol(asyncio.Protocol):
 
     def _head_complete(self) -> None:
         self._reading_head = False
-        self._cancel_timer()
         self._front.busy(self)
+        # The body (if any) has the head's timeout: without a deadline a connection that
+        # sends a head and one byte of body holds its place, unevictable, for good.
+        self._body_due = self.loop.time() + self._limits.header_timeout
+        self._arm_timer(self._body_late)
+
+    def _body_complete(self) -> None:
+        if self._body_due is not None:
+            self._body_due = None
+            self._cancel_timer()
+            self._front.body_done(self)
 
     def _head_expected(self) -> None:
         # The deadline of the next head starts with its first byte (data_received); idle
@@ -382,14 +431,14 @@ class _GuardedProtocol(asyncio.Protocol):
         if not self._raw.is_closing() and self._reading_head:
             self._front.waits(self)
 
-    def _arm_timer(self) -> None:
+    def _arm_timer(self, late: Callable[[], None] | None = None) -> None:
         self._cancel_timer()
         # Up to a quarter later than promised, at random: connections opened together
         # (1,000 by one attacker) then time out spread over a while, not in one burst that
         # stalls every client (measured in tests/test_soak.py: the burst made p99 3x).
         spread = random.uniform(1.0, 1.0 + HEADER_TIMEOUT_SPREAD)  # noqa: S311 (not a secret)
         delay = self._limits.header_timeout * spread
-        self._timer = self.loop.call_later(delay, self._head_late)
+        self._timer = self.loop.call_later(delay, late or self._head_late)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -405,6 +454,25 @@ class _GuardedProtocol(asyncio.Protocol):
         else:
             self._refuse(408, "request head not received in time")
 
+    def _body_late(self) -> None:
+        self._timer = None
+        if self._raw.is_closing() or self._lingering or self._body_due is None:
+            return
+        cycle = self.cycle
+        if cycle is not None:
+            # The app may be waiting for the rest of the body: it gets a disconnect now,
+            # and anything it sends after is dropped (uvicorn's own flags for a lost client).
+            started = cycle.response_started
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if started:  # an answer is on its way: a 408 would corrupt it
+                self._raw.abort()
+                return
+        # uvicorn pauses reading when the app leaves the body unread; the lingering close
+        # must read to avoid a reset.
+        self._raw.resume_reading()
+        self._refuse(408, "request body not received in time")
+
     def _refuse(self, status: int, reason: str) -> None:
         """Answer ``status`` and close. What the client still sends is read and dropped for
         a moment (up to LINGER_BYTES): closing with unread data resets the connection, and
@@ -419,6 +487,10 @@ class _GuardedProtocol(asyncio.Protocol):
         )
         self._lingering = True
         self._linger_bytes = LINGER_BYTES
+        if self._body_due is not None:
+            self._body_due = None
+            self._front.body_done(self)
+            self._front.waits(self)
         if self._raw.can_write_eof():  # TLS cannot half-close
             self._raw.write_eof()
         self._timer = self.loop.call_later(LINGER_SECONDS, self._raw.abort)
@@ -432,7 +504,10 @@ class H11GuardedProtocol(_GuardedProtocol, H11Protocol):
         super().handle_events()
         if self._lingering or self._raw.is_closing():
             return
-        reading = self.conn.their_state is h11.IDLE
+        their = self.conn.their_state
+        reading = their is h11.IDLE
+        if their is not h11.SEND_BODY:
+            self._body_complete()
         if reading and not self._reading_head:
             self._head_expected()
         elif not reading and self._reading_head:
@@ -458,6 +533,7 @@ if HttpToolsProtocol is not None:
 
         def on_message_complete(self) -> None:
             """The body is whole: what follows is the next request's head."""
+            self._body_complete()
             super().on_message_complete()
             self._head_expected()
 
