@@ -332,6 +332,9 @@ def test_limits_hold_over_tls(serve, tmp_path: Path) -> None:
 async def _hello(scope: dict[str, object], receive: object, send: Callable[..., Any]) -> None:
     if scope["type"] != "http":
         return
+    if scope["method"] == "POST":
+        while (await receive()).get("more_body"):  # type: ignore[attr-defined]
+            pass
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
 
@@ -366,6 +369,19 @@ def test_both_parsers_keep_the_limits(parser: str) -> None:
         with connect(port) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost")
             assert read_all(sock, 10).startswith(b"HTTP/1.1 408 ")
+        with connect(port) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
+            time.sleep(0.2)
+            sock.sendall(b"cd" + b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\na")
+            answer = read_all(sock, 10)
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+            assert b"HTTP/1.1 408 " in answer, answer
+        with connect(port) as sock:  # a request without body sets no body deadline
+            sock.sendall(head(100))
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(1.5 * HEADER_TIMEOUT)
+            sock.sendall(head(100))
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         half = fill(port, 20)
         with connect(port) as sock:
             sock.sendall(head(100))

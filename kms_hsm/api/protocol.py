@@ -505,13 +505,16 @@ class H11GuardedProtocol(_GuardedProtocol, H11Protocol):
         if self._lingering or self._raw.is_closing():
             return
         their = self.conn.their_state
-        reading = their is h11.IDLE
+        if their is h11.IDLE:
+            if not self._reading_head:
+                self._head_expected()
+            return
+        # A pipelined request's head can be parsed inside on_response_complete, going from
+        # the previous request's DONE to SEND_BODY without IDLE in between.
+        if self._reading_head or (their is h11.SEND_BODY and self._body_due is None):
+            self._head_complete()
         if their is not h11.SEND_BODY:
             self._body_complete()
-        if reading and not self._reading_head:
-            self._head_expected()
-        elif not reading and self._reading_head:
-            self._head_complete()
 
     def on_response_complete(self) -> None:
         """As uvicorn, then the connection may be closed to make room."""
