@@ -1,5 +1,5 @@
 """Soak (issue 15 acceptance): a client's mixed crypto keeps its latency while 1,000 idle
-half-open connections and a header flood hit the same `kms-hsm serve`.
+half-open connections, 200 slow bodies and a header flood hit the same `kms-hsm serve`.
 
 The attacker runs in a process of its own (``attack``), at the lowest priority and on one
 core, so that its own CPU comes out of the machine's spare time as far as possible, as a
@@ -32,10 +32,12 @@ from tests.conftest import KMS_HSM, REPO, free_port, nodelay, serve_env, stop, w
 CLIENT_SECONDS = 20.0
 HALF_OPEN = 1000
 FLOODERS = 4
+SLOW_BODIES = 200
 
 
 async def _attack(port: int, seconds: float) -> dict[str, int]:
     stats = {"opened": 0, "closed_by_server": 0, "flood_connections": 0, "flood_431": 0}
+    stats |= {"slow_bodies": 0, "body_408": 0}
     end = time.monotonic() + seconds
 
     async def half_open() -> None:
@@ -51,6 +53,27 @@ async def _attack(port: int, seconds: float) -> dict[str, int]:
             try:
                 await asyncio.wait_for(reader.read(), max(0.01, end - time.monotonic()))
                 stats["closed_by_server"] += 1
+            except (TimeoutError, OSError):
+                pass
+            writer.close()
+
+    async def slow_body() -> None:
+        # A whole head and one byte of a 64 KiB body, then silence (unauthenticated).
+        while time.monotonic() < end:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            stats["slow_bodies"] += 1
+            writer.write(
+                b"POST /kms/v1/keys/x:encrypt HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 65536\r\n\r\n{"
+            )
+            try:
+                answer = await asyncio.wait_for(reader.read(64), max(0.01, end - time.monotonic()))
+                if answer.startswith(b"HTTP/1.1 408"):
+                    stats["body_408"] += 1
             except (TimeoutError, OSError):
                 pass
             writer.close()
@@ -80,7 +103,9 @@ async def _attack(port: int, seconds: float) -> dict[str, int]:
             writer.close()
 
     await asyncio.gather(
-        *[half_open() for _ in range(HALF_OPEN)], *[flood() for _ in range(FLOODERS)]
+        *[half_open() for _ in range(HALF_OPEN)],
+        *[slow_body() for _ in range(SLOW_BODIES)],
+        *[flood() for _ in range(FLOODERS)],
     )
     return stats
 
@@ -93,7 +118,9 @@ def attack(port: int, seconds: float) -> None:
     os.nice(19)
     os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * HALF_OPEN)), hard))
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * (HALF_OPEN + SLOW_BODIES))), hard)
+    )
     print(json.dumps(asyncio.run(_attack(port, seconds))), flush=True)
 
 
@@ -217,6 +244,8 @@ def test_mixed_crypto_keeps_its_latency_under_half_open_connections_and_a_header
     assert not failures, (failures[:5], figures)
     assert stats["opened"] >= HALF_OPEN, figures
     assert stats["flood_connections"] >= FLOODERS, figures
+    # Each slow body is answered 408 after header_timeout (10 s) and opened again.
+    assert stats["body_408"] >= SLOW_BODIES, figures
     assert p99(attacked) <= 2 * max(p99(baseline), p99(saturated)), figures
     text = log.read_text(errors="replace")
     assert "Traceback" not in text
