@@ -56,12 +56,14 @@ class Settings(BaseSettings):
     # Seconds a connection has to send a complete request head, from its first byte or from
     # the moment it opened; a connection that runs out is closed (at a random moment
     # between 1 and 1.25 times this, so that connections opened together do not all go at
-    # once): quietly if it sent nothing, with 408 if it sent part of a head.
+    # once): quietly if it sent nothing, with 408 if it sent part of a head. A request's
+    # whole body has as long again from the end of its head (408, and the connection is
+    # the first closed to make room once overdue).
     header_timeout: float = Field(default=10.0, gt=0)
     # Open client connections per worker, lowered to the open-file limit (raised to its
     # hard limit at start) minus 256 kept for the token, the database, the scheduler and
     # the logs (kms_hsm.api.protocol.FD_RESERVE). Beyond it the oldest connection that has
-    # not sent a complete request head is closed, else the new one.
+    # not sent a complete request head (or whose body is overdue) is closed, else the new one.
     max_connections: int = Field(default=4096, ge=1)
     # Shortest rotationPeriod a key may have, in seconds ("86400", "24h" and "1d" are equal):
     # each rotation makes a token object, so a short period fills the token.
