@@ -548,3 +548,84 @@ def _copy_file(source: Path, dest: Path) -> Path:
     with sqlite3.connect(source) as src, sqlite3.connect(dest) as dst:
         src.backup(dst)
     return dest
+
+
+# ---------------------------------------------------------------- review of the merged work
+
+
+def _cut_tail(db_path: Path, keep: int) -> None:
+    with sqlite3.connect(db_path) as db:
+        (kept_hash,) = db.execute("SELECT hash FROM audit_events WHERE seq = ?", (keep,)).fetchone()
+        db.execute("DELETE FROM audit_events WHERE seq > ?", (keep,))
+        db.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (keep, kept_hash))
+
+
+def test_a_cut_tail_stays_caught_after_the_chain_grows_past_it(
+    token_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service must not sign (and so bless) a chain that lost a checkpointed event:
+    before, it replaced the token's checkpoint as soon as new events passed the old head,
+    and `audit verify` then passed."""
+    options = {"audit_log_file": tmp_path / "audit.jsonl", "audit_checkpoint_interval": 0.2}
+    with _own_service(token_dir, tmp_path, "kms.db", **options) as (_runtime, api):
+        _some_events(api, 4)
+    last = _head_seq(_db_path(tmp_path))  # a clean stop checkpoints the last event
+    _cut_tail(_db_path(tmp_path), last - 3)
+    with _own_service(token_dir, tmp_path, "kms.db", **options) as (_runtime, api):
+        _some_events(api, 4)  # well past the old head
+        deadline = time.monotonic() + 5
+        while "no longer holds event" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert _head_seq(_db_path(tmp_path)) > last
+    assert f"no longer holds event {last}" in caplog.text
+    result = cli(_url(_db_path(tmp_path)), "audit", "verify")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "differs from the checkpoint in the token" in result.stdout
+
+
+def test_verify_holds_the_chain_against_every_checkpoint_of_the_file() -> None:
+    """After a restore and regrowth the newest checkpoints agree with the new fork; the
+    older ones, written before the restore, are the evidence (only the newest was kept)."""
+    from kms_hsm.audit.chain import ChainHead, ChainKey, Checkpoint
+    from kms_hsm.audit.checkpoints import worth_checking
+
+    key = ChainKey(b"k" * 32)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    before_restore = Checkpoint.make(key, ChainHead(5, "a" * 64), now)
+    on_the_fork = Checkpoint.make(key, ChainHead(8, "b" * 64), now)
+    again = Checkpoint.make(key, ChainHead(8, "b" * 64), now + timedelta(seconds=1))
+    assert worth_checking([before_restore, on_the_fork, again], key) == [
+        before_restore,
+        on_the_fork,
+    ]
+    forged = before_restore._replace(mac="0" * 64)
+    assert worth_checking([on_the_fork, forged], key) == [forged]
+
+
+def test_a_deleted_chain_key_is_not_replaced_by_a_new_one(
+    token_dir: Path, tmp_path: Path, portal, wait
+) -> None:
+    """Deleting the chain key's row made the next start create a new key silently; the
+    old checkpoints then only looked foreign, and a rewritten chain verified."""
+    from kms_hsm.audit.chain import CHAIN_KEY_NAME
+    from kms_hsm.config import Settings
+    from kms_hsm.errors import FailedPrecondition
+
+    options = {"audit_log_file": tmp_path / "audit.jsonl", "audit_checkpoint_interval": 0.2}
+    with _own_service(token_dir, tmp_path, "kms.db", **options) as (_runtime, api):
+        _some_events(api, 1)
+    with sqlite3.connect(_db_path(tmp_path)) as db:
+        db.execute("DELETE FROM service_secrets WHERE name = ?", (CHAIN_KEY_NAME,))
+    runtime = Runtime.start(
+        Settings(
+            data_dir=tmp_path,
+            pin_file=token_dir / "user-pin",
+            database_url=_url(_db_path(tmp_path)),
+            scheduler_interval=0,
+        )
+    )
+    try:
+        with pytest.raises(FailedPrecondition, match="audit chain key is missing"):
+            portal.call(runtime.open)
+    finally:
+        runtime.close()

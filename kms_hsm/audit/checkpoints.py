@@ -43,6 +43,9 @@ from kms_hsm.errors import KmsError
 
 log = logging.getLogger(__name__)
 
+# Longest pause between checkpoint attempts while they fail (seconds).
+MAX_BACKOFF = 60.0
+
 
 def checkpoint_label(root_key_id: str) -> str:
     """The token data object of a deployment's checkpoint (its root key names it)."""
@@ -81,17 +84,18 @@ def file_checkpoints(path: Path) -> Iterator[Checkpoint]:
 def worth_checking(checkpoints: Iterable[Checkpoint], key: ChainKey) -> list[Checkpoint]:
     """Of a file's checkpoints, the ones ``audit verify`` must hold the chain against.
 
-    The newest valid one suffices: the chain's MACs pin every event before it, so the
-    older ones agree if it does. A forged one (wrong MAC) comes first, to be named. A
-    year of one-second checkpoints is 31 million lines: they are streamed, not kept.
+    Every distinct one, not just the newest: after an older database was restored and
+    the service ran on past the old head, the newest checkpoints belong to the new fork
+    and agree with it; only those written before the restore show it. A forged one
+    (wrong MAC) comes alone, to be named. Memory grows with the distinct checkpoints
+    (one per interval while the chain grows), not with the file's events.
     """
-    newest: Checkpoint | None = None
+    distinct: dict[tuple[int, str], Checkpoint] = {}
     for checkpoint in checkpoints:
         if not checkpoint.valid(key):
             return [checkpoint]
-        if newest is None or checkpoint.seq > newest.seq:
-            newest = checkpoint
-    return [] if newest is None else [newest]
+        distinct.setdefault((checkpoint.seq, checkpoint.hash), checkpoint)
+    return sorted(distinct.values(), key=lambda c: c.seq)
 
 
 class AuditCheckpoints:
@@ -103,13 +107,18 @@ class AuditCheckpoints:
         token: Token,
         interval: float,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        stop_timeout: float | None = None,
     ) -> None:
         self._audit = audit
         self._token = token
         self._interval = interval
         self._clock = clock
+        self._stop_timeout = stop_timeout
         self._label: str | None = None
         self._written = 0  # the highest seq this process checkpointed
+        self._last: Checkpoint | None = None
+        self._refused = False  # the chain lost a checkpointed event: never sign it
+        self._failures = 0  # consecutive failed writes (back-off)
         self._task: asyncio.Task[None] | None = None
 
     def set_root_key(self, root_key_id: str) -> None:
@@ -123,20 +132,41 @@ class AuditCheckpoints:
         return parse_token_checkpoints(await self._token.read_data(self._label))
 
     async def write_once(self) -> Checkpoint | None:
-        """Checkpoint the head now if it moved since this process last did; None if not."""
+        """Checkpoint the head now if it moved since this process last did; None if not.
+
+        First the chain must still hold the newest checkpoint the token has and the last
+        one this process wrote. If it does not, events were cut off the end or an older
+        database was restored: signing the head now would bless the altered chain (and
+        replace the token's evidence), so nothing is written, ever again in this process,
+        and the log says why at CRITICAL.
+        """
         key = self._audit.chain_key
-        if key is None or self._label is None:
+        if key is None or self._label is None or self._refused:
             return None
         head = await asyncio.to_thread(self._audit.head)
         if head.seq <= self._written:
             return None
+        stored = [c for c in await self.in_token() if c.valid(key)]
+        newest = max(stored, key=lambda c: c.seq, default=None)
+        for earlier in (newest, self._last):
+            if earlier is None or earlier.seq == 0:
+                continue
+            if await asyncio.to_thread(self._audit.link_at, earlier.seq) != earlier.hash:
+                self._refused = True
+                log.critical(
+                    "audit chain no longer holds event %d of checkpoint %s: events were cut "
+                    "off the end or an older database was restored; no checkpoint will be "
+                    "written (run kms-hsm audit verify)",
+                    earlier.seq,
+                    earlier.time,
+                )
+                return None
         checkpoint = Checkpoint.make(key, head, self._clock())
-        stored = await self.in_token()
-        trusted = [c.seq for c in stored if c.valid(key)]
-        if not trusted or max(trusted) < head.seq:
+        if newest is None or newest.seq < head.seq:
             await self._token.write_data(self._label, checkpoint.to_json().encode())
         self._audit.stream_line(checkpoint.to_json())
         self._written = head.seq
+        self._last = checkpoint
         return checkpoint
 
     def start(self) -> None:
@@ -147,24 +177,42 @@ class AuditCheckpoints:
             )
 
     async def stop(self) -> None:
-        """Stop the task, then write a last checkpoint (a clean stop leaves no window)."""
+        """Stop the task, then write a last checkpoint (a clean stop leaves no window).
+
+        The last checkpoint may take ``stop_timeout`` at most: a hung token or database
+        must not hang shutdown.
+        """
         task, self._task = self._task, None
         if task is None:
             return
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await self._write_logged()
+        try:
+            await asyncio.wait_for(self._write_logged(), self._stop_timeout)
+        except TimeoutError:
+            log.warning("audit checkpoint not written at stop: no answer in time")
 
-    async def _write_logged(self) -> None:
+    async def _write_logged(self) -> bool:
         try:
             await self.write_once()
         except KmsError as exc:
-            log.warning("audit checkpoint not written: %s", exc.log_detail or exc.message)
-        except Exception as exc:  # a database error: try again next interval
-            log.warning("audit checkpoint not written: %s", type(exc).__name__)
+            detail = exc.log_detail or exc.message
+        except Exception as exc:  # a database error: try again later
+            detail = type(exc).__name__
+        else:
+            if self._failures:
+                log.info("audit checkpoints written again after %d failures", self._failures)
+            self._failures = 0
+            return True
+        self._failures += 1
+        if self._failures == 1:  # once a streak: the loop retries every interval or slower
+            log.warning("audit checkpoint not written (retrying with back-off): %s", detail)
+        return False
 
     async def _loop(self) -> None:
         while True:
             await self._write_logged()
-            await asyncio.sleep(self._interval)
+            # Back off while writes fail: a token whose writes hang gets its agent killed
+            # at every call's deadline, failing the data plane's calls in flight with it.
+            await asyncio.sleep(min(self._interval * 2 ** min(self._failures, 16), MAX_BACKOFF))

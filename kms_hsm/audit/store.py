@@ -249,6 +249,19 @@ class AuditLog:
             count += 1
         return count
 
+    def link_at(self, seq: int) -> str | None:
+        """The stored link (hash or MAC) of event ``seq``; None when there is no such event."""
+        with self._db.read() as session:
+            return session.scalar(select(AuditEventRow.hash).where(AuditEventRow.seq == seq))
+
+    def has_mac_events(self) -> bool:
+        """True once any event is MAC'd (chain v2): a chain key has been in use."""
+        with self._db.read() as session:
+            found = session.scalar(
+                select(AuditEventRow.seq).where(AuditEventRow.chain == CHAIN_V2).limit(1)
+            )
+        return found is not None
+
     def head(self) -> ChainHead:
         """The end of the chain as stored with the last append."""
         with self._db.read() as session:

@@ -109,6 +109,11 @@ class Keyring:
         if await self._token.decrypt(root, nonce, sealed, b"kms-hsm readiness") != probe:
             raise Internal(log_detail="root key round-trip returned other bytes")
 
+    def has_service_secret(self, name: str) -> bool:
+        """True when the database holds the service secret ``name``."""
+        with self._db.read() as session:
+            return repository.get_service_secret(session, name) is not None
+
     async def service_secret(self, name: str, length: int = 32) -> bytes:
         """A secret of the service, kept in the database wrapped by the root key.
 

@@ -28,7 +28,7 @@ from kms_hsm.config import Settings, write_secret_file
 from kms_hsm.crypto.agent import AgentConfig, AgentPool, AgentToken
 from kms_hsm.crypto.software import MaterialCache
 from kms_hsm.domain.ids import PRINCIPAL_PREFIX, new_id
-from kms_hsm.errors import BackendUnavailable, LoginRefused
+from kms_hsm.errors import BackendUnavailable, FailedPrecondition, LoginRefused
 from kms_hsm.service.access import AccessService
 from kms_hsm.service.auth import AuthService, new_token, token_hash
 from kms_hsm.service.crypto import CryptoService
@@ -205,7 +205,12 @@ class Runtime:
             audit,
             min_rotation_period=timedelta(seconds=settings.min_rotation_period),
         )
-        checkpoints = AuditCheckpoints(audit, token, settings.audit_checkpoint_interval)
+        checkpoints = AuditCheckpoints(
+            audit,
+            token,
+            settings.audit_checkpoint_interval,
+            stop_timeout=2 * settings.call_timeout,
+        )
         return cls(
             settings=settings,
             engine=engine,
@@ -248,8 +253,9 @@ class Runtime:
             try:
                 root_key_id = await self.keyring.ensure_root_key()
                 await self.keys.load_secrets()
-                self.audit.set_chain_key(await self.keyring.service_secret(CHAIN_KEY_NAME))
                 self.audit_checkpoints.set_root_key(root_key_id)
+                await self._refuse_a_new_chain_key()
+                self.audit.set_chain_key(await self.keyring.service_secret(CHAIN_KEY_NAME))
                 return
             except LoginRefused:
                 raise  # another try would burn another PIN attempt
@@ -257,6 +263,21 @@ class Runtime:
                 if time.monotonic() >= deadline:
                     raise BackendUnavailable(exc.log_detail or exc.message) from None
                 await asyncio.sleep(_OPEN_RETRY)
+
+    async def _refuse_a_new_chain_key(self) -> None:
+        """Fail when the chain key is gone from a database whose chain (or token) used one.
+
+        Making a new key then would let whoever deleted the row rewrite the chain and have
+        it verify (the old checkpoints would merely look foreign), so start-up stops.
+        """
+        if self.keyring.has_service_secret(CHAIN_KEY_NAME):
+            return
+        if self.audit.has_mac_events() or await self.audit_checkpoints.in_token():
+            raise FailedPrecondition(
+                "the audit chain key is missing from the database, but MAC'd events or the "
+                "token's audit checkpoints show that one was in use: the database was "
+                "altered or restored from the wrong copy; refusing to start a new chain"
+            )
 
     def preflight(self) -> None:
         """Before serving: reach the token through an agent of its own, then stop that agent."""
