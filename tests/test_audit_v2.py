@@ -629,3 +629,34 @@ def test_a_deleted_chain_key_is_not_replaced_by_a_new_one(
             portal.call(runtime.open)
     finally:
         runtime.close()
+
+
+def _stream_many(path: Path) -> None:
+    from kms_hsm.audit.chain import ChainedEvent
+
+    event = AuditEvent(
+        datetime(2026, 1, 1, tzinfo=UTC), "p" * 40, "m", "k" * 40, "v", "OK", "r" * 36, "s"
+    )
+    batch = [ChainedEvent(seq, event, "0" * 64, "1" * 64) for seq in range(60)]  # ~24 KiB
+    log = AuditLog(None, path)  # type: ignore[arg-type]
+    for _ in range(100):
+        log.stream(batch)
+        log.stream_line('{"type":"checkpoint"}')
+
+
+def test_workers_sharing_the_json_lines_file_never_split_each_others_lines(tmp_path) -> None:
+    """Each worker process appends to one file: a batch over a buffer's 8 KiB went out in
+    several writes, and another worker's line could land inside one of them."""
+    import multiprocessing
+
+    path = tmp_path / "shared.jsonl"
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_stream_many, args=(path,)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 4 * 100 * 61
+    for line in lines:
+        json.loads(line)

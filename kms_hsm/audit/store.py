@@ -15,6 +15,7 @@ data plane's events are committed in groups by ``audit/batcher.py``.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -220,17 +221,27 @@ class AuditLog:
 
     def stream(self, chained: list[ChainedEvent]) -> None:
         """Copy committed events to the JSON-lines file, if one is configured."""
-        if self._stream_path is None:
-            return
-        with self._stream_lock, self._stream_path.open("a", encoding="utf-8") as f:
-            f.writelines(c.to_json() + "\n" for c in chained)
+        self._append_lines(c.to_json() for c in chained)
 
     def stream_line(self, line: str) -> None:
         """Append one line (a checkpoint) to the JSON-lines file, if one is configured."""
+        self._append_lines((line,))
+
+    def _append_lines(self, lines: Iterable[str]) -> None:
+        # One write() on an O_APPEND descriptor: workers share the file, and a buffered
+        # file object splits a batch over 8 KiB into several writes, between which
+        # another worker's line could land inside one of ours.
         if self._stream_path is None:
             return
-        with self._stream_lock, self._stream_path.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        data = "".join(line + "\n" for line in lines).encode()
+        with self._stream_lock:
+            fd = os.open(self._stream_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
 
     def events(self, since: datetime | None = None) -> Iterator[ChainedEvent]:
         """Committed events in chain order (optionally from ``since``)."""
