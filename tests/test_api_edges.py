@@ -20,8 +20,10 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from kms_hsm.service.runtime import Runtime
+from kms_hsm.store.tables import OperationRow
 from tests.conftest import KMS_HSM, create_key, free_port, serve_env, stop, wait_until_serving
 
 FOLDER = "b1g-edges"
@@ -356,6 +358,32 @@ def test_folder_binding_operations_are_readable_by_their_author(
         assert r.status_code == 200
         r = stranger.get(f"{base_url}/operations/{set_op['id']}")
         assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("metadata", [{}, {"type": "x.Metadata"}, {"value": "not-a-dict"}])
+def test_operations_with_malformed_metadata_are_read_without_a_500(
+    api: httpx.Client, base_url: str, runtime: Runtime, metadata: dict[str, object]
+) -> None:
+    # Stored metadata is JSON in the database: written by older versions, or by hand.
+    # Before: op.metadata["value"] raised KeyError (500) for the author and everyone else.
+    folder = "b1g-edges-badmeta"
+    op = api.post(
+        f"/kms-hsm/v1/folders/{folder}:setAccessBindings", json={"accessBindings": []}
+    ).json()
+    with runtime.engine.begin() as conn:
+        conn.execute(
+            sa.update(OperationRow)
+            .where(OperationRow.id == op["id"])
+            .values(metadata_json=metadata)
+        )
+    got = api.get(f"/operations/{op['id']}")
+    assert got.status_code == 200, got.text
+    assert got.json()["id"] == op["id"]
+    # Nobody else can be shown to hold a role on a folder the operation does not name.
+    _, stranger = _principal(runtime, "badmeta-stranger")
+    with stranger:
+        r = stranger.get(f"{base_url}/operations/{op['id']}")
+        assert r.status_code == 404 and r.json()["code"] == 5, r.text
 
 
 def _forged(ciphertext: str) -> str:

@@ -94,25 +94,49 @@ def test_failed_tokens_from_one_source_get_429_with_retry_after_until_the_window
         assert _list(client, "kmsh1_wrong-later").status_code == 401
 
 
-def test_failed_tokens_naming_a_principal_are_limited_across_sources(
-    token_dir: Path, tmp_path: Path
-) -> None:
+def test_revoked_and_unknown_tokens_get_the_same_answer(token_dir: Path, tmp_path: Path) -> None:
+    # Before: once a revoked token's principal had LIMIT failures, the revoked token got 429
+    # where an unknown one got 401, telling that the token once existed.
     with _service(token_dir, tmp_path) as (rt, url, _admin):
         principal = rt.auth.create_principal("limited")
         revoked, revoked_id = rt.auth.issue_token(principal.id)
         good, _ = rt.auth.issue_token(principal.id)
         rt.auth.revoke_token(revoked_id)
-        # One failure from each of LIMIT addresses: no source is over its budget...
         for i in range(LIMIT):
             with _client(url, f"127.0.1.{i + 1}") as client:
                 assert _list(client, revoked).status_code == 401
         with _client(url, "127.0.1.100") as client:
-            # ...but the principal is.
-            _assert_429(_list(client, revoked))
-            # An unknown token from the same fresh address names no principal: 401.
+            assert _list(client, revoked).status_code == 401
             assert _list(client, "kmsh1_unknown").status_code == 401
             # The principal's valid token is not refused (no role: 403, not 401/429).
             assert _list(client, good).status_code == 403
+            # Over the source's budget both are 429 alike.
+            _list(client, "kmsh1_unknown2")
+            _assert_429(_list(client, revoked))
+            _assert_429(_list(client, "kmsh1_unknown3"))
+
+
+def test_valid_tokens_work_from_an_address_over_its_budget_after_a_state_change(
+    token_dir: Path, tmp_path: Path
+) -> None:
+    # Before: over budget, any token not cached got 429 before its lookup, and a state
+    # change empties the cache: one bad client behind a NAT locked everyone there out.
+    with _service(token_dir, tmp_path) as (rt, url, admin), _client(url) as client:
+        assert _list(client, admin).status_code == 200
+        fresh, _ = rt.auth.issue_token(rt.auth.create_principal("fresh").id)
+        for i in range(LIMIT):
+            assert _list(client, f"kmsh1_wrong{i}").status_code == 401
+        _assert_429(_list(client, "kmsh1_wrong-again"))
+        with _client(url, "127.0.3.1") as other:  # a state change, made elsewhere
+            r = other.post(
+                "/kms/v1/keys",
+                json={"folderId": FOLDER, "defaultAlgorithm": "AES_256"},
+                headers={"Authorization": f"Bearer {admin}"},
+            )
+            assert r.status_code == 200, r.text
+        assert _list(client, admin).status_code == 200
+        assert _list(client, fresh).status_code == 403  # valid, no role: not 401/429
+        _assert_429(_list(client, "kmsh1_wrong-still"))
 
 
 def test_missing_or_malformed_credentials_are_not_counted(token_dir: Path, tmp_path: Path) -> None:

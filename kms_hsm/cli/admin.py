@@ -285,12 +285,16 @@ def _resource_args(p: argparse.ArgumentParser, *, required: bool = False) -> Non
     )
 
 
+# A token's lifetime is bounded: far larger values overflow the date arithmetic.
+_MAX_EXPIRES_IN = 10 * 365 * 86400
+
+
 def _positive_seconds(value: str) -> int:
-    """A whole number of seconds above zero (0 or less would mean a token never expiring)."""
-    try:
-        seconds = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {value!r}") from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError("must be at least 1 second")
+    """Whole seconds from 1 to ten years, in ASCII digits (0 or less would never expire)."""
+    # int() also takes "1_000", "+5", " 5" and other scripts' digits ("١٢").
+    if not (value.isascii() and value.isdigit()) or len(value) > 10:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds (ASCII digits): {value!r}")
+    seconds = int(value)
+    if not 1 <= seconds <= _MAX_EXPIRES_IN:
+        raise argparse.ArgumentTypeError(f"must be 1 to {_MAX_EXPIRES_IN} seconds (ten years)")
     return seconds

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from kms_hsm.audit.store import AuditLog
 from kms_hsm.domain import validation
 from kms_hsm.errors import InvalidArgument, NotFound, PermissionDenied
-from kms_hsm.service.cache import StateCache
+from kms_hsm.service.cache import MissCache, StateCache
 from kms_hsm.service.context import CallContext, as_context
 from kms_hsm.service.keys import Clock, utc_now
 from kms_hsm.service.operations import finished_operation, persist_with_audit
@@ -130,6 +130,10 @@ def check_binding(binding: Binding) -> Binding:
     return binding
 
 
+class _NoSuchKey(Exception):
+    """Internal: a key id with no key, kept out of the cache of known keys."""
+
+
 class AccessService:
     """Stores bindings and answers "may this principal do that here?"."""
 
@@ -144,7 +148,10 @@ class AccessService:
         self._audit = audit
         self._clock = clock
         self._granted: StateCache[frozenset[Permission]] = StateCache(watch)
-        self._folders: StateCache[tuple[str, bool] | None] = StateCache(watch)
+        # Known keys and unknown ids apart: random ids evict only other misses.
+        self._folders: StateCache[tuple[str, bool]] = StateCache(watch)
+        self._no_key = MissCache(watch)
+        self._no_key_granted = MissCache(watch)
         self._allowed: StateCache[bool] = StateCache(watch)
 
     def permissions(
@@ -191,22 +198,44 @@ class AccessService:
     def _authorize_key(
         self, principal_id: str, permission: Permission, key_id: str, deleted_too: bool
     ) -> bool:
-        found = self._folders.get(key_id, lambda: self._load_folder(key_id))
+        found = self._find_key(key_id)
         folder_id, deleted = found or ("", False)
         # An unknown key takes the same steps as a key the caller has no role on: one
         # folder lookup and one permissions lookup, each cached until the next state
         # change. Unknown ids were looked up anew on every request (~0.95 ms against
         # ~0.55 ms), which told a caller with no role which ids exist.
+        if found is None:
+            # The same two lookups as for a key without a role, in the misses' own cache.
+            self._no_key_granted.get(
+                (principal_id, key_id), lambda: self._no_key_permissions(principal_id, key_id)
+            )
+            raise NotFound(f"key {key_id} not found")
         granted = self.permissions(
             principal_id, [Resource("key", key_id), Resource("folder", folder_id)]
         )
-        if found is None or (deleted and not deleted_too):
+        if deleted and not deleted_too:
             raise NotFound(f"key {key_id} not found")
         if permission in granted:
             return True
         if not granted:
             raise NotFound(f"key {key_id} not found")
         raise PermissionDenied(f"permission denied: {permission.value} on key {key_id}")
+
+    def _find_key(self, key_id: str) -> tuple[str, bool] | None:
+        """(folder id, deleted) of a key, None for no such key; both cached until a change."""
+        try:
+            return self._folders.get(key_id, lambda: self._load_known(key_id))
+        except _NoSuchKey:
+            return None
+
+    def _load_known(self, key_id: str) -> tuple[str, bool]:
+        found = self._no_key.get(key_id, lambda: self._load_folder(key_id))
+        if found is None:
+            raise _NoSuchKey  # not cached among the hits
+        return found
+
+    def _no_key_permissions(self, principal_id: str, key_id: str) -> None:
+        self._load_permissions(principal_id, (("key", key_id), ("folder", ""), INSTANCE))
 
     def _load_folder(self, key_id: str) -> tuple[str, bool] | None:
         """(folder id, deleted) of a key; None when there is no such key.

@@ -3,13 +3,15 @@
 A token is ``kmsh1_`` + 43 base64url characters (256 random bits). Only its SHA-256 is
 stored; the token itself is shown once, when it is issued.
 
-Failed authentication is limited per source address and per principal (a revoked or
-expired token names its principal): beyond ``auth_failure_limit`` failures in
-``auth_failure_window`` seconds the answer is ResourceExhausted (429) with the seconds to
-wait, and a token that is not already known good is not even looked up. Missing or
-malformed credentials are not counted: they cost nothing and guess nothing. Tokens
-already known good (cached) are not limited, so a client sharing an address with an
-attacker keeps working; the budgets are per process (per worker).
+Failed authentication is limited per source address: beyond ``auth_failure_limit``
+failures in ``auth_failure_window`` seconds a failing token is answered ResourceExhausted
+(429) with the seconds to wait. Every token is still looked up (one read by its hash), so
+a valid token always works, even from an address shared with an attacker (NAT, proxy, an
+IPv6 /64) and after a state change has emptied the cache of known tokens. Unknown,
+revoked and expired tokens get the same answer: a budget per principal would answer 429
+for a revoked token where an unknown one gets 401, telling that the token once existed,
+and it guards nothing a 256-bit token needs. Missing or malformed credentials are not
+counted: they cost nothing and guess nothing. The budgets are per process (per worker).
 """
 
 from __future__ import annotations
@@ -97,7 +99,6 @@ class AuthService:
         self._audit = audit
         self._known: StateCache[tuple[Principal, datetime | None]] = StateCache(watch)
         self._failed_sources = FailureWindow(failure_limit, failure_window)
-        self._failed_principals = FailureWindow(failure_limit, failure_window)
 
     def has_principals(self) -> bool:
         """True once any principal exists."""
@@ -220,37 +221,32 @@ class AuthService:
         digest = token_hash(token)
         principal, expires_at = self._known.get(digest, lambda: self._load_token(digest, source))
         if expires_at is not None and expires_at <= self._clock():
-            self._refuse(source, principal.id)
+            self._refuse(source)
         return principal
 
     def _load_token(self, digest: str, source: str) -> tuple[Principal, datetime | None]:
-        # Before the database: a source over its budget gets no more lookups.
-        wait = self._failed_sources.retry_after(source_key(source))
-        if wait is not None:
-            raise _too_many(wait)
+        # Looked up even over the budget: refusing unseen tokens outright locked out every
+        # valid client behind the attacker's address after each cache flush.
         with self._db.read() as session:
             row = repository.find_token(session, digest)
             # The lookup is by hash; the compare is constant-time anyway.
             if row is None or not hmac.compare_digest(row.token_sha256, digest):
-                self._refuse(source, None)
+                self._refuse(source)
             if row.revoked_at is not None:
-                self._refuse(source, row.principal_id)
+                self._refuse(source)
             principal = session.get(PrincipalRow, row.principal_id)
             if principal is None or principal.disabled_at is not None:
-                self._refuse(source, row.principal_id)
+                self._refuse(source)
             return Principal(principal.id, principal.name), row.expires_at
 
-    def _refuse(self, source: str, principal_id: str | None) -> NoReturn:
-        """Count a failed token and refuse it: 401, or 429 once a budget is spent."""
-        keys = [(self._failed_sources, source_key(source))]
-        if principal_id is not None:
-            keys.append((self._failed_principals, principal_id))
-        waits = [w for table, key in keys if (w := table.retry_after(key)) is not None]
-        if waits:
+    def _refuse(self, source: str) -> NoReturn:
+        """Count a failed token and refuse it: 401, or 429 once the source's budget is spent."""
+        key = source_key(source)
+        wait = self._failed_sources.retry_after(key)
+        if wait is not None:
             # Refusals over the budget are not counted: the window lets go on time.
-            raise _too_many(max(waits))
-        for table, key in keys:
-            table.record(key)
+            raise _too_many(wait)
+        self._failed_sources.record(key)
         raise Unauthenticated("token is invalid or has expired")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar, cast
 
@@ -46,4 +47,39 @@ class StateCache(Generic[V]):
                 values = {}
                 self._current = (version, values)
             values[key] = value
+        return value
+
+
+class MissCache:
+    """Keys known to be absent, valid until the next state change: a bounded LRU.
+
+    Kept apart from the ``StateCache`` of hits so that a flood of random ids evicts only
+    other misses (the least recently used), never flushes the values everyone uses.
+    """
+
+    def __init__(self, watch: StateWatch | None, max_entries: int = 10_000) -> None:
+        self._watch = watch
+        self._max = max_entries
+        self._version = -1
+        self._keys: OrderedDict[Hashable, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, load: Callable[[], V | None]) -> V | None:
+        """``load()``'s value, or None without loading when ``key`` is a known miss."""
+        if self._watch is None:
+            return load()
+        version = self._watch.current()
+        with self._lock:
+            if self._version == version and key in self._keys:
+                self._keys.move_to_end(key)
+                return None
+        value = load()
+        if value is None:
+            with self._lock:
+                if self._version != version:
+                    self._keys.clear()
+                    self._version = version
+                self._keys[key] = None
+                if len(self._keys) > self._max:
+                    self._keys.popitem(last=False)
         return value

@@ -66,11 +66,21 @@ def _metadata_value(name: str, value: Any) -> Any:
     return value
 
 
+def _metadata_fields(op: StoredOperation) -> dict[str, Any]:
+    """The operation's metadata fields; none when the stored metadata is not the usual shape.
+
+    Rows are JSON written by this and earlier versions (or edited by hand): a missing or
+    odd "value" must not turn a read into a 500.
+    """
+    value = op.metadata.get("value") if isinstance(op.metadata, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
 def operation_json(op: StoredOperation) -> dict[str, Any]:
     """``yandex.cloud.operation.Operation`` with metadata and response as ``Any``."""
     metadata = {
         wire.camel(k): _metadata_value(k, v)
-        for k, v in op.metadata["value"].items()
+        for k, v in _metadata_fields(op).items()
         if v not in (None, "")
     }
     body: dict[str, Any] = {
@@ -80,7 +90,7 @@ def operation_json(op: StoredOperation) -> dict[str, Any]:
         "createdBy": op.created_by,
         "modifiedAt": wire.timestamp(op.modified_at),
         "done": op.done,
-        "metadata": _any(op.metadata["type"], metadata),
+        "metadata": _any(str(op.metadata.get("type", "google.protobuf.Empty")), metadata),
     }
     if op.error is not None:
         body["error"] = op.error
@@ -359,7 +369,11 @@ async def get_operation(operationId: str, request: Request) -> Response:
             if op.key_id is not None:
                 call.authorize_key(op.key_id, deleted_too=True)
             elif op.created_by != call.principal.id:
-                call.authorize_folder(str(op.metadata["value"].get("resource_id", "")))
+                folder_id = _metadata_fields(op).get("resource_id")
+                if not isinstance(folder_id, str) or not folder_id:
+                    # No folder to check a role on: only the author may read it.
+                    raise NotFound(f"operation {operationId} not found")
+                call.authorize_folder(folder_id)
         except NotFound:
             raise NotFound(f"operation {operationId} not found") from None
         except PermissionDenied:
