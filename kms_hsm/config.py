@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     # Shortest rotationPeriod a key may have, in seconds ("86400", "24h" and "1d" are equal):
     # each rotation makes a token object, so a short period fills the token.
     min_rotation_period: int = Field(default=86_400, ge=1, le=3650 * 86_400)
-    # Failed authentications allowed per principal and per source address in a window of
+    # Failed authentications allowed per source address in a window of
     # seconds; beyond it the answer is 429 with Retry-After.
     auth_failure_limit: int = Field(default=20, ge=1)
     auth_failure_window: float = Field(default=60.0, gt=0)
