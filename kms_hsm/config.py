@@ -76,6 +76,15 @@ class Settings(BaseSettings):
     session_cache_size: int = Field(default=1024, ge=1)
     # Most seconds between checkpoints of the audit chain's head (token and audit log file).
     audit_checkpoint_interval: float = Field(default=1.0, gt=0)
+    # --- gRPC (issue 16; README "gRPC and the official SDKs") ---
+    # The gRPC port (every worker serves it); None: no gRPC. TLS and mutual TLS come from
+    # the same tls_cert / tls_key / tls_client_ca as REST.
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
+    # The "host:port" ApiEndpointService answers for every service id; unset: the authority
+    # the client dialled (TLS SNI), else host:grpc_port.
+    grpc_advertise: str | None = None
+    # Lifetime of an IAM token made by IamTokenService.Create (never past its source token).
+    iam_token_ttl: float = Field(default=12 * 3600.0, gt=0)
 
     @field_validator("min_rotation_period", mode="before")
     @classmethod

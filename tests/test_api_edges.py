@@ -237,16 +237,16 @@ def test_request_ids_that_do_not_look_like_one_are_replaced(
 
 
 def test_a_refused_request_id_is_kept_escaped_for_the_transport() -> None:
-    from kms_hsm.api.app import MAX_CLIENT_REQUEST_ID, _request_ids
+    from kms_hsm.service.request_ids import MAX_CLIENT_REQUEST_ID, request_ids
 
-    rid, original = _request_ids({b"x-request-id": b"a\nb\x1b\\c d"})
+    rid, original = request_ids(b"a\nb\x1b\\c d")
     assert UUID.match(rid)
     assert original == "a\\x0ab\\x1b\\\\c d"
-    rid, original = _request_ids({b"x-request-id": b"\x01" * 500})
+    rid, original = request_ids(b"\x01" * 500)
     assert UUID.match(rid)
     assert original == "\\x01" * (MAX_CLIENT_REQUEST_ID // 4)
-    assert _request_ids({b"x-request-id": b"req:42"}) == ("req:42", "")
-    rid, original = _request_ids({})
+    assert request_ids(b"req:42") == ("req:42", "")
+    rid, original = request_ids(None)
     assert UUID.match(rid) and original == ""
 
 

@@ -23,10 +23,19 @@ class Method:
     """One API method."""
 
     name: str  # "SymmetricCrypto.Encrypt": the audit name
-    permission: Permission
+    permission: Permission | None  # None: a public method (below)
     request: str  # proto message name
     response: str
     grpc: str | None = None  # "/yandex.cloud.kms.v1.SymmetricCryptoService/Encrypt"
+
+    @property
+    def public(self) -> bool:
+        """No bearer token is asked for: the work itself establishes who calls.
+
+        IamTokenService.Create carries its credential (a token or a signed JWT) in the
+        request, and sets ``Call.principal`` once it has checked it.
+        """
+        return self.permission is None
 
     @property
     def operation_id(self) -> str:
@@ -132,6 +141,14 @@ GET_OPERATION = Method(
     "Operation",
     "/yandex.cloud.operation.OperationService/Get",
 )
+# The credential exchange of the SDKs (and REST ``POST /iam/v1/tokens``).
+CREATE_IAM_TOKEN = Method(
+    "IamToken.Create",
+    None,
+    "CreateIamTokenRequest",
+    "CreateIamTokenResponse",
+    "/yandex.cloud.iam.v1.IamTokenService/Create",
+)
 # Folder access bindings are kms-hsm's own (Yandex keeps them in resource-manager): no gRPC.
 FOLDER_LIST_ACCESS_BINDINGS = Method(
     "Folder.ListAccessBindings",
@@ -171,6 +188,7 @@ METHODS: dict[str, Method] = {
         KEY_SET_ACCESS_BINDINGS,
         KEY_UPDATE_ACCESS_BINDINGS,
         GET_OPERATION,
+        CREATE_IAM_TOKEN,
         FOLDER_LIST_ACCESS_BINDINGS,
         FOLDER_SET_ACCESS_BINDINGS,
         FOLDER_UPDATE_ACCESS_BINDINGS,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from kms_hsm.audit.chain import AuditEvent
-from kms_hsm.errors import KmsError
+from kms_hsm.errors import Internal, KmsError
 from kms_hsm.service.access import Permission
 from kms_hsm.service.auth import Principal
 from kms_hsm.service.context import CallContext
@@ -24,6 +24,9 @@ from kms_hsm.service.methods import Method
 from kms_hsm.service.runtime import Runtime
 
 T = TypeVar("T")
+
+# The caller of a public method until its work has checked the credential it carries.
+ANONYMOUS = Principal("", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +70,19 @@ class Call:
         self.key_id = self.key_id or key_id
         self.rt.access.authorize_key(
             self.principal.id,
-            permission or self.method.permission,
+            permission or self._permission(),
             key_id,
             deleted_too=deleted_too,
         )
 
     def authorize_folder(self, folder_id: str) -> None:
         """Allow the method in ``folder_id`` or raise PermissionDenied."""
-        self.rt.access.authorize_folder(self.principal.id, self.method.permission, folder_id)
+        self.rt.access.authorize_folder(self.principal.id, self._permission(), folder_id)
+
+    def _permission(self) -> Permission:
+        if self.method.permission is None:
+            raise Internal(log_detail=f"{self.method.name} is public: it has no permission")
+        return self.method.permission
 
 
 async def run(
@@ -94,7 +102,11 @@ async def run(
     call: Call | None = None
     pinned = rt.watch.pin()
     try:
-        principal = rt.auth.authenticate(transport.authorization, transport.source)
+        principal = (
+            ANONYMOUS
+            if method.public
+            else rt.auth.authenticate(transport.authorization, transport.source)
+        )
         call = Call(method, rt, transport, principal, key_id=key_id)
         result = await work(call)
     except KmsError as exc:
