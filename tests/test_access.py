@@ -120,7 +120,8 @@ def requests_for(api: httpx.Client, folder: str) -> dict[str, Request]:
 
 
 FOLDER_METHODS = {"SymmetricKey.Create", "SymmetricKey.List"}
-KEY_METHODS = [m for m in METHODS if not m.startswith("Folder.")]
+# Public methods (IamToken.Create) carry their own credential and need no role.
+KEY_METHODS = [m for m in METHODS if not m.startswith("Folder.") and not METHODS[m].public]
 
 
 def allowed(role: str, method: str) -> bool:
