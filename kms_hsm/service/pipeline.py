@@ -11,6 +11,8 @@ or folder a request touches; the permission is the method's.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -112,6 +114,16 @@ async def run(
     except KmsError as exc:
         # Fail closed: if the denial cannot be recorded, the caller sees 503 instead.
         await rt.audit_batcher.record(_event(rt, method, transport, call, exc.code.name, key_id))
+        raise
+    except asyncio.CancelledError:
+        # The client went away or its deadline passed (gRPC cancels the handler): the
+        # attempt is still on record, unless the work's own transaction recorded it.
+        if call is None or not call.audited:
+            event = _event(rt, method, transport, call, "CANCELLED", key_id)
+            # Queued now; shielded so that the cancellation being delivered cannot
+            # cancel the wait, and nobody is left to answer if the write fails.
+            with contextlib.suppress(KmsError):
+                await asyncio.shield(rt.audit_batcher.record(event))
         raise
     finally:
         rt.watch.unpin(pinned)
