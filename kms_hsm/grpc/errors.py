@@ -10,6 +10,7 @@ else of an unexpected exception leaves the server: "internal error", traceback i
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, NoReturn
 
 import grpc
@@ -67,6 +68,7 @@ async def abort(
     """End the call with ``code`` and ``message`` (raises, as ``context.abort`` does)."""
     trailing: list[tuple[str, str | bytes]] = [
         ("x-request-id", request_id),
+        ("x-kms-worker", str(os.getpid())),
         (DETAILS_KEY, status_details(code, message, request_id, field, retry_after)),
     ]
     if retry_after is not None:
