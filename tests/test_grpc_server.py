@@ -557,6 +557,19 @@ def test_two_workers_serve_grpc_on_one_port(tmp_path: Path) -> None:
             workers.add(dict(error.trailing_metadata())["x-kms-worker"])
         assert len(workers) == 2, workers
         assert (tmp_path / "serve.log").read_text().count("serving gRPC on") == 2
+        # Over its failed-authentication budget a source gets RESOURCE_EXHAUSTED, with
+        # when to retry (the service's own limit, not gRPC's: same path as REST's 429).
+        with grpc.insecure_channel(target) as ch:
+            encrypt = crypto_grpc.SymmetricCryptoServiceStub(ch).Encrypt
+            request = crypto_pb2.SymmetricEncryptRequest(key_id="abjnokey", plaintext=b"x")
+            for _ in range(50):
+                error = failure(encrypt, request, metadata=bearer("kmsh1_forged"))
+                if error.code() is not grpc.StatusCode.UNAUTHENTICATED:
+                    break
+        assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        retry_after = int(dict(error.trailing_metadata())["retry-after"])
+        _status, found = details(error)
+        assert found["RetryInfo"].retry_delay.seconds == retry_after > 0
     finally:
         stop(proc)
 
@@ -648,3 +661,17 @@ def test_deadline_on_a_hanging_token_and_cancelled_call_audited(
         with contextlib.suppress(FileNotFoundError):
             fault.unlink()
         stop(proc)
+
+
+def test_grpc_port_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("KMS_HSM_"):
+            monkeypatch.delenv(name)
+    embedded = Settings()
+    assert embedded.grpc_serving_port == 50051
+    assert Settings(grpc_port="off").grpc_serving_port is None
+    assert Settings(grpc_port="OFF", pin_file=Path("/nonexistent")).grpc_serving_port is None
+    assert Settings(pin_file=Path("/nonexistent")).grpc_serving_port is None
+    assert Settings(pin_file=Path("/nonexistent"), grpc_port="50061").grpc_serving_port == 50061
+    with pytest.raises(ValueError):
+        Settings(grpc_port="of")
