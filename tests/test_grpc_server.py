@@ -384,6 +384,24 @@ def test_message_over_256_kib_is_resource_exhausted(
     assert error.details() == "plaintext: must be at most 32768 bytes"
 
 
+def test_metadata_over_the_head_limit_is_refused(
+    channel: grpc.Channel, settings: Settings, admin_token: str, key_id: str
+) -> None:
+    crypto = crypto_grpc.SymmetricCryptoServiceStub(channel)
+    error = failure(
+        crypto.Encrypt,
+        crypto_pb2.SymmetricEncryptRequest(key_id=key_id, plaintext=b"x"),
+        metadata=(*bearer(admin_token), ("x-padding", "p" * settings.max_header_bytes)),
+    )
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, error
+    # The connection still serves calls within the limit.
+    crypto.Encrypt(
+        crypto_pb2.SymmetricEncryptRequest(key_id=key_id, plaintext=b"x"),
+        metadata=bearer(admin_token),
+        timeout=30,
+    )
+
+
 # --- TLS and mutual TLS, through the official SDK's discovery ---
 
 
