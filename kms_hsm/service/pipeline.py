@@ -1,7 +1,7 @@
 """One API call from start to finish, for every transport: authenticate, run, audit.
 
-A transport (REST in ``kms_hsm.api``, gRPC in ``kms_hsm.grpc``) turns its request into the caller's facts
-(``Transport``: the bearer credential, request id and source address), names the
+A transport (REST in ``kms_hsm.api``, gRPC in ``kms_hsm.grpc``) turns its request into the
+caller's facts (``Transport``: the bearer credential, request id and source address), names the
 ``Method`` (``kms_hsm.service.methods``) and hands over the work. ``run`` decides the rest
 in one place: authentication, the audit event (denials included) with the canonical gRPC
 code name as its outcome, and the fail-closed rule. Authorisation is asked for by the work
