@@ -40,6 +40,7 @@ class Transport:
     source: str  # client address
     # The client's request id when it was refused (escaped, bounded), else "".
     client_request_id: str = ""
+    protocol: str = ""  # "rest" | "grpc": named in the audit event
 
 
 @dataclass(slots=True)
@@ -156,4 +157,5 @@ def _event(
         request_id=transport.request_id,
         source=transport.source,
         client_request_id=transport.client_request_id,
+        transport=transport.protocol,
     )
