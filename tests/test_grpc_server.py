@@ -535,9 +535,13 @@ def test_mutual_tls(
 # --- `kms-hsm serve`: workers, a taken port, a hanging token ---
 
 
+def _env(tmp_path: Path, grpc_port: int, port: int = 0, **env: str) -> dict[str, str]:
+    return serve_env(tmp_path / "data", port, KMS_HSM_GRPC_PORT=str(grpc_port), **env)
+
+
 def _serve(tmp_path: Path, grpc_port: int, *args: str, **env: str) -> subprocess.Popen[bytes]:
     port = free_port()
-    environment = serve_env(tmp_path / "data", port, KMS_HSM_GRPC_PORT=str(grpc_port), **env)
+    environment = _env(tmp_path, grpc_port, port, **env)
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -615,17 +619,16 @@ def test_deadline_on_a_hanging_token_and_cancelled_call_audited(
     grpc_port = free_port()
     fault = tmp_path / "fault"
     audit = tmp_path / "audit.jsonl"
-    proc = _serve(
-        tmp_path,
-        grpc_port,
-        KMS_HSM_PKCS11_LIBRARY=str(fault_shim),
-        KMS_HSM_FAULT_REAL_MODULE=SOFTHSM_MODULE,
-        KMS_HSM_FAULT_FILE=str(fault),
-        KMS_HSM_PIN_FILE=str(tmp_path / "token" / "user-pin"),
-        KMS_HSM_CALL_TIMEOUT="3",
-        KMS_HSM_AUDIT_LOG_FILE=str(audit),
-        SOFTHSM2_CONF=str(tmp_path / "token" / "softhsm2.conf"),
-    )
+    env = {
+        "KMS_HSM_PKCS11_LIBRARY": str(fault_shim),
+        "KMS_HSM_FAULT_REAL_MODULE": SOFTHSM_MODULE,
+        "KMS_HSM_FAULT_FILE": str(fault),
+        "KMS_HSM_PIN_FILE": str(tmp_path / "token" / "user-pin"),
+        "KMS_HSM_CALL_TIMEOUT": "3",
+        "KMS_HSM_AUDIT_LOG_FILE": str(audit),
+        "SOFTHSM2_CONF": str(tmp_path / "token" / "softhsm2.conf"),
+    }
+    proc = _serve(tmp_path, grpc_port, **env)
     token = (tmp_path / "data" / "admin-token").read_text().strip()
     target = f"127.0.0.1:{grpc_port}"
     try:
@@ -672,13 +675,22 @@ def test_deadline_on_a_hanging_token_and_cancelled_call_audited(
             if hung:
                 break
             time.sleep(0.2)
-        assert [(e["method"], e["outcome"]) for e in hung] == [
-            ("SymmetricCrypto.Encrypt", "CANCELLED")
+        assert [(e["method"], e["outcome"], e.get("transport")) for e in hung] == [
+            ("SymmetricCrypto.Encrypt", "CANCELLED", "grpc")
         ]
     finally:
         with contextlib.suppress(FileNotFoundError):
             fault.unlink()
         stop(proc)
+    # The chain, cancelled event included, verifies.
+    verified = subprocess.run(
+        [KMS_HSM, "audit", "verify"],
+        env=_env(tmp_path, grpc_port, **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert verified.returncode == 0, verified.stderr
 
 
 def test_grpc_port_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,6 +24,7 @@ def transport(context: grpc.aio.ServicerContext) -> pipeline.Transport:
         rid,
         peer_address(context.peer()),
         client_rid,
+        "grpc",
     )
 
 
