@@ -1,39 +1,38 @@
-"""Issue 16 acceptance with the official Python SDK (`yandexcloud`): `kms-hsm serve` in a
-subprocess on a real SoftHSM2 token, gRPC over TLS with a test CA, discovery included.
+"""Issue 16 acceptance through the official Python SDK (`yandexcloud`): discovery, TLS with a
+test CA, `iam_token=` credentials, against `kms-hsm serve` on a real SoftHSM2 token.
 
-Every call goes through `yandexcloud.SDK` (its discovery, credentials and operation
-waiter); only the missing-token case uses a bare stub on a TLS channel, because the SDK
-always sends credentials when it can. Error answers are compared with REST's for the same
-request on the same server.
+One server per module (tests/grpc_support.py); the SDK reaches every service by discovery,
+never through stubs or channels of ours, except where a test needs a call the SDK cannot make
+(no credentials at all). Errors are compared with REST's answer on the same server.
 """
 
 from __future__ import annotations
 
 import base64
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+import json
+import secrets
 
 import grpc
-import httpx
 import pytest
 import yandexcloud
 from google.protobuf import field_mask_pb2
 from yandex.cloud.kms.v1 import symmetric_crypto_service_pb2 as crypto_pb2
-from yandex.cloud.kms.v1 import symmetric_crypto_service_pb2_grpc as crypto_grpc
 from yandex.cloud.kms.v1 import symmetric_key_pb2
 from yandex.cloud.kms.v1 import symmetric_key_service_pb2 as keys_pb2
-from yandex.cloud.kms.v1 import symmetric_key_service_pb2_grpc as keys_grpc
-from yandex.cloud.operation import operation_service_pb2 as operation_pb2
-from yandex.cloud.operation import operation_service_pb2_grpc as operation_grpc
+from yandex.cloud.kms.v1.symmetric_crypto_service_pb2_grpc import SymmetricCryptoServiceStub
+from yandex.cloud.kms.v1.symmetric_key_service_pb2_grpc import SymmetricKeyServiceStub
+from yandex.cloud.operation import operation_service_pb2
+from yandex.cloud.operation.operation_service_pb2_grpc import OperationServiceStub
 
-from tests.grpc_support import Server, rpc_error, serve_grpc, status_details
+from tests.grpc_support import KmsServer, rpc_error, server_fixture, status_details
 
-FOLDER = "b1gsdkaccept"
+FOLDER = "b1gsdkacceptance"
 AES_256 = symmetric_key_pb2.AES_256
 AES_256_HSM = symmetric_key_pb2.AES_256_HSM
-UNKNOWN_KEY = "abjunknownkey00000000"
+UNKNOWN_KEY = "abjnosuchkey00000000"
+
+server = server_fixture()
+server2 = server_fixture(workers=2)
 
 
 def b64(data: bytes) -> str:
@@ -41,45 +40,48 @@ def b64(data: bytes) -> str:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serve_grpc(tmp_path_factory.mktemp("sdk")) as server:
-        yield server
+def sdk(server: KmsServer) -> yandexcloud.SDK:
+    """The SDK as the admin, with its bearer as a ready IAM token."""
+    return server.sdk(iam_token=server.admin_token)
 
 
 @pytest.fixture(scope="module")
-def sdk(served: Server) -> yandexcloud.SDK:
-    return served.sdk()
+def crypto(sdk: yandexcloud.SDK) -> SymmetricCryptoServiceStub:
+    return sdk.client(SymmetricCryptoServiceStub)
 
 
 @pytest.fixture(scope="module")
-def crypto(sdk: yandexcloud.SDK) -> Any:
-    return sdk.client(crypto_grpc.SymmetricCryptoServiceStub)
+def key_service(sdk: yandexcloud.SDK) -> SymmetricKeyServiceStub:
+    return sdk.client(SymmetricKeyServiceStub)
 
 
-@pytest.fixture(scope="module")
-def key_service(sdk: yandexcloud.SDK) -> Any:
-    return sdk.client(keys_grpc.SymmetricKeyServiceStub)
-
-
-def create_key(sdk: yandexcloud.SDK, algorithm: int, folder: str = FOLDER, **fields: Any) -> Any:
-    """A key made through the SDK's operation helper (Create, then OperationService.Get)."""
+def create_key(
+    sdk: yandexcloud.SDK, algorithm: int, folder: str = FOLDER, **fields: object
+) -> tuple[symmetric_key_pb2.SymmetricKey, keys_pb2.CreateSymmetricKeyMetadata]:
+    """Create through the SDK's operation helper (it polls OperationService.Get)."""
+    request = keys_pb2.CreateSymmetricKeyRequest(
+        folder_id=folder, default_algorithm=algorithm, **fields
+    )
     result = sdk.create_operation_and_get_result(
-        keys_pb2.CreateSymmetricKeyRequest(folder_id=folder, default_algorithm=algorithm, **fields),
-        service=keys_grpc.SymmetricKeyServiceStub,
+        request,
+        service=SymmetricKeyServiceStub,
         method_name="Create",
         response_type=symmetric_key_pb2.SymmetricKey,
         meta_type=keys_pb2.CreateSymmetricKeyMetadata,
-        timeout=30,
+        timeout=60,
     )
-    return result
+    # The SDK unpacks into the type it is given without checking it.
+    assert result.operation.response.Is(symmetric_key_pb2.SymmetricKey.DESCRIPTOR)
+    return result.response, result.meta
 
 
 @pytest.fixture(scope="module")
-def keys(sdk: yandexcloud.SDK) -> dict[str, symmetric_key_pb2.SymmetricKey]:
-    made = {}
-    for name, algorithm in (("AES_256_HSM", AES_256_HSM), ("AES_256", AES_256)):
-        made[name] = create_key(sdk, algorithm, name=f"sdk-{name.lower()}").response
-    return made
+def keys(sdk: yandexcloud.SDK) -> dict[int, symmetric_key_pb2.SymmetricKey]:
+    """One AES_256_HSM and one AES_256 key, shared by the crypto tests."""
+    return {
+        algorithm: create_key(sdk, algorithm, name=f"sdk-{algorithm}")[0]
+        for algorithm in (AES_256_HSM, AES_256)
+    }
 
 
 # --- keys and crypto through the SDK ---
@@ -87,42 +89,44 @@ def keys(sdk: yandexcloud.SDK) -> dict[str, symmetric_key_pb2.SymmetricKey]:
 
 @pytest.mark.parametrize("algorithm", [AES_256_HSM, AES_256])
 def test_create_with_the_operation_helper(sdk: yandexcloud.SDK, algorithm: int) -> None:
-    result = create_key(
-        sdk, algorithm, name="created", description="by the sdk", labels={"team": "sdk"}
-    )
-    key, meta = result.response, result.meta
-    assert isinstance(key, symmetric_key_pb2.SymmetricKey)
-    assert isinstance(meta, keys_pb2.CreateSymmetricKeyMetadata)
+    key, meta = create_key(sdk, algorithm, name="created", labels={"team": "sdk"})
     assert meta.key_id == key.id and meta.primary_version_id == key.primary_version.id
-    assert key.folder_id == FOLDER and key.name == "created"
-    assert dict(key.labels) == {"team": "sdk"}
+    assert key.folder_id == FOLDER and key.name == "created" and dict(key.labels) == {"team": "sdk"}
     assert key.default_algorithm == algorithm
     assert key.status == symmetric_key_pb2.SymmetricKey.ACTIVE
+    assert key.primary_version.primary
     assert key.primary_version.hosted_by_hsm is (algorithm == AES_256_HSM)
-    got = sdk.client(keys_grpc.SymmetricKeyServiceStub).Get(
+    got = sdk.client(SymmetricKeyServiceStub).Get(
         keys_pb2.GetSymmetricKeyRequest(key_id=key.id), timeout=30
     )
     assert got == key
 
 
-@pytest.mark.parametrize("name", ["AES_256_HSM", "AES_256"])
-def test_encrypt_decrypt_with_aad_context(crypto: Any, keys: dict[str, Any], name: str) -> None:
-    key = keys[name]
+@pytest.mark.parametrize("algorithm", [AES_256_HSM, AES_256])
+def test_encrypt_decrypt_with_aad_context(
+    crypto: SymmetricCryptoServiceStub,
+    keys: dict[int, symmetric_key_pb2.SymmetricKey],
+    algorithm: int,
+) -> None:
+    key = keys[algorithm]
     sealed = crypto.Encrypt(
-        crypto_pb2.SymmetricEncryptRequest(
-            key_id=key.id, plaintext=b"sdk secret", aad_context=b"ctx"
-        ),
+        crypto_pb2.SymmetricEncryptRequest(key_id=key.id, plaintext=b"payload", aad_context=b"ctx"),
         timeout=30,
     )
     assert sealed.key_id == key.id and sealed.version_id == key.primary_version.id
+    assert b"payload" not in sealed.ciphertext
     opened = crypto.Decrypt(
         crypto_pb2.SymmetricDecryptRequest(
             key_id=key.id, ciphertext=sealed.ciphertext, aad_context=b"ctx"
         ),
         timeout=30,
     )
-    assert opened.plaintext == b"sdk secret" and opened.version_id == sealed.version_id
-    # Another aad fails like any other decryption failure.
+    assert (opened.plaintext, opened.key_id, opened.version_id) == (
+        b"payload",
+        key.id,
+        key.primary_version.id,
+    )
+    # Another context is one of the failures that all look the same.
     error = rpc_error(
         crypto.Decrypt,
         crypto_pb2.SymmetricDecryptRequest(
@@ -130,39 +134,58 @@ def test_encrypt_decrypt_with_aad_context(crypto: Any, keys: dict[str, Any], nam
         ),
     )
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    tampered = sealed.ciphertext[:-1] + bytes([sealed.ciphertext[-1] ^ 1])
+    again = rpc_error(
+        crypto.Decrypt,
+        crypto_pb2.SymmetricDecryptRequest(key_id=key.id, ciphertext=tampered, aad_context=b"ctx"),
+    )
+    assert (again.code(), again.details()) == (error.code(), error.details())
 
 
-@pytest.mark.parametrize("skip", [False, True])
-def test_generate_data_key_hsm_spec(crypto: Any, keys: dict[str, Any], skip: bool) -> None:
-    key = keys["AES_256_HSM"]
-    made = crypto.GenerateDataKey(
+@pytest.mark.parametrize("algorithm", [AES_256_HSM, AES_256])
+def test_generate_data_key(
+    crypto: SymmetricCryptoServiceStub,
+    keys: dict[int, symmetric_key_pb2.SymmetricKey],
+    algorithm: int,
+) -> None:
+    key = keys[algorithm]
+    with_plaintext = crypto.GenerateDataKey(
         crypto_pb2.GenerateDataKeyRequest(
-            key_id=key.id,
-            aad_context=b"dk",
-            data_key_spec=AES_256_HSM,
-            skip_plaintext=skip,
+            key_id=key.id, data_key_spec=AES_256_HSM, aad_context=b"dk", skip_plaintext=False
         ),
         timeout=30,
     )
-    assert made.key_id == key.id and made.version_id == key.primary_version.id
-    assert made.data_key_ciphertext
+    assert len(with_plaintext.data_key_plaintext) == 32
+    assert with_plaintext.version_id == key.primary_version.id
     opened = crypto.Decrypt(
         crypto_pb2.SymmetricDecryptRequest(
-            key_id=key.id, ciphertext=made.data_key_ciphertext, aad_context=b"dk"
+            key_id=key.id, ciphertext=with_plaintext.data_key_ciphertext, aad_context=b"dk"
         ),
         timeout=30,
     )
-    assert len(opened.plaintext) == 32
-    if skip:
-        assert made.data_key_plaintext == b""
-    else:
-        assert opened.plaintext == made.data_key_plaintext
+    assert opened.plaintext == with_plaintext.data_key_plaintext
+    skipped = crypto.GenerateDataKey(
+        crypto_pb2.GenerateDataKeyRequest(
+            key_id=key.id, data_key_spec=AES_256_HSM, skip_plaintext=True
+        ),
+        timeout=30,
+    )
+    assert skipped.data_key_plaintext == b"" and skipped.data_key_ciphertext
+    hidden = crypto.Decrypt(
+        crypto_pb2.SymmetricDecryptRequest(key_id=key.id, ciphertext=skipped.data_key_ciphertext),
+        timeout=30,
+    )
+    assert len(hidden.plaintext) == 32 and hidden.plaintext != with_plaintext.data_key_plaintext
 
 
-def test_reencrypt_across_keys(crypto: Any, keys: dict[str, Any]) -> None:
-    source, target = keys["AES_256_HSM"], keys["AES_256"]
+def test_re_encrypt_across_keys(
+    crypto: SymmetricCryptoServiceStub, keys: dict[int, symmetric_key_pb2.SymmetricKey]
+) -> None:
+    source, target = keys[AES_256_HSM], keys[AES_256]
     sealed = crypto.Encrypt(
-        crypto_pb2.SymmetricEncryptRequest(key_id=source.id, plaintext=b"move", aad_context=b"s"),
+        crypto_pb2.SymmetricEncryptRequest(
+            key_id=source.id, plaintext=b"move me", aad_context=b"s"
+        ),
         timeout=30,
     )
     moved = crypto.ReEncrypt(
@@ -183,469 +206,418 @@ def test_reencrypt_across_keys(crypto: Any, keys: dict[str, Any]) -> None:
         ),
         timeout=30,
     )
-    assert opened.plaintext == b"move"
+    assert opened.plaintext == b"move me"
 
 
-def test_rotate_then_list_versions(sdk: yandexcloud.SDK, crypto: Any, key_service: Any) -> None:
-    key = create_key(sdk, AES_256_HSM, name="rotated").response
+def test_rotate_then_list_versions(
+    sdk: yandexcloud.SDK, crypto: SymmetricCryptoServiceStub, key_service: SymmetricKeyServiceStub
+) -> None:
+    key, _ = create_key(sdk, AES_256_HSM, name="rotated")
     before = crypto.Encrypt(
         crypto_pb2.SymmetricEncryptRequest(key_id=key.id, plaintext=b"old"), timeout=30
     )
-    rotated = sdk.create_operation_and_get_result(
+    result = sdk.create_operation_and_get_result(
         keys_pb2.RotateSymmetricKeyRequest(key_id=key.id),
-        service=keys_grpc.SymmetricKeyServiceStub,
+        service=SymmetricKeyServiceStub,
         method_name="Rotate",
         response_type=symmetric_key_pb2.SymmetricKey,
         meta_type=keys_pb2.RotateSymmetricKeyMetadata,
-        timeout=30,
+        timeout=60,
     )
-    new_version = rotated.meta.new_primary_version_id
-    assert rotated.meta.key_id == key.id
-    assert new_version and new_version != key.primary_version.id
-    assert rotated.response.primary_version.id == new_version
-    listed = key_service.ListVersions(
+    # The proto declares the rotated SymmetricKey as Rotate's response.
+    assert result.operation.response.Is(symmetric_key_pb2.SymmetricKey.DESCRIPTOR)
+    new_version = result.response.primary_version
+    assert result.meta.key_id == key.id and result.meta.new_primary_version_id == new_version.id
+    assert new_version.primary and new_version.id != key.primary_version.id
+    versions = key_service.ListVersions(
         keys_pb2.ListSymmetricKeyVersionsRequest(key_id=key.id), timeout=30
-    )
-    versions = {v.id: v for v in listed.key_versions}
-    assert set(versions) == {key.primary_version.id, new_version}
-    assert versions[new_version].primary is True
-    assert versions[key.primary_version.id].primary is False
+    ).key_versions
+    assert len(versions) == 2
+    assert {v.id for v in versions} == {key.primary_version.id, new_version.id}
+    assert [v.id for v in versions if v.primary] == [new_version.id]
     after = crypto.Encrypt(
         crypto_pb2.SymmetricEncryptRequest(key_id=key.id, plaintext=b"new"), timeout=30
     )
-    assert after.version_id == new_version
+    assert after.version_id == new_version.id
     opened = crypto.Decrypt(
-        crypto_pb2.SymmetricDecryptRequest(key_id=key.id, ciphertext=before.ciphertext),
-        timeout=30,
+        crypto_pb2.SymmetricDecryptRequest(key_id=key.id, ciphertext=before.ciphertext), timeout=30
     )
-    assert (opened.plaintext, opened.version_id) == (b"old", key.primary_version.id)
+    assert opened.plaintext == b"old" and opened.version_id == key.primary_version.id
 
 
-def test_paged_list(sdk: yandexcloud.SDK, key_service: Any) -> None:
-    folder = f"b1gpaged{uuid.uuid4().hex[:8]}"
-    made = {create_key(sdk, AES_256, folder=folder, name=f"p{i}").response.id for i in range(3)}
+def test_paged_list(sdk: yandexcloud.SDK, key_service: SymmetricKeyServiceStub) -> None:
+    folder = "b1gsdkpaged"
+    made = {create_key(sdk, AES_256, folder, name=f"p{i}")[0].id for i in range(3)}
     seen: list[str] = []
     token = ""
-    for _ in range(10):
+    pages = 0
+    while True:
         page = key_service.List(
             keys_pb2.ListSymmetricKeysRequest(folder_id=folder, page_size=1, page_token=token),
             timeout=30,
         )
+        pages += 1
         assert len(page.keys) <= 1
         seen += [k.id for k in page.keys]
         token = page.next_page_token
         if not token:
             break
+        assert pages <= len(made) + 1, "the walk does not end"
     assert sorted(seen) == sorted(made) and len(seen) == len(set(seen))
 
 
-def test_list_operations_and_get_each(sdk: yandexcloud.SDK, key_service: Any) -> None:
-    key = create_key(sdk, AES_256, name="operations").response
-    key_service.Rotate(keys_pb2.RotateSymmetricKeyRequest(key_id=key.id), timeout=30)
-    listed = key_service.ListOperations(
-        keys_pb2.ListSymmetricKeyOperationsRequest(key_id=key.id), timeout=30
-    )
-    assert len(listed.operations) == 2
-    operations = sdk.client(operation_grpc.OperationServiceStub)
-    for op in listed.operations:
-        assert op.done
-        got = operations.Get(operation_pb2.GetOperationRequest(operation_id=op.id), timeout=30)
-        assert got == op
-
-
-def test_update_with_mask(sdk: yandexcloud.SDK, key_service: Any) -> None:
-    key = create_key(
-        sdk, AES_256, name="before", description="kept", labels={"stage": "one"}
-    ).response
+def test_update_list_operations_and_get_each(
+    sdk: yandexcloud.SDK, key_service: SymmetricKeyServiceStub
+) -> None:
+    key, _ = create_key(sdk, AES_256, name="before", labels={"a": "1"}, description="kept")
     updated = sdk.create_operation_and_get_result(
         keys_pb2.UpdateSymmetricKeyRequest(
             key_id=key.id,
             update_mask=field_mask_pb2.FieldMask(paths=["name", "labels"]),
             name="after",
+            labels={"b": "2"},
             description="ignored: not in the mask",
-            labels={"stage": "two"},
         ),
-        service=keys_grpc.SymmetricKeyServiceStub,
+        service=SymmetricKeyServiceStub,
         method_name="Update",
         response_type=symmetric_key_pb2.SymmetricKey,
         meta_type=keys_pb2.UpdateSymmetricKeyMetadata,
-        timeout=30,
+        timeout=60,
     )
     assert updated.meta.key_id == key.id
-    got = key_service.Get(keys_pb2.GetSymmetricKeyRequest(key_id=key.id), timeout=30)
-    assert got == updated.response
-    assert (got.name, got.description, dict(got.labels)) == ("after", "kept", {"stage": "two"})
+    assert updated.response.name == "after" and dict(updated.response.labels) == {"b": "2"}
+    assert updated.response.description == "kept"
+    key_service.Rotate(keys_pb2.RotateSymmetricKeyRequest(key_id=key.id), timeout=30)
+    operations = key_service.ListOperations(
+        keys_pb2.ListSymmetricKeyOperationsRequest(key_id=key.id), timeout=30
+    ).operations
+    assert [op.description for op in operations] == [
+        "Create symmetric key",
+        "Update symmetric key",
+        "Rotate symmetric key",
+    ]
+    operation_service = sdk.client(OperationServiceStub)
+    for op in operations:
+        got = operation_service.Get(
+            operation_service_pb2.GetOperationRequest(operation_id=op.id), timeout=30
+        )
+        assert got == op and got.done
 
 
-def test_delete(sdk: yandexcloud.SDK, key_service: Any, crypto: Any) -> None:
-    key = create_key(sdk, AES_256, name="deleted").response
-    deleted = sdk.create_operation_and_get_result(
+def test_delete(sdk: yandexcloud.SDK, key_service: SymmetricKeyServiceStub) -> None:
+    key, _ = create_key(sdk, AES_256_HSM, name="doomed")
+    result = sdk.create_operation_and_get_result(
         keys_pb2.DeleteSymmetricKeyRequest(key_id=key.id),
-        service=keys_grpc.SymmetricKeyServiceStub,
+        service=SymmetricKeyServiceStub,
         method_name="Delete",
         response_type=symmetric_key_pb2.SymmetricKey,
         meta_type=keys_pb2.DeleteSymmetricKeyMetadata,
-        timeout=30,
+        timeout=60,
     )
-    assert deleted.meta.key_id == key.id
+    assert result.meta.key_id == key.id and result.response.id == key.id
     error = rpc_error(key_service.Get, keys_pb2.GetSymmetricKeyRequest(key_id=key.id))
-    assert error.code() is grpc.StatusCode.NOT_FOUND
-    error = rpc_error(
-        crypto.Encrypt, crypto_pb2.SymmetricEncryptRequest(key_id=key.id, plaintext=b"x")
-    )
     assert error.code() is grpc.StatusCode.NOT_FOUND
 
 
 # --- one ciphertext, two transports ---
 
 
-@pytest.mark.parametrize("name", ["AES_256_HSM", "AES_256"])
-def test_grpc_ciphertext_opens_over_rest_and_back(
-    served: Server, crypto: Any, keys: dict[str, Any], name: str
+def test_grpc_ciphertext_decrypts_over_rest_and_back(
+    server: KmsServer,
+    crypto: SymmetricCryptoServiceStub,
+    keys: dict[int, symmetric_key_pb2.SymmetricKey],
 ) -> None:
-    key_id = keys[name].id
-    sealed = crypto.Encrypt(
-        crypto_pb2.SymmetricEncryptRequest(key_id=key_id, plaintext=b"g2r", aad_context=b"x"),
-        timeout=30,
-    )
-    with served.rest() as rest:
-        opened = rest.post(
-            f"/kms/v1/keys/{key_id}:decrypt",
-            json={"ciphertext": b64(sealed.ciphertext), "aadContext": b64(b"x")},
-        )
-        assert opened.status_code == 200, opened.text
-        assert base64.b64decode(opened.json()["plaintext"]) == b"g2r"
-        made = rest.post(
-            f"/kms/v1/keys/{key_id}:encrypt",
-            json={"plaintext": b64(b"r2g"), "aadContext": b64(b"y")},
-        )
-        assert made.status_code == 200, made.text
-        data_key = rest.post(
-            f"/kms/v1/keys/{key_id}:generateDataKey",
-            json={"dataKeySpec": "AES_256", "aadContext": b64(b"y")},
-        ).json()
-    back = crypto.Decrypt(
-        crypto_pb2.SymmetricDecryptRequest(
-            key_id=key_id,
-            ciphertext=base64.b64decode(made.json()["ciphertext"]),
-            aad_context=b"y",
-        ),
-        timeout=30,
-    )
-    assert back.plaintext == b"r2g"
-    unwrapped = crypto.Decrypt(
-        crypto_pb2.SymmetricDecryptRequest(
-            key_id=key_id,
-            ciphertext=base64.b64decode(data_key["dataKeyCiphertext"]),
-            aad_context=b"y",
-        ),
-        timeout=30,
-    )
-    assert unwrapped.plaintext == base64.b64decode(data_key["dataKeyPlaintext"])
+    with server.rest(server.admin_token) as rest:
+        for key in keys.values():
+            sealed = crypto.Encrypt(
+                crypto_pb2.SymmetricEncryptRequest(
+                    key_id=key.id, plaintext=b"from grpc", aad_context=b"x"
+                ),
+                timeout=30,
+            )
+            r = rest.post(
+                f"/kms/v1/keys/{key.id}:decrypt",
+                json={"ciphertext": b64(sealed.ciphertext), "aadContext": b64(b"x")},
+            )
+            assert r.status_code == 200, r.text
+            assert base64.b64decode(r.json()["plaintext"]) == b"from grpc"
+            r = rest.post(
+                f"/kms/v1/keys/{key.id}:encrypt",
+                json={"plaintext": b64(b"from rest"), "aadContext": b64(b"y")},
+            )
+            assert r.status_code == 200, r.text
+            opened = crypto.Decrypt(
+                crypto_pb2.SymmetricDecryptRequest(
+                    key_id=key.id,
+                    ciphertext=base64.b64decode(r.json()["ciphertext"]),
+                    aad_context=b"y",
+                ),
+                timeout=30,
+            )
+            assert opened.plaintext == b"from rest"
+            assert opened.version_id == r.json()["versionId"]
 
 
-# --- errors: REST's code and message, with a RequestInfo ---
+# --- errors: the REST cases, the REST code and message, and a RequestInfo ---
 
 
-def assert_same_as_rest(
-    error: grpc.RpcError, rest_answer: Any, code: grpc.StatusCode, request_id: str
-) -> None:
-    """The gRPC failure says what REST says for the same request, with a RequestInfo."""
+def assert_as_rest(error: grpc.RpcError, code: grpc.StatusCode, rest_answer: dict) -> None:
+    """The gRPC status is REST's ``code`` with REST's ``message``, and names the request."""
     assert error.code() is code, (error.code(), error.details())
-    body = rest_answer.json()
-    assert body["code"] == code.value[0], body
-    assert error.details() == body["message"]
+    assert code.value[0] == rest_answer["code"], rest_answer
+    assert error.details() == rest_answer["message"]
     status, found = status_details(error)
-    assert (status.code, status.message) == (code.value[0], body["message"])
+    assert status.code == rest_answer["code"] and status.message == rest_answer["message"]
+    request_id = dict(error.trailing_metadata())["x-request-id"]
     assert found["RequestInfo"].request_id == request_id
 
 
-def request_id() -> str:
-    return f"sdk-{uuid.uuid4().hex[:12]}"
-
-
-def sdk_call(client: Any, method: str, request: Any, rid: str) -> grpc.RpcError:
-    return rpc_error(getattr(client, method), request, metadata=(("x-request-id", rid),))
+def test_unknown_key_is_not_found(
+    server: KmsServer, crypto: SymmetricCryptoServiceStub, key_service: SymmetricKeyServiceStub
+) -> None:
+    cases = [
+        (
+            crypto.Encrypt,
+            crypto_pb2.SymmetricEncryptRequest(key_id=UNKNOWN_KEY, plaintext=b"\0"),
+            ("post", f"/kms/v1/keys/{UNKNOWN_KEY}:encrypt", {"plaintext": "AA=="}),
+        ),
+        (
+            crypto.Decrypt,
+            crypto_pb2.SymmetricDecryptRequest(key_id=UNKNOWN_KEY, ciphertext=b"\x01\x01"),
+            ("post", f"/kms/v1/keys/{UNKNOWN_KEY}:decrypt", {"ciphertext": "AQE="}),
+        ),
+        (
+            crypto.GenerateDataKey,
+            crypto_pb2.GenerateDataKeyRequest(key_id=UNKNOWN_KEY, data_key_spec=AES_256),
+            ("post", f"/kms/v1/keys/{UNKNOWN_KEY}:generateDataKey", {"dataKeySpec": "AES_256"}),
+        ),
+        (
+            key_service.Get,
+            keys_pb2.GetSymmetricKeyRequest(key_id=UNKNOWN_KEY),
+            ("get", f"/kms/v1/keys/{UNKNOWN_KEY}", None),
+        ),
+        (
+            key_service.Rotate,
+            keys_pb2.RotateSymmetricKeyRequest(key_id=UNKNOWN_KEY),
+            ("post", f"/kms/v1/keys/{UNKNOWN_KEY}:rotate", {}),
+        ),
+    ]
+    with server.rest(server.admin_token) as rest:
+        for call, request, (verb, path, body) in cases:
+            error = rpc_error(call, request)
+            answer = rest.request(verb, path, json=body)
+            assert answer.status_code == 404, answer.text
+            assert_as_rest(error, grpc.StatusCode.NOT_FOUND, answer.json())
 
 
 @pytest.mark.parametrize(
-    ("method", "request_", "path", "body"),
+    ("request_fields", "rest_body", "field"),
     [
         (
-            "Encrypt",
-            crypto_pb2.SymmetricEncryptRequest(key_id=UNKNOWN_KEY, plaintext=b"x"),
-            f"/kms/v1/keys/{UNKNOWN_KEY}:encrypt",
-            {"plaintext": "eA=="},
+            {"version_id": "bad/id", "plaintext": b"x"},
+            {"versionId": "bad/id", "plaintext": "eA=="},
+            "versionId",
         ),
         (
-            "Decrypt",
-            crypto_pb2.SymmetricDecryptRequest(key_id=UNKNOWN_KEY, ciphertext=b"\x01\x01"),
-            f"/kms/v1/keys/{UNKNOWN_KEY}:decrypt",
-            {"ciphertext": "AQE="},
+            {"plaintext": b"x", "aad_context": b"a" * 8193},
+            {"plaintext": "eA==", "aadContext": b64(b"a" * 8193)},
+            "aadContext",
         ),
-        (
-            "GenerateDataKey",
-            crypto_pb2.GenerateDataKeyRequest(key_id=UNKNOWN_KEY, data_key_spec=AES_256),
-            f"/kms/v1/keys/{UNKNOWN_KEY}:generateDataKey",
-            {"dataKeySpec": "AES_256"},
-        ),
+        ({}, {}, "plaintext"),
+        ({"plaintext": b"x" * 32769}, {"plaintext": b64(b"x" * 32769)}, "plaintext"),
     ],
+    ids=["bad-version-id", "oversize-aad", "missing-plaintext", "oversize-plaintext"],
 )
-def test_unknown_key_is_not_found_as_rest(
-    served: Server, crypto: Any, method: str, request_: Any, path: str, body: dict[str, Any]
+def test_bad_argument_is_invalid_argument(
+    server: KmsServer,
+    crypto: SymmetricCryptoServiceStub,
+    keys: dict[int, symmetric_key_pb2.SymmetricKey],
+    request_fields: dict,
+    rest_body: dict,
+    field: str,
 ) -> None:
-    rid = request_id()
-    error = sdk_call(crypto, method, request_, rid)
-    with served.rest() as rest:
-        answer = rest.post(path, json=body)
-    assert_same_as_rest(error, answer, grpc.StatusCode.NOT_FOUND, rid)
-
-
-def test_unknown_key_and_operation_get_are_not_found(sdk: yandexcloud.SDK, served: Server) -> None:
-    rid = request_id()
-    error = sdk_call(
-        sdk.client(keys_grpc.SymmetricKeyServiceStub),
-        "Get",
-        keys_pb2.GetSymmetricKeyRequest(key_id=UNKNOWN_KEY),
-        rid,
-    )
-    with served.rest() as rest:
-        answer = rest.get(f"/kms/v1/keys/{UNKNOWN_KEY}")
-    assert_same_as_rest(error, answer, grpc.StatusCode.NOT_FOUND, rid)
-    rid = request_id()
-    error = sdk_call(
-        sdk.client(operation_grpc.OperationServiceStub),
-        "Get",
-        operation_pb2.GetOperationRequest(operation_id="abonosuchop"),
-        rid,
-    )
-    with served.rest() as rest:
-        answer = rest.get("/operations/abonosuchop")
-    assert_same_as_rest(error, answer, grpc.StatusCode.NOT_FOUND, rid)
-
-
-# (method, request fields, REST verb, REST body); the key is filled in by the test.
-BAD_ARGUMENTS = {
-    "bad version id": (
-        "Encrypt",
-        {"plaintext": b"x", "version_id": "bad/id"},
-        "encrypt",
-        {"plaintext": "eA==", "versionId": "bad/id"},
-    ),
-    "over-long version id": (
-        "Encrypt",
-        {"plaintext": b"x", "version_id": "v" * 51},
-        "encrypt",
-        {"plaintext": "eA==", "versionId": "v" * 51},
-    ),
-    "oversize aad": (
-        "Encrypt",
-        {"plaintext": b"x", "aad_context": b"a" * 8193},
-        "encrypt",
-        {"plaintext": "eA==", "aadContext": b64(b"a" * 8193)},
-    ),
-    "missing plaintext": ("Encrypt", {}, "encrypt", {}),
-    "oversize plaintext": (
-        "Encrypt",
-        {"plaintext": b"x" * 32769},
-        "encrypt",
-        {"plaintext": b64(b"x" * 32769)},
-    ),
-    "tampered ciphertext": (
-        "Decrypt",
-        {"ciphertext": b"\x01\x01garbage"},
-        "decrypt",
-        {"ciphertext": b64(b"\x01\x01garbage")},
-    ),
-    "missing source key": (
-        "ReEncrypt",
-        {"ciphertext": b"\x00"},
-        "reEncrypt",
-        {"ciphertext": "AA=="},
-    ),
-    "over-long source key": (
-        "ReEncrypt",
-        {"ciphertext": b"\x00", "source_key_id": "s" * 51},
-        "reEncrypt",
-        {"ciphertext": "AA==", "sourceKeyId": "s" * 51},
-    ),
-}
-REQUESTS = {
-    "Encrypt": crypto_pb2.SymmetricEncryptRequest,
-    "Decrypt": crypto_pb2.SymmetricDecryptRequest,
-    "ReEncrypt": crypto_pb2.SymmetricReEncryptRequest,
-}
-
-
-@pytest.mark.parametrize("case", list(BAD_ARGUMENTS))
-def test_bad_argument_is_invalid_argument_as_rest(
-    served: Server, crypto: Any, keys: dict[str, Any], case: str
-) -> None:
-    method, fields, verb, body = BAD_ARGUMENTS[case]
-    key_id = keys["AES_256"].id
-    rid = request_id()
-    error = sdk_call(crypto, method, REQUESTS[method](key_id=key_id, **fields), rid)
-    with served.rest() as rest:
-        answer = rest.post(f"/kms/v1/keys/{key_id}:{verb}", json=body)
-    assert_same_as_rest(error, answer, grpc.StatusCode.INVALID_ARGUMENT, rid)
-
-
-def test_missing_token_is_unauthenticated_as_rest(served: Server, keys: dict[str, Any]) -> None:
-    key_id = keys["AES_256"].id
-    rid = request_id()
-    # The SDK cannot be made to send nothing over TLS (insecure=True drops TLS, which the
-    # server then refuses): a bare stub on a TLS channel sends only what it is given.
-    with served.secure_channel() as channel:
-        error = rpc_error(
-            crypto_grpc.SymmetricCryptoServiceStub(channel).Encrypt,
-            crypto_pb2.SymmetricEncryptRequest(key_id=key_id, plaintext=b"x"),
-            metadata=(("x-request-id", rid),),
-        )
-    answer = httpx.post(
-        f"{served.rest_url}/kms/v1/keys/{key_id}:encrypt",
-        json={"plaintext": "eA=="},
-        verify=served.ssl_context(),
-        timeout=30,
-    )
-    assert_same_as_rest(error, answer, grpc.StatusCode.UNAUTHENTICATED, rid)
-
-
-def test_insecure_sdk_against_tls_is_refused(served: Server, keys: dict[str, Any]) -> None:
-    sdk = served.sdk()
-    plain = sdk.client(
-        crypto_grpc.SymmetricCryptoServiceStub, endpoint=served.endpoint, insecure=True
-    )
+    key_id = keys[AES_256].id
     error = rpc_error(
-        plain.Encrypt, crypto_pb2.SymmetricEncryptRequest(key_id=keys["AES_256"].id, plaintext=b"x")
+        crypto.Encrypt, crypto_pb2.SymmetricEncryptRequest(key_id=key_id, **request_fields)
     )
-    assert error.code() is grpc.StatusCode.UNAVAILABLE
+    with server.rest(server.admin_token) as rest:
+        answer = rest.post(f"/kms/v1/keys/{key_id}:encrypt", json=rest_body)
+    assert answer.status_code == 400, answer.text
+    assert_as_rest(error, grpc.StatusCode.INVALID_ARGUMENT, answer.json())
+    assert field in error.details()
+    _status, found = status_details(error)
+    assert [v.field for v in found["BadRequest"].field_violations] == [field]
 
 
-@pytest.mark.parametrize("forged", ["kmsh1_" + "A" * 43, "not-a-kms-token", "kmsh1_"])
-def test_forged_token_is_unauthenticated_as_rest(
-    served: Server, keys: dict[str, Any], forged: str
+def test_bad_data_key_spec_and_update_mask_are_invalid_argument(
+    server: KmsServer,
+    crypto: SymmetricCryptoServiceStub,
+    key_service: SymmetricKeyServiceStub,
+    keys: dict[int, symmetric_key_pb2.SymmetricKey],
 ) -> None:
-    key_id = keys["AES_256"].id
-    rid = request_id()
-    crypto = served.sdk(iam_token=forged).client(crypto_grpc.SymmetricCryptoServiceStub)
-    error = sdk_call(
-        crypto, "Encrypt", crypto_pb2.SymmetricEncryptRequest(key_id=key_id, plaintext=b"x"), rid
+    key_id = keys[AES_256].id
+    with server.rest(server.admin_token) as rest:
+        error = rpc_error(
+            key_service.Update,
+            keys_pb2.UpdateSymmetricKeyRequest(
+                key_id=key_id, update_mask=field_mask_pb2.FieldMask(paths=["bogus"])
+            ),
+        )
+        answer = rest.patch(f"/kms/v1/keys/{key_id}", json={"updateMask": "bogus"})
+        assert_as_rest(error, grpc.StatusCode.INVALID_ARGUMENT, answer.json())
+        error = rpc_error(
+            crypto.ReEncrypt,
+            crypto_pb2.SymmetricReEncryptRequest(key_id=key_id, ciphertext=b"\0"),
+        )
+        answer = rest.post(f"/kms/v1/keys/{key_id}:reEncrypt", json={"ciphertext": "AA=="})
+        assert_as_rest(error, grpc.StatusCode.INVALID_ARGUMENT, answer.json())
+        assert "sourceKeyId" in error.details()
+
+
+def test_missing_token_is_unauthenticated(
+    server: KmsServer, keys: dict[int, symmetric_key_pb2.SymmetricKey]
+) -> None:
+    key_id = keys[AES_256].id
+    # The SDK always sends credentials over TLS (insecure=True would dial plaintext, which a
+    # TLS server refuses): the SDK's own stub on a TLS channel without call credentials.
+    with server.secure_channel() as channel:
+        error = rpc_error(
+            SymmetricCryptoServiceStub(channel).Encrypt,
+            crypto_pb2.SymmetricEncryptRequest(key_id=key_id, plaintext=b"\0"),
+        )
+    with server.rest() as rest:
+        answer = rest.post(f"/kms/v1/keys/{key_id}:encrypt", json={"plaintext": "AA=="})
+    assert answer.status_code == 401
+    assert_as_rest(error, grpc.StatusCode.UNAUTHENTICATED, answer.json())
+
+
+@pytest.mark.parametrize(
+    "forged",
+    ["kmsh1_" + secrets.token_urlsafe(32), "not-a-kms-token", "kmsh1_"],
+    ids=["well-formed", "foreign", "empty-secret"],
+)
+def test_forged_token_is_unauthenticated(
+    server: KmsServer, keys: dict[int, symmetric_key_pb2.SymmetricKey], forged: str
+) -> None:
+    key_id = keys[AES_256_HSM].id
+    crypto = server.sdk(iam_token=forged).client(SymmetricCryptoServiceStub)
+    error = rpc_error(
+        crypto.Encrypt, crypto_pb2.SymmetricEncryptRequest(key_id=key_id, plaintext=b"\0")
     )
-    with served.rest(token=forged) as rest:
-        answer = rest.post(f"/kms/v1/keys/{key_id}:encrypt", json={"plaintext": "eA=="})
-    assert_same_as_rest(error, answer, grpc.StatusCode.UNAUTHENTICATED, rid)
+    with server.rest(forged) as rest:
+        answer = rest.post(f"/kms/v1/keys/{key_id}:encrypt", json={"plaintext": "AA=="})
+    assert answer.status_code == 401
+    assert_as_rest(error, grpc.StatusCode.UNAUTHENTICATED, answer.json())
 
 
-@pytest.fixture(scope="module")
-def encrypter(served: Server, keys: dict[str, Any]) -> str:
-    """A principal's token holding only kms.keys.encrypter on the AES_256 key."""
-    principal_id, token, _ = served.principal("sdk-encrypter")
-    served.cli(
+def test_wrong_role_is_permission_denied(
+    server: KmsServer, sdk: yandexcloud.SDK, keys: dict[int, symmetric_key_pb2.SymmetricKey]
+) -> None:
+    key = keys[AES_256_HSM]
+    principal_id, token, _ = server.principal_with_token("sdk-encrypter")
+    server.cli(
         "bindings",
         "add",
         "--key",
-        keys["AES_256"].id,
+        key.id,
         "--role",
         "kms.keys.encrypter",
         "--subject",
         principal_id,
     )
-    return token
-
-
-def test_wrong_role_is_permission_denied_as_rest(
-    served: Server, crypto: Any, keys: dict[str, Any], encrypter: str
-) -> None:
-    key_id = keys["AES_256"].id
-    theirs = served.sdk(iam_token=encrypter).client(crypto_grpc.SymmetricCryptoServiceStub)
-    # The role it has works.
-    sealed = theirs.Encrypt(
-        crypto_pb2.SymmetricEncryptRequest(key_id=key_id, plaintext=b"mine"), timeout=30
+    own = server.sdk(iam_token=token)
+    own_crypto = own.client(SymmetricCryptoServiceStub)
+    sealed = own_crypto.Encrypt(
+        crypto_pb2.SymmetricEncryptRequest(key_id=key.id, plaintext=b"mine"), timeout=30
     )
-    rid = request_id()
-    error = sdk_call(
-        theirs,
-        "Decrypt",
-        crypto_pb2.SymmetricDecryptRequest(key_id=key_id, ciphertext=sealed.ciphertext),
-        rid,
-    )
-    with served.rest(token=encrypter) as rest:
+    with server.rest(token) as rest:
+        error = rpc_error(
+            own_crypto.Decrypt,
+            crypto_pb2.SymmetricDecryptRequest(key_id=key.id, ciphertext=sealed.ciphertext),
+        )
         answer = rest.post(
-            f"/kms/v1/keys/{key_id}:decrypt", json={"ciphertext": b64(sealed.ciphertext)}
+            f"/kms/v1/keys/{key.id}:decrypt", json={"ciphertext": b64(sealed.ciphertext)}
         )
-    assert_same_as_rest(error, answer, grpc.StatusCode.PERMISSION_DENIED, rid)
-    # A key it has no role on is, as over REST, one that does not exist.
-    other = keys["AES_256_HSM"].id
-    rid = request_id()
-    error = sdk_call(
-        theirs, "Encrypt", crypto_pb2.SymmetricEncryptRequest(key_id=other, plaintext=b"x"), rid
-    )
-    with served.rest(token=encrypter) as rest:
+        assert answer.status_code == 403, answer.text
+        assert_as_rest(error, grpc.StatusCode.PERMISSION_DENIED, answer.json())
+        # An encrypter cannot read the key either; a key it has no role on is NOT_FOUND.
+        own_keys = own.client(SymmetricKeyServiceStub)
+        error = rpc_error(own_keys.Rotate, keys_pb2.RotateSymmetricKeyRequest(key_id=key.id))
+        answer = rest.post(f"/kms/v1/keys/{key.id}:rotate", json={})
+        assert_as_rest(error, grpc.StatusCode.PERMISSION_DENIED, answer.json())
+        other = keys[AES_256].id
+        error = rpc_error(
+            own_crypto.Encrypt, crypto_pb2.SymmetricEncryptRequest(key_id=other, plaintext=b"x")
+        )
         answer = rest.post(f"/kms/v1/keys/{other}:encrypt", json={"plaintext": "eA=="})
-    assert_same_as_rest(error, answer, grpc.StatusCode.NOT_FOUND, rid)
-
-
-def test_denials_are_audited_with_the_transport(
-    served: Server, crypto: Any, keys: dict[str, Any]
-) -> None:
-    rid = request_id()
-    sdk_call(
-        crypto,
-        "Encrypt",
-        crypto_pb2.SymmetricEncryptRequest(key_id=UNKNOWN_KEY, plaintext=b"x"),
-        rid,
+        assert_as_rest(error, grpc.StatusCode.NOT_FOUND, answer.json())
+    opened = sdk.client(SymmetricCryptoServiceStub).Decrypt(
+        crypto_pb2.SymmetricDecryptRequest(key_id=key.id, ciphertext=sealed.ciphertext), timeout=30
     )
-    events = served.wait_for_audit(lambda e: e.get("request_id") == rid)
-    assert [(e["method"], e["transport"]) for e in events] == [("SymmetricCrypto.Encrypt", "grpc")]
-    assert events[0]["outcome"] != "OK"
+    assert opened.plaintext == b"mine"
 
 
-def test_no_token_in_the_logs(served: Server, encrypter: str) -> None:
-    logs = served.log.read_text() + (served.audit.read_text() if served.audit.exists() else "")
-    for secret in (served.admin_token, encrypter):
-        assert secret not in logs
-    assert "kmsh1_" not in logs
+# --- two workers; the audit chain; secrets in no log ---
 
 
-# --- `serve --workers 2` ---
-
-
-def test_two_workers_serve_the_sdk_audit_verifies_no_token_logged(tmp_path: Path) -> None:
-    with serve_grpc(tmp_path, "--workers", "2") as server:
-        sdk = server.sdk()
-        key = create_key(sdk, AES_256_HSM, name="workers").response
-        workers: set[str] = set()
-        calls = 0
-        # Each SDK has channels of its own, so a new connection that the kernel hands to
-        # either worker (SO_REUSEPORT); the worker answers its pid in x-kms-worker.
-        for _ in range(40):
-            crypto = server.sdk().client(crypto_grpc.SymmetricCryptoServiceStub)
-            for n in range(3):
-                sealed, call = crypto.Encrypt.with_call(
-                    crypto_pb2.SymmetricEncryptRequest(
-                        key_id=key.id, plaintext=b"w%d" % n, aad_context=b"w"
-                    ),
-                    timeout=30,
-                )
-                opened = crypto.Decrypt(
-                    crypto_pb2.SymmetricDecryptRequest(
-                        key_id=key.id, ciphertext=sealed.ciphertext, aad_context=b"w"
-                    ),
-                    timeout=30,
-                )
-                assert opened.plaintext == b"w%d" % n
-                workers.add(dict(call.trailing_metadata())["x-kms-worker"])
-                calls += 2
-            if len(workers) == 2 and calls >= 60:
-                break
-        assert len(workers) == 2, workers
-        assert server.log.read_text().count("serving gRPC on") == 2
-        token = server.admin_token
-        grpc_events = server.wait_for_audit(
-            lambda e: e.get("transport") == "grpc" and e.get("method") == "SymmetricCrypto.Decrypt"
-        )
-        assert len(grpc_events) >= calls // 2
-    verified = server.cli("audit", "verify", check=False)
+def test_two_workers_audit_verify_and_no_token_in_any_log(server2: KmsServer) -> None:
+    admin = server2.admin_token
+    principal_id, token, _ = server2.principal_with_token("sdk-workers")
+    key, _ = create_key(server2.sdk(iam_token=admin), AES_256_HSM, name="workers")
+    server2.cli(
+        "bindings",
+        "add",
+        "--key",
+        key.id,
+        "--role",
+        "kms.keys.encrypterDecrypter",
+        "--subject",
+        principal_id,
+    )
+    workers: set[str] = set()
+    calls = 0
+    # Each SDK opens connections of its own, which the kernel spreads over the workers
+    # (SO_REUSEPORT); every answer names its worker in x-kms-worker.
+    for i in range(24):
+        crypto = server2.sdk(iam_token=admin if i % 2 else token).client(SymmetricCryptoServiceStub)
+        for j in range(5):
+            sealed, call = crypto.Encrypt.with_call(
+                crypto_pb2.SymmetricEncryptRequest(
+                    key_id=key.id, plaintext=f"m{i}.{j}".encode(), aad_context=b"w"
+                ),
+                timeout=30,
+            )
+            workers.add(dict(call.trailing_metadata())["x-kms-worker"])
+            opened = crypto.Decrypt(
+                crypto_pb2.SymmetricDecryptRequest(
+                    key_id=key.id, ciphertext=sealed.ciphertext, aad_context=b"w"
+                ),
+                timeout=30,
+            )
+            assert opened.plaintext == f"m{i}.{j}".encode()
+            calls += 2
+        if len(workers) == 2 and i >= 7:
+            break
+    assert len(workers) == 2, workers
+    server2.stop()
+    log = server2.log.read_text()
+    assert log.count("serving gRPC on") == 2
+    assert {f"worker {w}" for w in workers} <= {
+        line.rsplit(" in ", 1)[1] for line in log.splitlines() if "serving gRPC on" in line
+    }
+    events = [json.loads(line) for line in server2.audit_log.read_text().splitlines() if line]
+    grpc_crypto = [
+        e
+        for e in events
+        if e.get("transport") == "grpc" and e.get("method", "").startswith("SymmetricCrypto.")
+    ]
+    assert len(grpc_crypto) == calls
+    callers = {e["principal_id"] for e in grpc_crypto}
+    assert principal_id in callers and len(callers) == 2
+    verified = server2.cli("audit", "verify", "--checkpoints", str(server2.audit_log), check=False)
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    logs = server.log.read_text() + server.audit.read_text()
-    assert token not in logs and "kmsh1_" not in logs
+    assert "audit chain intact" in verified.stdout
+    written = server2.written()
+    for secret in (admin, token):
+        assert secret not in written
+        assert secret.split("_", 1)[1] not in written

@@ -51,7 +51,7 @@ from kms_hsm.grpc import render
 from kms_hsm.grpc.context import transport
 from kms_hsm.grpc.errors import abort, abort_internal, abort_with
 from kms_hsm.service import handlers, methods, pipeline
-from kms_hsm.service.access import Binding, Permission, Resource
+from kms_hsm.service.access import Binding, Resource
 from kms_hsm.service.keys import KeyUpdate
 from kms_hsm.service.methods import Method
 from kms_hsm.service.pipeline import Call
@@ -61,15 +61,6 @@ T = TypeVar("T")
 E = TypeVar("E", bound=enum.IntEnum)
 # grpc.aio.ServicerContext (grpcio has no type information).
 Context: TypeAlias = Any
-
-# Cancel is gRPC-only (REST has no such route): declared here, audited under its own name.
-CANCEL_OPERATION = Method(
-    "Operation.Cancel",
-    Permission.GET_OPERATION,
-    "CancelOperationRequest",
-    "Operation",
-    "/yandex.cloud.operation.OperationService/Cancel",
-)
 
 
 class _Transport:
@@ -493,7 +484,7 @@ class OperationServicer(operation_service_pb2_grpc.OperationServiceServicer, _Tr
             await handlers.get_operation(call, handlers.OperationRequest(request.operation_id))
             raise FailedPrecondition(f"operation {request.operation_id} is already done")
 
-        return await self._run(context, CANCEL_OPERATION, work)
+        return await self._run(context, methods.CANCEL_OPERATION, work)
 
 
 # The ids the SDKs route KMS to: the Python SDK sends every kms module but symmetric crypto

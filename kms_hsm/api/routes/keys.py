@@ -24,6 +24,7 @@ _PAGING = ("pageSize", "pageToken")
 
 routes = Routes("SymmetricKey")
 
+
 def _render_key(record: dict[str, Any]) -> dict[str, Any]:
     return wire.key_json(key_from_record(record))
 
