@@ -296,6 +296,96 @@ def test_revoked_key_is_unauthenticated(
     assert_exchange_refused(rpc_error(encrypt, server.sdk(service_account_key=sa_key), key_id))
 
 
+def test_revoking_the_principal_ends_every_credential_of_it(
+    server: KmsServer, key_id: str, tmp_path: Path
+) -> None:
+    principal_id = server.cli("principals", "create", "sdk-auth-doomed").stdout.strip()
+    server.cli(
+        "bindings",
+        "add",
+        "--key",
+        key_id,
+        "--role",
+        "kms.keys.encrypter",
+        "--subject",
+        principal_id,
+    )
+    token, _ = issue_token(server, principal_id)
+    sa_key = create_key_file(server, principal_id, tmp_path / "sa-key.json")
+    by_token = server.sdk(token=token)
+    by_key = server.sdk(service_account_key=sa_key)
+    encrypt(by_token, key_id)
+    encrypt(by_key, key_id)
+    server.cli("principals", "revoke", principal_id)
+    # The IAM tokens both SDKs hold (within their 20 s cache) die with the principal...
+    for sdk in (by_token, by_key):
+        error = rpc_error(encrypt, sdk, key_id)
+        assert error.code() is grpc.StatusCode.UNAUTHENTICATED, error
+    # ... and neither credential exchanges again.
+    with pytest.raises(grpc.RpcError) as caught:
+        exchange(server, yandex_passport_oauth_token=token)
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as caught:
+        exchange(server, jwt=signed_jwt(sa_key, YANDEX_AUDIENCE))
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_token_that_never_expires_exchanges_for_the_default_ttl(
+    server: KmsServer, robot: str
+) -> None:
+    token, _ = issue_token(server, robot)
+    before = time.time()
+    answer = exchange(server, yandex_passport_oauth_token=token)
+    # KMS_HSM_IAM_TOKEN_TTL is unset: 12 h.
+    assert before + 12 * 3600 - 5 <= answer.expires_at.seconds <= time.time() + 12 * 3600 + 5
+
+
+def _jwt_variants(sa_key: dict[str, str]) -> dict[str, str]:
+    """JWTs that break one rule of the exchange each (the key itself is the right one)."""
+    now = int(time.time())
+    claims = {"iss": sa_key["service_account_id"], "aud": YANDEX_AUDIENCE, "iat": now}
+    private_key = sa_key["private_key"]
+    kid = {"kid": sa_key["id"]}
+
+    def sign(payload: dict[str, Any], algorithm: str = "PS256", **headers: Any) -> str:
+        token = jwt.encode(payload, private_key, algorithm=algorithm, headers=headers or kid)
+        SECRETS.append(token)
+        return token
+
+    return {
+        "expires over an hour ahead": sign(claims | {"exp": now + 2 * 3600}),
+        "expired": sign(claims | {"iat": now - 7200, "exp": now - 3600}),
+        "no exp": sign(claims),
+        "another audience": sign(claims | {"aud": "https://example.com/tokens", "exp": now + 600}),
+        "RS256, not PS256": sign(claims | {"exp": now + 600}, "RS256"),
+        "no kid": sign(claims | {"exp": now + 600}, typ="JWT"),
+        "no iss": sign({"aud": YANDEX_AUDIENCE, "iat": now, "exp": now + 600}),
+        "not a JWT": "not.a.jwt",
+    }
+
+
+def test_jwts_breaking_a_rule_are_unauthenticated(
+    server: KmsServer, robot: str, tmp_path: Path
+) -> None:
+    sa_key = create_key_file(server, robot, tmp_path / "sa-key.json")
+    # The same key signs a good one: what is refused below is the rule each breaks.
+    good = exchange(server, jwt=signed_jwt(sa_key, YANDEX_AUDIENCE))
+    assert good.iam_token
+    for name, token in _jwt_variants(sa_key).items():
+        with pytest.raises(grpc.RpcError) as caught:
+            exchange(server, jwt=token)
+        assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED, name
+
+
+def test_exchange_needs_exactly_one_credential(server: KmsServer) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        exchange(server)
+    assert caught.value.code() in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+    ), caught.value
+
+
 # --- the same exchange over REST, and no secret in any log ---
 
 
