@@ -35,6 +35,7 @@ UNKNOWN_KEY = "abjnosuchkey00000000"
 
 server = server_fixture()
 server2 = server_fixture(workers=2)
+server_mtls = server_fixture(client_ca=True)
 
 
 def b64(data: bytes) -> str:
@@ -89,7 +90,7 @@ def keys(sdk: yandexcloud.SDK) -> dict[int, symmetric_key_pb2.SymmetricKey]:
 # --- keys and crypto through the SDK ---
 
 
-@pytest.mark.parametrize("algorithm", [AES_256_HSM, AES_256])
+@pytest.mark.parametrize("algorithm", [AES_256_HSM, AES_256], ids=["AES_256_HSM", "AES_256"])
 def test_create_with_the_operation_helper(sdk: yandexcloud.SDK, algorithm: int) -> None:
     key, meta = create_key(sdk, algorithm, name="created", labels={"team": "sdk"})
     assert meta.key_id == key.id and meta.primary_version_id == key.primary_version.id
@@ -104,7 +105,7 @@ def test_create_with_the_operation_helper(sdk: yandexcloud.SDK, algorithm: int) 
     assert got == key
 
 
-@pytest.mark.parametrize("algorithm", [AES_256_HSM, AES_256])
+@pytest.mark.parametrize("algorithm", [AES_256_HSM, AES_256], ids=["AES_256_HSM", "AES_256"])
 def test_encrypt_decrypt_with_aad_context(
     crypto: SymmetricCryptoServiceStub,
     keys: dict[int, symmetric_key_pb2.SymmetricKey],
@@ -144,7 +145,7 @@ def test_encrypt_decrypt_with_aad_context(
     assert (again.code(), again.details()) == (error.code(), error.details())
 
 
-@pytest.mark.parametrize("algorithm", [AES_256_HSM, AES_256])
+@pytest.mark.parametrize("algorithm", [AES_256_HSM, AES_256], ids=["AES_256_HSM", "AES_256"])
 def test_generate_data_key(
     crypto: SymmetricCryptoServiceStub,
     keys: dict[int, symmetric_key_pb2.SymmetricKey],
@@ -665,6 +666,32 @@ def test_wrong_role_is_permission_denied(
         crypto_pb2.SymmetricDecryptRequest(key_id=key.id, ciphertext=sealed.ciphertext), timeout=30
     )
     assert opened.plaintext == b"mine"
+
+
+# --- mutual TLS (KMS_HSM_TLS_CLIENT_CA) ---
+
+
+def test_mutual_tls_with_the_sdk(server_mtls: KmsServer) -> None:
+    sdk = server_mtls.sdk()  # with the module CA's client certificate
+    key, _ = create_key(sdk, AES_256_HSM, name="mtls")
+    crypto = sdk.client(SymmetricCryptoServiceStub)
+    sealed = crypto.Encrypt(
+        crypto_pb2.SymmetricEncryptRequest(key_id=key.id, plaintext=b"mtls"), timeout=30
+    )
+    with server_mtls.rest(server_mtls.admin_token) as rest:
+        r = rest.post(f"/kms/v1/keys/{key.id}:decrypt", json={"ciphertext": b64(sealed.ciphertext)})
+    assert r.status_code == 200 and base64.b64decode(r.json()["plaintext"]) == b"mtls"
+    # Without a client certificate the SDK's discovery already fails the handshake.
+    bare = yandexcloud.SDK(
+        endpoint=server_mtls.endpoint,
+        iam_token=server_mtls.admin_token,
+        root_certificates=server_mtls.pki.ca_pem,
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        bare.client(SymmetricCryptoServiceStub).Encrypt(
+            crypto_pb2.SymmetricEncryptRequest(key_id=key.id, plaintext=b"x"), timeout=30
+        )
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
 # --- two workers; the audit chain; secrets in no log ---
