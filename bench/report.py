@@ -74,6 +74,12 @@ class Results:
         """p99 of ``a`` over p99 of ``b`` at the same point."""
         return _div(self.get(a, workers, concurrency), self.get(b, workers, concurrency), "p99_ms")
 
+    def cpu_ratio(self, a: str, b: str, workers: int, concurrency: int) -> float | None:
+        """Server CPU per request of ``a`` over that of ``b`` at the same point."""
+        return _div(
+            self.get(a, workers, concurrency), self.get(b, workers, concurrency), "server_us"
+        )
+
     def scaling(self, scenario: str, concurrency: int) -> float | None:
         """req/s at the most workers over req/s at the fewest, same concurrency."""
         if len(self.workers) < 2:
@@ -107,6 +113,10 @@ _GRPC_RATIOS: dict[str, Callable[[Results, int, int], float | None]] = {
     "gRPC HSM encrypt / gRPC sw encrypt": lambda r, w, c: r.rps_ratio(GRPC_HSM, GRPC_SW, w, c),
     "p99 gRPC sw encrypt / p99 G": lambda r, w, c: r.p99_ratio(GRPC_SW, BASE_G, w, c),
     "p99 gRPC HSM encrypt / p99 G": lambda r, w, c: r.p99_ratio(GRPC_HSM, BASE_G, w, c),
+    # CPU per request of the server alone: the Python clients take about as much CPU as the
+    # server, so req/s ratios on 2 cores understate the gap between servers.
+    "server us/req: gRPC sw encrypt / G": lambda r, w, c: r.cpu_ratio(GRPC_SW, BASE_G, w, c),
+    "server us/req: gRPC HSM encrypt / G": lambda r, w, c: r.cpu_ratio(GRPC_HSM, BASE_G, w, c),
     "gRPC sw encrypt / REST sw encrypt": lambda r, w, c: r.rps_ratio(GRPC_SW, ENC_SW, w, c),
     "G / R": lambda r, w, c: r.rps_ratio(BASE_G, BASE_R, w, c),
 }
