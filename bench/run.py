@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -37,7 +37,8 @@ import report
 import scale
 import scenarios
 from apiclient import ApiClient, RequestFailed
-from grpc_load import GrpcLoad, describe, probe, run_grpc_load, wait_serving
+from grpc_client import describe
+from grpc_load import GrpcLoad, probe, run_grpc_load, wait_serving
 from loadgen import Load, LoadError, LoadResult, combine, ensure_wrk, run_wrk, slice_seconds
 from scenarios import Measurement, Scenario
 from servers import (
@@ -155,8 +156,7 @@ def running_servers(
             servers["G"] = start_grpc_baseline(workers, log_dir)
         for name, server in servers.items():
             if name == "G":
-                load = GrpcLoad(server.grpc_target, "baseline", scenarios.PLAINTEXT)
-                server.wait_ready(lambda load=load: wait_serving(load, 0.5) is None)
+                server.wait_ready(_grpc_baseline_probe(server))
                 continue
             http = ApiClient(server.base_url)
             server.wait_ready(http.responds)
@@ -165,6 +165,11 @@ def running_servers(
     finally:
         for server in servers.values():
             server.stop()
+
+
+def _grpc_baseline_probe(server: Server) -> Callable[[], bool]:
+    load = GrpcLoad(server.grpc_target, "baseline", scenarios.PLAINTEXT)
+    return lambda: wait_serving(load, 0.5) is None
 
 
 def measure_hsm_raw(data_dir: Path, seconds: float) -> dict[str, Any]:
