@@ -478,7 +478,7 @@ class BenchRun:
     def print_report(self) -> None:
         """The table, the ratios, the targets, the token's rate, memory and failures."""
         results = report.Results(self.measurements)
-        _section("Measurements (req/s as a multiple of F and R at the same point)")
+        _section("Measurements (req/s as a multiple of F, R and G at the same point; CPU)")
         _print_lines(report.measurement_table(results))
         if self.measurements:
             _section("Ratios (same run)")
