@@ -1,7 +1,7 @@
 """kms-hsm benchmark harness (issues 6, 16): kms-hsm and three baselines, REST and gRPC, one run.
 
-    .venv/bin/python bench/run.py                 # full run, ~5-7 minutes on 2 cores
-    .venv/bin/python bench/run.py --smoke         # ~10 s: what CI runs
+    .venv/bin/python bench/run.py                 # full run, ~6-8 minutes on 2 cores
+    .venv/bin/python bench/run.py --smoke         # ~15-20 s: what CI runs
     .venv/bin/python bench/run.py --scale         # 10,000 + 10,000 keys; many minutes
     .venv/bin/python bench/run.py --memory        # worker RSS over 1,000,000 requests
 
@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--grpc-clients", type=int, default=2, help="gRPC client processes (2; 0: no gRPC)"
     )
-    parser.add_argument("--smoke", action="store_true", help="~10 s: 1 worker, c16, 1 s each")
+    parser.add_argument("--smoke", action="store_true", help="~15 s: 1 worker, c16, 1 s each")
     parser.add_argument("--scale", action="store_true", help="10,000 keys of each kind")
     parser.add_argument("--scale-keys", type=int, default=10_000, help=argparse.SUPPRESS)
     parser.add_argument(
