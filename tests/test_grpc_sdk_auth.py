@@ -277,6 +277,17 @@ def test_jwt_with_the_go_sdks_audience(
     request_id = f"sdk-go-aud-{uuid.uuid4()}"
     encrypt(server.sdk(iam_token=answer.iam_token), key_id, request_id)
     assert_audited_as(server, request_id, robot)
+    # The same JWT exchange over REST, as Yandex's POST /iam/v1/tokens takes it.
+    with server.rest() as rest:
+        r = rest.post("/iam/v1/tokens", json={"jwt": signed_jwt(sa_key, YANDEX_AUDIENCE)})
+        assert r.status_code == 200, r.text
+        SECRETS.append(r.json()["iamToken"])
+        forged = signed_jwt(sa_key, YANDEX_AUDIENCE, private_key=another_rsa_key_pem())
+        refused = rest.post("/iam/v1/tokens", json={"jwt": forged})
+        assert refused.status_code == 401 and refused.json()["code"] == 16
+    request_id = f"sdk-rest-jwt-{uuid.uuid4()}"
+    encrypt(server.sdk(iam_token=r.json()["iamToken"]), key_id, request_id)
+    assert_audited_as(server, request_id, robot)
 
 
 def test_key_file_with_another_private_key_is_unauthenticated(
