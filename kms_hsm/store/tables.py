@@ -161,9 +161,7 @@ class AuthorizedKeyRow(Base):
     __tablename__ = "authorized_keys"
 
     id: Mapped[str] = mapped_column(String(50), primary_key=True)
-    principal_id: Mapped[str] = mapped_column(
-        String(50), ForeignKey("principals.id"), index=True
-    )
+    principal_id: Mapped[str] = mapped_column(String(50), ForeignKey("principals.id"), index=True)
     algorithm: Mapped[str] = mapped_column(String(20))
     public_key: Mapped[str] = mapped_column(String(2000))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
