@@ -125,7 +125,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                 "content": {"application/json": {"schema": _ref(schemas.Status)}},
             }
         operation["responses"] = responses
-        operation["security"] = [{"bearer": []}]
+        # A public method (IamToken.Create) carries its credential in the body.
+        operation["security"] = [] if binding.method.public else [{"bearer": []}]
     components_root = doc["components"]
     components_root.pop("securitySchemes", None)
     components_root["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
