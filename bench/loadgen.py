@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -47,6 +48,10 @@ class LoadResult:
     p99_ms: float
     max_ms: float
     errors: dict[str, int] = field(default_factory=dict)
+    # CPU seconds the load generator itself used over ``seconds``, and the server under
+    # test (its whole process tree; 0 when not measured).
+    client_cpu_seconds: float = 0.0
+    server_cpu_seconds: float = 0.0
 
     @property
     def error_count(self) -> int:
@@ -83,6 +88,8 @@ def combine(slices: list[LoadResult]) -> LoadResult:
         p99_ms=weighted("p99_ms"),
         max_ms=max(r.max_ms for r in slices),
         errors=errors,
+        client_cpu_seconds=sum(r.client_cpu_seconds for r in slices),
+        server_cpu_seconds=sum(r.server_cpu_seconds for r in slices),
     )
 
 
@@ -149,9 +156,18 @@ def run_wrk(
         str(LUA_SCRIPT),
         load.url,
     ]
+    cpu_before = _children_cpu_seconds()
     done = subprocess.run(
         argv, env=env, capture_output=True, text=True, check=False, timeout=seconds + 60
     )
     if done.returncode != 0:
         raise LoadError(f"wrk exited with {done.returncode}:\n{done.stdout}{done.stderr}")
-    return parse_output(done.stdout)
+    result = parse_output(done.stdout)
+    result.client_cpu_seconds = _children_cpu_seconds() - cpu_before
+    return result
+
+
+def _children_cpu_seconds() -> float:
+    # Counts only children already waited for: here, wrk runs one at a time.
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

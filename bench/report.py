@@ -7,7 +7,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from scenarios import BASE_F, BASE_R, ENC_HSM, ENC_SW, GDKH_HSM, GDKH_SW, Measurement
+from scenarios import (
+    BASE_F,
+    BASE_G,
+    BASE_R,
+    ENC_HSM,
+    ENC_SW,
+    GDKH_HSM,
+    GDKH_SW,
+    GRPC_HSM,
+    GRPC_SW,
+    Measurement,
+)
 
 PASS, MISS, NA = "PASS", "MISS", "n/a"
 # One request at a time through R takes well under a millisecond; ~40 ms means Nagle's
@@ -63,6 +74,12 @@ class Results:
         """p99 of ``a`` over p99 of ``b`` at the same point."""
         return _div(self.get(a, workers, concurrency), self.get(b, workers, concurrency), "p99_ms")
 
+    def cpu_ratio(self, a: str, b: str, workers: int, concurrency: int) -> float | None:
+        """Server CPU per request of ``a`` over that of ``b`` at the same point."""
+        return _div(
+            self.get(a, workers, concurrency), self.get(b, workers, concurrency), "server_us"
+        )
+
     def scaling(self, scenario: str, concurrency: int) -> float | None:
         """req/s at the most workers over req/s at the fewest, same concurrency."""
         if len(self.workers) < 2:
@@ -89,25 +106,52 @@ _POINT_RATIOS: dict[str, Callable[[Results, int, int], float | None]] = {
     "p99 sw encrypt / p99 F": lambda r, w, c: r.p99_ratio(ENC_SW, BASE_F, w, c),
     "p99 HSM encrypt / p99 F": lambda r, w, c: r.p99_ratio(ENC_HSM, BASE_F, w, c),
 }
+# gRPC (issue 16): against G, the bare grpc.aio servicer of the same run.
+_GRPC_RATIOS: dict[str, Callable[[Results, int, int], float | None]] = {
+    "gRPC sw encrypt / G": lambda r, w, c: r.rps_ratio(GRPC_SW, BASE_G, w, c),
+    "gRPC HSM encrypt / G": lambda r, w, c: r.rps_ratio(GRPC_HSM, BASE_G, w, c),
+    "gRPC HSM encrypt / gRPC sw encrypt": lambda r, w, c: r.rps_ratio(GRPC_HSM, GRPC_SW, w, c),
+    "p99 gRPC sw encrypt / p99 G": lambda r, w, c: r.p99_ratio(GRPC_SW, BASE_G, w, c),
+    "p99 gRPC HSM encrypt / p99 G": lambda r, w, c: r.p99_ratio(GRPC_HSM, BASE_G, w, c),
+    # CPU per request of the server alone: the Python clients take about as much CPU as the
+    # server, so req/s ratios on 2 cores understate the gap between servers.
+    "server us/req: gRPC sw encrypt / G": lambda r, w, c: r.cpu_ratio(GRPC_SW, BASE_G, w, c),
+    "server us/req: gRPC HSM encrypt / G": lambda r, w, c: r.cpu_ratio(GRPC_HSM, BASE_G, w, c),
+    "gRPC sw encrypt / REST sw encrypt": lambda r, w, c: r.rps_ratio(GRPC_SW, ENC_SW, w, c),
+    "G / R": lambda r, w, c: r.rps_ratio(BASE_G, BASE_R, w, c),
+}
 _SCALING = {
     "sw encrypt": ENC_SW,
     "HSM encrypt": ENC_HSM,
     "F": BASE_F,
     "R": BASE_R,
+    "gRPC sw encrypt": GRPC_SW,
+    "gRPC HSM encrypt": GRPC_HSM,
+    "G": BASE_G,
 }
 
 
 def ratios(results: Results) -> list[Ratio]:
-    """Every ratio at every measured point, then the worker scaling per concurrency."""
+    """Every ratio at every measured point, then the worker scaling per concurrency.
+
+    The gRPC ratios only when the run measured gRPC (``--grpc-clients 0`` does not).
+    """
+    grpc = {GRPC_SW, GRPC_HSM, BASE_G}
+    measured_grpc = bool(grpc & {m.scenario for m in results.items})
+    computed = dict(_POINT_RATIOS)
+    if measured_grpc:
+        computed.update(_GRPC_RATIOS)
     out = [
         Ratio(name, w, c, compute(results, w, c))
-        for name, compute in _POINT_RATIOS.items()
+        for name, compute in computed.items()
         for w in results.workers
         for c in results.concurrency
     ]
     if len(results.workers) > 1:
         many, one = results.workers[-1], results.workers[0]
         for label, scenario in _SCALING.items():
+            if scenario in grpc and not measured_grpc:
+                continue
             for c in results.concurrency:
                 name = f"{many}w/{one}w {label}"
                 out.append(Ratio(name, many, c, results.scaling(scenario, c)))
@@ -192,15 +236,22 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 
 def measurement_table(results: Results) -> list[str]:
-    """One line per measurement, with req/s as a multiple of F and of R at that point."""
-    head = f"{'w':>2} {'conc':>4}  {'scenario':<26}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-    lines = [head + f"{'errors':>8}{'xF':>7}{'xR':>7}"]
+    """One line per measurement: req/s as a multiple of F, R and G at that point, and CPU.
+
+    ``srv us`` is the CPU of the server under test (its process tree) per request; ``load``
+    is the cores the load generator used (wrk, or the gRPC client processes) on the same
+    cores as the server, so taken from it.
+    """
+    head = f"{'w':>2} {'conc':>4}  {'scenario':<38}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+    lines = [head + f"{'errors':>7}{'xF':>7}{'xR':>7}{'xG':>7}{'srv us':>8}{'load':>6}"]
     for m in results.items:
         x_f = results.rps_ratio(m.scenario, BASE_F, m.workers, m.concurrency)
         x_r = results.rps_ratio(m.scenario, BASE_R, m.workers, m.concurrency)
+        x_g = results.rps_ratio(m.scenario, BASE_G, m.workers, m.concurrency)
         lines.append(
-            f"{m.workers:>2} {m.concurrency:>4}  {m.scenario:<26}{m.rps:>9,.0f}"
-            f"{m.p50_ms:>9.2f}{m.p99_ms:>9.2f}{m.errors:>8}{_fmt(x_f):>7}{_fmt(x_r):>7}"
+            f"{m.workers:>2} {m.concurrency:>4}  {m.scenario:<38}{m.rps:>9,.0f}"
+            f"{m.p50_ms:>9.2f}{m.p99_ms:>9.2f}{m.errors:>7}{_fmt(x_f):>7}{_fmt(x_r):>7}"
+            f"{_fmt(x_g):>7}{m.server_us:>8.0f}{m.client_cores:>6.2f}"
         )
     return lines
 
@@ -209,10 +260,10 @@ def ratio_table(items: list[Ratio]) -> list[str]:
     """Ratios as rows, measured (workers, concurrency) points as columns."""
     points = sorted({(r.workers, r.concurrency) for r in items})
     values = {(r.name, r.workers, r.concurrency): r.value for r in items}
-    lines = [f"{'ratio':<36}" + "".join(f"{f'w{w} c{c}':>10}" for w, c in points)]
+    lines = [f"{'ratio':<38}" + "".join(f"{f'w{w} c{c}':>10}" for w, c in points)]
     for name in dict.fromkeys(r.name for r in items):
         cells = (_fmt(values[name, w, c]) if (name, w, c) in values else "" for w, c in points)
-        lines.append(f"{name:<36}" + "".join(f"{cell:>10}" for cell in cells))
+        lines.append(f"{name:<38}" + "".join(f"{cell:>10}" for cell in cells))
     return lines
 
 
@@ -253,14 +304,15 @@ def hsm_lines(hsm: dict[str, Any] | None, results: Results) -> list[str]:
         lines.append(
             f"HsmCrypto.encrypt (one call at a time), {threads} thread(s): {rate:,.0f} ops/s"
         )
-    best = max(
-        (m for m in results.items if m.scenario == ENC_HSM), key=lambda m: m.rps, default=None
-    )
-    if best is not None:
-        lines.append(
-            f"best HSM-key encrypt over HTTP (w{best.workers} c{best.concurrency}): "
-            f"{best.rps / raw['ops_per_s']:.2f} x the raw token rate"
+    for scenario, over in ((ENC_HSM, "HTTP"), (GRPC_HSM, "gRPC")):
+        best = max(
+            (m for m in results.items if m.scenario == scenario), key=lambda m: m.rps, default=None
         )
+        if best is not None:
+            lines.append(
+                f"best HSM-key encrypt over {over} (w{best.workers} c{best.concurrency}): "
+                f"{best.rps / raw['ops_per_s']:.2f} x the raw token rate"
+            )
     return lines
 
 

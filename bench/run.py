@@ -1,10 +1,11 @@
-"""kms-hsm benchmark harness (issue 6): kms-hsm and two baselines, loaded by wrk in one run.
+"""kms-hsm benchmark harness (issues 6, 16): kms-hsm and three baselines, REST and gRPC, one run.
 
-    .venv/bin/python bench/run.py                 # full run, ~5-7 minutes on 2 cores
-    .venv/bin/python bench/run.py --smoke         # ~10 s: what CI runs
+    .venv/bin/python bench/run.py                 # full run, ~6-8 minutes on 2 cores
+    .venv/bin/python bench/run.py --smoke         # ~15-20 s: what CI runs
     .venv/bin/python bench/run.py --scale         # 10,000 + 10,000 keys; many minutes
     .venv/bin/python bench/run.py --memory        # worker RSS over 1,000,000 requests
 
+REST load comes from wrk, gRPC load from several Python client processes (grpc_load.py).
 Prints a table with every measurement, the ratios against the baselines measured in the
 same run and issue 6's targets; writes everything as JSON (bench/results/latest.json).
 Exits 1 when any request failed or any scenario could not be measured. See bench/README.md.
@@ -23,18 +24,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import grpc
 import memory
 import report
 import scale
 import scenarios
 from apiclient import ApiClient, RequestFailed
+from grpc_client import describe
+from grpc_load import GrpcLoad, probe, run_grpc_load, wait_serving
 from loadgen import Load, LoadError, LoadResult, combine, ensure_wrk, run_wrk, slice_seconds
 from scenarios import Measurement, Scenario
 from servers import (
@@ -44,6 +48,7 @@ from servers import (
     read_token,
     rss_bytes,
     start_baseline,
+    start_grpc_baseline,
     start_kms,
 )
 
@@ -66,6 +71,8 @@ class Config:
     # Each scenario's seconds are measured in this many slices, in turn with the other
     # scenarios, so that a slow minute of the machine falls on all of them alike.
     rounds: int = 1
+    # Client processes of the gRPC load (0: no gRPC scenarios).
+    grpc_clients: int = 2
 
 
 def _int_list(text: str) -> list[int]:
@@ -83,7 +90,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=_int_list, default=[16, 64], help="16,64")
     parser.add_argument("--workers", type=_int_list, default=[1, 2], help="1,2")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (1)")
-    parser.add_argument("--smoke", action="store_true", help="~10 s: 1 worker, c16, 1 s each")
+    parser.add_argument(
+        "--grpc-clients", type=int, default=2, help="gRPC client processes (2; 0: no gRPC)"
+    )
+    parser.add_argument("--smoke", action="store_true", help="~15 s: 1 worker, c16, 1 s each")
     parser.add_argument("--scale", action="store_true", help="10,000 keys of each kind")
     parser.add_argument("--scale-keys", type=int, default=10_000, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -106,8 +116,9 @@ def config_from(args: argparse.Namespace) -> Config:
             workers=[1],
             wrk_threads=args.wrk_threads,
             hsm_seconds=0.2,
-            only=scenarios.SMOKE,
+            only=_without_grpc(scenarios.SMOKE, args.grpc_clients),
             stack_check=False,
+            grpc_clients=args.grpc_clients,
         )
     return Config(
         seconds=args.duration,
@@ -116,29 +127,49 @@ def config_from(args: argparse.Namespace) -> Config:
         workers=args.workers,
         wrk_threads=args.wrk_threads,
         hsm_seconds=2.0,
-        only=None,
+        only=None if args.grpc_clients else _without_grpc(scenarios.ALL, 0),
         rounds=args.rounds,
+        grpc_clients=args.grpc_clients,
     )
+
+
+def _without_grpc(names: tuple[str, ...], grpc_clients: int) -> tuple[str, ...]:
+    return names if grpc_clients else tuple(n for n in names if n not in scenarios.GRPC)
 
 
 # ---------------------------------------------------------------------------- servers
 
 
 @contextlib.contextmanager
-def running_servers(data_dir: Path, workers: int, log_dir: Path) -> Iterator[dict[str, Server]]:
-    """kms-hsm, F and R with ``workers`` workers each, started together, ready on entry."""
-    servers = {"kms": start_kms(data_dir, workers, log_dir)}
+def running_servers(
+    data_dir: Path, workers: int, log_dir: Path, grpc: bool
+) -> Iterator[dict[str, Server]]:
+    """kms-hsm, F, R (and G) with ``workers`` workers each, started together, ready on entry.
+
+    kms-hsm's gRPC port is only known to serve once a key exists (``_wait_grpc``).
+    """
+    servers = {"kms": start_kms(data_dir, workers, log_dir, grpc=grpc)}
     try:
         for name, module in BASELINES.items():
             servers[name] = start_baseline(module, workers, log_dir)
-        for server in servers.values():
-            probe = ApiClient(server.base_url)
-            server.wait_ready(probe.responds)
-            probe.close()
+        if grpc:
+            servers["G"] = start_grpc_baseline(workers, log_dir)
+        for name, server in servers.items():
+            if name == "G":
+                server.wait_ready(_grpc_baseline_probe(server))
+                continue
+            http = ApiClient(server.base_url)
+            server.wait_ready(http.responds)
+            http.close()
         yield servers
     finally:
         for server in servers.values():
             server.stop()
+
+
+def _grpc_baseline_probe(server: Server) -> Callable[[], bool]:
+    load = GrpcLoad(server.grpc_target, "baseline", scenarios.PLAINTEXT)
+    return lambda: wait_serving(load, 0.5) is None
 
 
 def measure_hsm_raw(data_dir: Path, seconds: float) -> dict[str, Any]:
@@ -169,23 +200,28 @@ class BenchRun:
         self.hsm_raw: dict[str, Any] | None = None
         self.stack_p50_ms: dict[int, float] = {}
         self._kms_requests = 0
+        self._token: str | None = None
+        # Unmeasured seconds before the next slice (the first slice of a worker count).
+        self._warmup = 0
 
     def run(self) -> None:
         """Start the servers for each worker count and measure everything."""
         plan: list[Scenario] | None = None
+        grpc = self.config.grpc_clients > 0
         for workers in self.config.workers:
-            with running_servers(self.data_dir, workers, self.log_dir) as servers:
+            with running_servers(self.data_dir, workers, self.log_dir, grpc) as servers:
                 clients = self._clients(servers)
                 try:
                     if plan is None:
                         plan = self._prepare(clients["kms"])
-                    self._measure_all(servers, clients, plan, workers)
+                    broken = self._wait_grpc(servers["kms"], plan)
+                    self._measure_all(servers, clients, plan, workers, broken)
                 finally:
                     for client in clients.values():
                         client.close()
 
     def _clients(self, servers: dict[str, Server]) -> dict[str, ApiClient]:
-        token = read_token(self.data_dir)
+        token = self._token = read_token(self.data_dir)
         return {
             name: ApiClient(server.base_url, token if name == "kms" else None)
             for name, server in servers.items()
@@ -201,12 +237,32 @@ class BenchRun:
             self.failures.append(f"raw PKCS#11 measurement: {exc}")
         return scenarios.build(kms, sw_key, hsm_key, self.config.only)
 
+    def _wait_grpc(self, kms: Server, plan: list[Scenario]) -> set[str]:
+        """Wait for kms-hsm's gRPC Encrypt; the gRPC scenarios not to run when it never answers."""
+        grpc_scenarios = [s for s in plan if s.is_grpc and s.server == "kms"]
+        if not grpc_scenarios:
+            return set()
+        error = wait_serving(self._grpc_load(kms, grpc_scenarios[0]), 30.0)
+        if error is None:
+            return set()
+        self.failures.append(
+            f"kms-hsm (w{kms.workers}) gRPC {kms.grpc_target}: Encrypt never succeeded "
+            f"in 30 s, last answer {error}; its log ends:\n{kms.log_tail()}"
+        )
+        return {s.name for s in grpc_scenarios}
+
+    def _grpc_load(self, server: Server, scenario: Scenario) -> GrpcLoad:
+        assert scenario.grpc_key is not None
+        token = self._token if scenario.server == "kms" else None
+        return GrpcLoad(server.grpc_target, scenario.grpc_key, scenarios.PLAINTEXT, token)
+
     def _measure_all(
         self,
         servers: dict[str, Server],
         clients: dict[str, ApiClient],
         plan: list[Scenario],
         workers: int,
+        broken: set[str],
     ) -> None:
         self._kms_requests = 0
         if self.config.stack_check:
@@ -214,15 +270,19 @@ class BenchRun:
         slices_of = slice_seconds(self.config.seconds, self.config.rounds)
         for index, concurrency in enumerate(self.config.concurrency):
             slices: dict[str, list[LoadResult]] = {}
-            failed: set[str] = set()
+            failed = set(broken)
             for round_index, seconds in enumerate(slices_of):
-                warmup = self.config.warmup if index == 0 and round_index == 0 else 0
+                self._warmup = self.config.warmup if index == 0 and round_index == 0 else 0
                 for scenario in plan:
                     if scenario.name in failed or not self._alive(servers[scenario.server]):
                         continue
-                    client = clients[scenario.server]
                     point = f"{scenario.name} (w{workers} c{concurrency})"
-                    result = self._slice(client, scenario, point, concurrency, seconds, warmup)
+                    server = servers[scenario.server]
+                    if scenario.is_grpc:
+                        result = self._grpc_slice(server, scenario, point, concurrency, seconds)
+                    else:
+                        client = clients[scenario.server]
+                        result = self._slice(server, client, scenario, point, concurrency, seconds)
                     if result is None:
                         failed.add(scenario.name)
                         continue
@@ -232,7 +292,8 @@ class BenchRun:
             for scenario in plan:
                 if scenario.name in slices and scenario.name not in failed:
                     self._record(
-                        clients[scenario.server],
+                        servers[scenario.server],
+                        clients.get(scenario.server),
                         scenario,
                         workers,
                         concurrency,
@@ -251,12 +312,12 @@ class BenchRun:
 
     def _slice(
         self,
+        server: Server,
         client: ApiClient,
         scenario: Scenario,
         point: str,
         concurrency: int,
         seconds: int,
-        warmup: int,
     ) -> LoadResult | None:
         """One slice of a scenario's load; None (and a failure recorded) if it broke."""
         try:
@@ -266,17 +327,55 @@ class BenchRun:
             print(f"FAILED {point}: {exc}", flush=True)
             return None
         load = Load(client.base_url + scenario.path, scenario.body, client.authorization)
+        warmup = self._warmup
         try:
             if warmup:
                 self._count(scenario, self._wrk(load, concurrency, warmup))
-            return self._count(scenario, self._wrk(load, concurrency, seconds))
+            cpu_before = server.cpu_seconds()
+            result = self._wrk(load, concurrency, seconds)
+            result.server_cpu_seconds = server.cpu_seconds() - cpu_before
+            return self._count(scenario, result)
         except (LoadError, subprocess.TimeoutExpired) as exc:
             self.failures.append(f"{point}: {exc}")
             return None
 
+    def _grpc_slice(
+        self,
+        server: Server,
+        scenario: Scenario,
+        point: str,
+        concurrency: int,
+        seconds: int,
+    ) -> LoadResult | None:
+        """One slice of a gRPC scenario, from the client processes; None if it broke."""
+        load = self._grpc_load(server, scenario)
+        try:
+            probe(load)
+        except grpc.RpcError as exc:
+            self.failures.append(f"{point}: probe Encrypt to {load.target} failed: {describe(exc)}")
+            print(f"FAILED {point}: {describe(exc)}", flush=True)
+            return None
+        try:
+            done = run_grpc_load(
+                load,
+                concurrency=concurrency,
+                seconds=seconds,
+                warmup=self._warmup,
+                processes=self.config.grpc_clients,
+                server_cpu=server.cpu_seconds,
+            )
+        except LoadError as exc:
+            self.failures.append(f"{point}: {exc}")
+            return None
+        if done.result.error_count:
+            examples = "; ".join(done.error_examples)
+            self.failures.append(f"{point}: failed calls {done.result.errors}, e.g. {examples}")
+        return self._count(scenario, done.result)
+
     def _record(
         self,
-        client: ApiClient,
+        server: Server,
+        client: ApiClient | None,
         scenario: Scenario,
         workers: int,
         concurrency: int,
@@ -295,12 +394,17 @@ class BenchRun:
             result.requests,
             result.error_count,
             result.errors,
+            result.client_cpu_seconds / result.seconds if result.seconds else 0.0,
+            result.server_cpu_seconds / result.requests * 1e6 if result.requests else 0.0,
         )
         self.measurements.append(measurement)
         _print_progress(measurement)
         if result.error_count:
             point = f"{scenario.name} (w{workers} c{concurrency})"
-            self._explain_errors(client, scenario, point, result)
+            if scenario.is_grpc:
+                self._explain_grpc_errors(self._grpc_load(server, scenario), point, result)
+            elif client is not None:
+                self._explain_errors(client, scenario, point, result)
 
     def _check_stack(self, client: ApiClient, workers: int) -> None:
         """R with one keep-alive connection: the latency floor of the HTTP stack."""
@@ -335,6 +439,14 @@ class BenchRun:
             again = f"sent again afterwards:\n{exc}"
         self.failures.append(f"{point}: wrk counted errors {result.errors}; {again}")
 
+    def _explain_grpc_errors(self, load: GrpcLoad, point: str, result: LoadResult) -> None:
+        try:
+            probe(load)
+            again = "the same call made again afterwards succeeded"
+        except grpc.RpcError as exc:
+            again = f"made again afterwards: {describe(exc)}"
+        self.failures.append(f"{point}: failed calls {result.errors}; {again}")
+
     def _sample_memory(self, server: Server) -> None:
         if server.process.poll() is not None:
             return
@@ -366,7 +478,7 @@ class BenchRun:
     def print_report(self) -> None:
         """The table, the ratios, the targets, the token's rate, memory and failures."""
         results = report.Results(self.measurements)
-        _section("Measurements (req/s as a multiple of F and R at the same point)")
+        _section("Measurements (req/s as a multiple of F, R and G at the same point; CPU)")
         _print_lines(report.measurement_table(results))
         if self.measurements:
             _section("Ratios (same run)")
@@ -393,8 +505,9 @@ def memory_lines(samples: list[dict[str, Any]]) -> list[str]:
 
 def _print_progress(m: Measurement) -> None:
     print(
-        f"  w{m.workers} c{m.concurrency:<3} {m.scenario:<26} {m.rps:>8,.0f} req/s "
-        f"p50 {m.p50_ms:6.2f} ms  p99 {m.p99_ms:6.2f} ms  errors {m.errors}",
+        f"  w{m.workers} c{m.concurrency:<3} {m.scenario:<38} {m.rps:>8,.0f} req/s "
+        f"p50 {m.p50_ms:6.2f} ms  p99 {m.p99_ms:6.2f} ms  errors {m.errors}  "
+        f"server {m.server_us:5.0f} us/req  load {m.client_cores:.2f} cores",
         flush=True,
     )
 
@@ -412,7 +525,18 @@ def _print_lines(lines: list[str]) -> None:
 
 def meta(started: float) -> dict[str, Any]:
     """Where and with what the run happened."""
-    packages = ("kms-hsm", "uvicorn", "fastapi", "starlette", "pydantic", "cryptography")
+    packages = (
+        "kms-hsm",
+        "uvicorn",
+        "fastapi",
+        "starlette",
+        "pydantic",
+        "cryptography",
+        "grpcio",
+        "protobuf",
+        "yandexcloud",
+        "uvloop",
+    )
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_seconds": round(time.monotonic() - started, 1),

@@ -18,20 +18,35 @@ GDKH_SW = "gdk AES_256_HSM sw-key"
 GDKH_HSM = "gdk AES_256_HSM hsm-key"
 BASE_F = "F encrypt (FastAPI)"
 BASE_R = "R encrypt (raw ASGI)"
+GRPC_SW = "gRPC encrypt AES_256 (software)"
+GRPC_HSM = "gRPC encrypt AES_256_HSM"
+BASE_G = "gRPC baseline (bare grpc.aio AES-GCM)"
+GRPC = (GRPC_SW, GRPC_HSM, BASE_G)
 
-SMOKE = (ENC_SW, ENC_HSM, BASE_F, BASE_R)
+SMOKE = (ENC_SW, ENC_HSM, BASE_F, BASE_R, *GRPC)
+ALL = (ENC_SW, ENC_HSM, DEC_SW, DEC_HSM, GDK_SW, GDK_HSM, GDKH_SW, GDKH_HSM, BASE_F, BASE_R, *GRPC)
 PLAINTEXT = bytes(range(32))
 BASELINE_PATH = "/kms/v1/keys/baseline:encrypt"
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """One endpoint with one body, on one server: ``kms``, ``F`` or ``R``."""
+    """One endpoint with one body, on one server: ``kms``, ``F``, ``R`` or ``G``.
+
+    A gRPC scenario (``grpc_key`` set) is an Encrypt of ``PLAINTEXT`` under that key id;
+    ``path`` and ``body`` are empty.
+    """
 
     name: str
     server: str
     path: str
     body: bytes
+    grpc_key: str | None = None
+
+    @property
+    def is_grpc(self) -> bool:
+        """True for the SymmetricCryptoService/Encrypt scenarios."""
+        return self.grpc_key is not None
 
 
 @dataclass
@@ -50,6 +65,12 @@ class Measurement:
     requests: int
     errors: int
     error_detail: dict[str, int] = field(default_factory=dict)
+    # CPU of the load generator (wrk, or the gRPC client processes) in cores: it runs on
+    # the same cores as the server under test.
+    client_cores: float = 0.0
+    # CPU of the server under test per request (its whole process tree), in microseconds:
+    # what the server costs even where the load generator is the limit.
+    server_us: float = 0.0
 
 
 def _json(message: dict[str, object]) -> bytes:
@@ -90,4 +111,7 @@ def build(
             scenarios.append(Scenario(f"gdk {spec} {kind}", "kms", path, body))
     scenarios.append(Scenario(BASE_F, "F", BASELINE_PATH, encrypt_body()))
     scenarios.append(Scenario(BASE_R, "R", BASELINE_PATH, encrypt_body()))
+    scenarios.append(Scenario(GRPC_SW, "kms", "", b"", grpc_key=sw_key))
+    scenarios.append(Scenario(GRPC_HSM, "kms", "", b"", grpc_key=hsm_key))
+    scenarios.append(Scenario(BASE_G, "G", "", b"", grpc_key="baseline"))
     return [s for s in scenarios if wanted(s.name)]

@@ -1,9 +1,10 @@
-"""Start, probe and stop the servers under test: kms-hsm and the two baselines.
+"""Start, probe and stop the servers under test: kms-hsm and the three baselines.
 
 Every server is a subprocess in its own process group, logging to a file, on a free
 loopback port. kms-hsm runs as ``kms-hsm serve``; the baselines run under the uvicorn
 command line with the settings ``kms-hsm serve`` passes to ``uvicorn.run`` (same host,
-worker count and log level, access log off, default loop and HTTP implementation).
+worker count and log level, access log off, default loop and HTTP implementation); the
+gRPC baseline runs as ``python bench/baseline_grpc.py PORT --workers N``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 LOG_LEVEL = "info"
 _STARTUP_LINE = b"Application startup complete"
+GRPC_READY_LINE = b"baseline-grpc worker ready"  # baseline_grpc.READY_LINE
 
 
 class ServerError(Exception):
@@ -50,11 +52,19 @@ class Server:
     workers: int
     log_path: Path
     started_at: float
+    # The line each worker logs once it serves; counted to know that all of them do.
+    ready_line: bytes = _STARTUP_LINE
+    grpc_port: int | None = None
 
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:<port>``."""
         return f"http://{HOST}:{self.port}"
+
+    @property
+    def grpc_target(self) -> str:
+        """``127.0.0.1:<gRPC port>`` (the baseline's only port, or kms-hsm's second one)."""
+        return f"{HOST}:{self.grpc_port if self.grpc_port is not None else self.port}"
 
     def log_tail(self, lines: int = 25) -> str:
         """The last lines of the server's log."""
@@ -62,7 +72,7 @@ class Server:
         return "\n".join(text.splitlines()[-lines:])
 
     def _workers_started(self) -> bool:
-        return self.log_path.read_bytes().count(_STARTUP_LINE) >= self.workers
+        return self.log_path.read_bytes().count(self.ready_line) >= self.workers
 
     def wait_ready(self, probe: Callable[[], bool], timeout: float = 60.0) -> float:
         """Wait until every worker has started and ``probe`` succeeds.
@@ -95,6 +105,10 @@ class Server:
             return [self.process.pid]
         return [pid for pid in _children(self.process.pid) if _is_spawned_worker(pid)]
 
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server's process tree (workers and HSM agents too)."""
+        return sum(_cpu_seconds(pid) for pid in _tree(self.process.pid))
+
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM (uvicorn shuts down gracefully), SIGKILL to the group after ``timeout``."""
         if self.process.poll() is None:
@@ -113,6 +127,26 @@ def _children(pid: int) -> list[int]:
         with contextlib.suppress(OSError):
             pids += [int(p) for p in task.read_text().split()]
     return sorted(pids)
+
+
+def _tree(pid: int) -> list[int]:
+    pids = [pid]
+    for child in _children(pid):
+        pids += _tree(child)
+    return pids
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # The command name (field 2) may hold spaces: count fields after its closing bracket.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 def _is_spawned_worker(pid: int) -> bool:
@@ -135,7 +169,13 @@ def rss_bytes(pid: int) -> int:
 
 
 def _spawn(
-    name: str, argv: list[str], env: dict[str, str], port: int, workers: int, log_dir: Path
+    name: str,
+    argv: list[str],
+    env: dict[str, str],
+    port: int,
+    workers: int,
+    log_dir: Path,
+    ready_line: bytes = _STARTUP_LINE,
 ) -> Server:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}-w{workers}-{port}.log"
@@ -144,7 +184,7 @@ def _spawn(
         process = subprocess.Popen(
             argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    return Server(name, process, port, workers, log_path, started_at)
+    return Server(name, process, port, workers, log_path, started_at, ready_line)
 
 
 def read_token(data_dir: Path) -> str:
@@ -163,9 +203,13 @@ def kms_executable() -> str:
     return found
 
 
-def start_kms(data_dir: Path, workers: int, log_dir: Path) -> Server:
-    """``kms-hsm serve`` with ``workers`` workers on ``data_dir`` (embedded SoftHSM2 token)."""
+def start_kms(data_dir: Path, workers: int, log_dir: Path, *, grpc: bool = False) -> Server:
+    """``kms-hsm serve`` with ``workers`` workers on ``data_dir`` (embedded SoftHSM2 token).
+
+    With ``grpc`` it also serves plaintext gRPC (no TLS is configured) on a second port.
+    """
     port = free_port()
+    grpc_port = free_port() if grpc else None
     env = dict(os.environ)
     # Everything through the environment, so that the command line stays `kms-hsm serve`
     # (a `pkill -f "kms-hsm serve --workers"` elsewhere on the machine then spares it).
@@ -176,8 +220,13 @@ def start_kms(data_dir: Path, workers: int, log_dir: Path) -> Server:
         KMS_HSM_WORKERS=str(workers),
         KMS_HSM_LOG_LEVEL=LOG_LEVEL.upper(),
     )
+    env.pop("KMS_HSM_GRPC_PORT", None)
+    if grpc_port is not None:
+        env["KMS_HSM_GRPC_PORT"] = str(grpc_port)
     argv = [kms_executable(), "serve"]
-    return _spawn("kms-hsm", argv, env, port, workers, log_dir)
+    server = _spawn("kms-hsm", argv, env, port, workers, log_dir)
+    server.grpc_port = grpc_port
+    return server
 
 
 def start_baseline(module: str, workers: int, log_dir: Path) -> Server:
@@ -205,3 +254,16 @@ def start_baseline(module: str, workers: int, log_dir: Path) -> Server:
         HTTP_PROTOCOL,
     ]
     return _spawn(module, argv, dict(os.environ), port, workers, log_dir)
+
+
+def start_grpc_baseline(workers: int, log_dir: Path) -> Server:
+    """Baseline G (bench/baseline_grpc.py): ``workers`` processes on one plaintext gRPC port."""
+    port = free_port()
+    argv = [
+        sys.executable,
+        str(BENCH_DIR / "baseline_grpc.py"),
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    return _spawn("baseline_grpc", argv, dict(os.environ), port, workers, log_dir, GRPC_READY_LINE)

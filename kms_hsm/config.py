@@ -6,6 +6,7 @@ import os
 import re
 import stat
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -13,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from kms_hsm.errors import InvalidArgument
 
 DEFAULT_PKCS11_LIBRARY = "/usr/lib/softhsm/libsofthsm2.so"
+# The port gRPC clients expect; served by default only on the embedded default token.
+DEFAULT_GRPC_PORT = 50051
 # KMS_HSM_MIN_ROTATION_PERIOD: whole seconds, or a whole number of s, m, h or d.
 _PERIOD = re.compile(r"([0-9]+)([smhd]?)", re.ASCII)
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
@@ -77,9 +80,10 @@ class Settings(BaseSettings):
     # Most seconds between checkpoints of the audit chain's head (token and audit log file).
     audit_checkpoint_interval: float = Field(default=1.0, gt=0)
     # --- gRPC (issue 16; README "gRPC and the official SDKs") ---
-    # The gRPC port (every worker serves it); None: no gRPC. TLS and mutual TLS come from
-    # the same tls_cert / tls_key / tls_client_ca as REST.
-    grpc_port: int | None = Field(default=None, ge=0, le=65535)
+    # The gRPC port (every worker serves it); "off": no gRPC; unset: 50051 on the embedded
+    # default token, none with a configured HSM (``grpc_serving_port``). TLS and mutual TLS
+    # come from the same tls_cert / tls_key / tls_client_ca as REST.
+    grpc_port: Annotated[int, Field(ge=0, le=65535)] | Literal["off"] | None = None
     # The "host:port" ApiEndpointService answers for every service id; unset: the authority
     # the client dialled (TLS SNI), else host:grpc_port.
     grpc_advertise: str | None = None
@@ -96,6 +100,27 @@ class Settings(BaseSettings):
         if match is None:
             raise ValueError('a whole number of seconds, or with a unit: "86400", "24h", "1d"')
         return int(match[1]) * _UNIT_SECONDS[match[2]]
+
+    @field_validator("grpc_port", mode="before")
+    @classmethod
+    def _port_or_off(cls, value: object) -> object:
+        """A port number, or "off" in any case (an empty value means unset)."""
+        if isinstance(value, str):
+            value = value.strip()
+            if value.lower() == "off":
+                return "off"
+            if not value:
+                return None
+        return value
+
+    @property
+    def grpc_serving_port(self) -> int | None:
+        """The port gRPC is served on; None when it is not served."""
+        if self.grpc_port == "off":
+            return None
+        if self.grpc_port is None:
+            return DEFAULT_GRPC_PORT if self.embedded_token else None
+        return self.grpc_port
 
     @property
     def embedded_token(self) -> bool:

@@ -228,7 +228,9 @@ KMS_HSM = str(Path(sys.executable).with_name("kms-hsm"))
 def serve_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
     """Environment for a `kms-hsm serve` subprocess on the embedded default."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KMS_HSM_", "SOFTHSM2_"))}
-    env.update(KMS_HSM_DATA_DIR=str(data_dir), KMS_HSM_PORT=str(port), **extra)
+    # gRPC off unless a test asks for it: the embedded default would serve 50051 in each.
+    env.update(KMS_HSM_GRPC_PORT="off", KMS_HSM_DATA_DIR=str(data_dir), KMS_HSM_PORT=str(port))
+    env.update(extra)
     return env
 
 

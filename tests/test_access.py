@@ -120,7 +120,11 @@ def requests_for(api: httpx.Client, folder: str) -> dict[str, Request]:
 
 
 FOLDER_METHODS = {"SymmetricKey.Create", "SymmetricKey.List"}
-KEY_METHODS = [m for m in METHODS if not m.startswith("Folder.")]
+# Public methods (IamToken.Create) carry their own credential and need no role; the matrix
+# calls methods over REST (Operation.Cancel is gRPC only).
+KEY_METHODS = [
+    m for m in METHODS if not m.startswith("Folder.") and not METHODS[m].public and METHODS[m].rest
+]
 
 
 def allowed(role: str, method: str) -> bool:

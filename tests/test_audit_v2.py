@@ -271,6 +271,36 @@ def test_event_mac_and_checkpoint_vectors() -> None:
     assert "0001" not in repr(key)
 
 
+def test_transport_is_macd_when_named_and_left_out_when_not() -> None:
+    """Events before issue 16 have no transport: their canonical form (and MAC) is kept."""
+    from kms_hsm.audit.chain import canonical_event_v2
+
+    fields = (datetime(2026, 12, 4, 13, 0, tzinfo=UTC), "p", "M.X", "k", "v", "OK", "r", "s")
+    unnamed = AuditEvent(*fields)
+    named = AuditEvent(*fields, transport="grpc")
+    assert canonical_event_v2(7, unnamed) == (
+        '{"client_request_id":"","key_id":"k","method":"M.X","outcome":"OK","principal_id":"p",'
+        '"request_id":"r","seq":7,"source":"s","time":"2026-12-04T13:00:00+00:00","v":2,'
+        '"version_id":"v"}'
+    )
+    assert canonical_event_v2(7, named) == (
+        '{"client_request_id":"","key_id":"k","method":"M.X","outcome":"OK","principal_id":"p",'
+        '"request_id":"r","seq":7,"source":"s","time":"2026-12-04T13:00:00+00:00",'
+        '"transport":"grpc","v":2,"version_id":"v"}'
+    )
+
+
+def test_rest_events_name_their_transport(runtime, api) -> None:
+    """Every API event says which API it came by; a change to it breaks the chain."""
+    before = runtime.audit.head().seq
+    assert api.get("/kms/v1/keys/nosuchkey").status_code == 404
+    events = [c for c in runtime.audit.events() if c.seq > before]
+    assert events and events[-1].event.transport == "rest"
+    assert events[-1].event.method == "SymmetricKey.Get"
+    assert json.loads(events[-1].to_json())["transport"] == "rest"
+    assert runtime.audit.verify().ok
+
+
 def test_client_request_id_is_stored_and_exported(runtime) -> None:
     """Carried end to end: table column, v2 MAC, export (filled by the API elsewhere)."""
     event = AuditEvent(datetime.now(UTC), "p", "Test.Method", "", "", "OK", "r", "s", "odd id")
@@ -418,7 +448,7 @@ def _v1_database_upgraded(url: str) -> tuple[AuditLog, int]:
         )
         prev = digest
     for row in rows:
-        del row["client_request_id"]
+        del row["client_request_id"], row["transport"]  # columns of later migrations
         if engine.dialect.name == "sqlite":  # as UtcDateTime stores it there
             row["time"] = row["time"].replace(tzinfo=None).isoformat(" ", "microseconds")
     v1_table = sa.table("audit_events", *(sa.column(name) for name in rows[0]))

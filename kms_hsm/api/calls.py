@@ -42,6 +42,7 @@ def transport(request: Request) -> pipeline.Transport:
         state["request_id"],
         str(client[0]) if client else "",
         state.get("client_request_id", ""),
+        "rest",
     )
 
 

@@ -9,12 +9,12 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from kms_hsm.api import wire
+from kms_hsm.domain.validation import MAX_MESSAGE_BYTES
 from kms_hsm.errors import InvalidArgument
 from kms_hsm.service.runtime import Runtime
 
-# Largest body any method needs: base64 of 32 KiB plaintext plus two 8 KiB contexts,
-# or a ciphertext of that size. Anything bigger is refused before it is read in full.
-MAX_BODY_BYTES = 256 * 1024
+# Anything bigger is refused before it is read in full (gRPC's message cap is the same).
+MAX_BODY_BYTES = MAX_MESSAGE_BYTES
 
 
 def runtime(request: Request) -> Runtime:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import orjson
 
 from kms_hsm.domain import validation
+from kms_hsm.domain.fields import FieldError, check_identifier, check_text
 from kms_hsm.domain.model import Key, KeyVersion
 from kms_hsm.errors import InvalidArgument
 
@@ -36,14 +37,6 @@ _CAMEL = re.compile(r"_([a-z])")
 def camel(name: str) -> str:
     """snake_case -> lowerCamelCase."""
     return _CAMEL.sub(lambda m: m.group(1).upper(), name)
-
-
-class FieldError(InvalidArgument):
-    """A bad request field; ``field`` is its JSON name."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        self.field = field
-        super().__init__(f"{field}: {problem}")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -270,42 +263,6 @@ class Query:
         if not re.fullmatch(r"-?[0-9]{1,18}", value):
             raise FieldError(name, "must be an integer")
         return int(value)
-
-
-def check_text(field: str, value: str, max_len: int | None = None) -> str:
-    """A text value: within ``max_len`` characters and free of NUL (no database stores it)."""
-    if max_len is not None and len(value) > max_len:
-        raise FieldError(field, f"must be at most {max_len} characters")
-    if "\x00" in value:
-        raise FieldError(field, "must not contain NUL characters")
-    return value
-
-
-def check_identifier(field: str, value: str, max_len: int = validation.MAX_ID) -> str:
-    """An id value ("" passes: required-ness is the caller's): ``validation.is_id``."""
-    if value and not validation.is_id(value, max_len):
-        raise FieldError(field, f"must be 1..{max_len} {validation.ID_RULE}")
-    return value
-
-
-def path_id(field: str, value: str, max_len: int = validation.MAX_ID) -> str:
-    """An id taken from the URL path: 1..max_len of ``[A-Za-z0-9_-]``."""
-    if not validation.is_id(value, max_len):
-        raise FieldError(field, f"must be 1..{max_len} {validation.ID_RULE}")
-    return value
-
-
-def field_mask(field: str, value: str, paths: Mapping[str, str]) -> frozenset[str]:
-    """A FieldMask string ("name,rotationPeriod") as service field names."""
-    if not value.strip():
-        raise FieldError(field, "is required")
-    names = set()
-    for path in value.split(","):
-        path = path.strip()
-        if path not in paths:
-            raise FieldError(field, f"unknown path {path!r}; allowed: {', '.join(paths)}")
-        names.add(paths[path])
-    return frozenset(names)
 
 
 @functools.cache

@@ -83,6 +83,7 @@ class AuditEvent(NamedTuple):
     (A NamedTuple, not a frozen dataclass: one is built per request, and a frozen
     dataclass's ``__init__`` costs several times a tuple's.) ``client_request_id``: a
     request id the client sent that was not taken as ours (carried, MAC'd in v2 only).
+    ``transport``: MAC'd in v2 when not empty (events from before it verify unchanged).
     """
 
     time: datetime
@@ -94,6 +95,8 @@ class AuditEvent(NamedTuple):
     request_id: str
     source: str
     client_request_id: str = ""
+    # "rest" or "grpc": which API the request came by; "" for the CLI and the scheduler.
+    transport: str = ""
 
 
 class ChainedEvent(NamedTuple):
@@ -161,15 +164,20 @@ def canonical_event(seq: int, event: AuditEvent, iso: str | None = None) -> str:
 
 
 def canonical_event_v2(seq: int, event: AuditEvent, iso: str | None = None) -> str:
-    """v2: every field of the event, ``seq`` and ``"v":2``, sorted keys, no spaces."""
+    """v2: every field of the event, ``seq`` and ``"v":2``, sorted keys, no spaces.
+
+    ``transport`` is left out when empty: it came after the first v2 events, whose MACs
+    cover the form without it.
+    """
     if iso is None:
         iso = event.time.isoformat()
+    transport = f'"transport":{_quote(event.transport)},' if event.transport else ""
     return (
         f'{{"client_request_id":{_quote(event.client_request_id)},'
         f'"key_id":{_quote(event.key_id)},"method":{_quote(event.method)},'
         f'"outcome":{_quote(event.outcome)},"principal_id":{_quote(event.principal_id)},'
         f'"request_id":{_quote(event.request_id)},"seq":{seq},'
-        f'"source":{_quote(event.source)},"time":{_quote(iso)},"v":2,'
+        f'"source":{_quote(event.source)},"time":{_quote(iso)},{transport}"v":2,'
         f'"version_id":{_quote(event.version_id)}}}'
     )
 

@@ -80,6 +80,7 @@ def _event_of(row: AuditEventRow) -> AuditEvent:
         request_id=row.request_id,
         source=row.source,
         client_request_id=row.client_request_id,
+        transport=row.transport,
     )
 
 

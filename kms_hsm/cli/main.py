@@ -23,6 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from kms_hsm.api.app import create_app
     from kms_hsm.api.protocol import HTTP_PROTOCOL, LOOP, apply_limits, freeze_heap
+    from kms_hsm.cli.asgi import services
     from kms_hsm.service.runtime import Runtime, prepare
 
     # Workers are spawned and read their settings from the environment.
@@ -33,6 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
         ("TLS_CERT", args.tls_cert),
         ("TLS_KEY", args.tls_key),
         ("TLS_CLIENT_CA", args.tls_client_ca),
+        ("GRPC_PORT", args.grpc_port),
     ):
         if value is not None:
             os.environ[f"KMS_HSM_{name}"] = str(value)
@@ -40,6 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     try:
         tls = tls_options(settings)
+        grpc_port = _grpc_preflight(settings)
     except KmsError as exc:
         log.critical("cannot start: %s", exc.message)
         return 1
@@ -53,11 +56,12 @@ def _serve(args: argparse.Namespace) -> int:
         log.critical("cannot start: %s", exc.message)
         return 1
     log.info(
-        "serving on %s://%s:%d with %d worker(s); data directory %s",
+        "serving on %s://%s:%d with %d worker(s), gRPC %s; data directory %s",
         "https" if tls else "http",
         settings.host,
         settings.port,
         settings.workers,
+        "off" if grpc_port is None else f"on port {grpc_port}",
         settings.data_dir.resolve(),
     )
     options: dict[str, Any] = {
@@ -74,15 +78,34 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.workers == 1:
         apply_limits(settings)  # workers apply their own (kms_hsm.api.asgi.build)
         try:
-            server = uvicorn.Server(uvicorn.Config(create_app(settings, runtime), **options))
+            app = create_app(settings, runtime, services=services(settings))
+            server = uvicorn.Server(uvicorn.Config(app, **options))
             freeze_heap()
             server.run()
         finally:
             runtime.close()
-        return 0
+        # A failed start-up (a gRPC port taken since the check) is not a clean exit.
+        return 0 if server.started else 1
     runtime.close()
-    uvicorn.run("kms_hsm.api.asgi:build", factory=True, workers=settings.workers, **options)
+    uvicorn.run("kms_hsm.cli.asgi:build", factory=True, workers=settings.workers, **options)
     return 0
+
+
+def _grpc_preflight(settings: Settings) -> int | None:
+    """The gRPC port, checked free before any worker starts; None when gRPC is off."""
+    port = settings.grpc_serving_port
+    if port is None:
+        return None
+    from kms_hsm.grpc.server import credentials, port_taken
+
+    credentials(settings)  # unreadable or unsafe TLS files: refuse now, not per worker
+    problem = port_taken(settings.host, port)
+    if problem is not None:
+        raise InvalidArgument(
+            f"gRPC port {port} on {settings.host} cannot be bound: {problem} "
+            "(KMS_HSM_GRPC_PORT / --grpc-port N|off)"
+        )
+    return port
 
 
 def tls_options(settings: Settings) -> dict[str, Any]:
@@ -128,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
     serve.add_argument("--tls-key", help="PEM private key (mode 0600)")
     serve.add_argument("--tls-client-ca", help="PEM CA bundle: require client certificates")
+    serve.add_argument(
+        "--grpc-port",
+        help="gRPC port, or off (default: 50051 on the embedded token, else off)",
+    )
     serve.set_defaults(handler=_serve)
     openapi = sub.add_parser("openapi", help="print the OpenAPI document")
     openapi.add_argument("--write", action="store_true", help="update kms_hsm/api/openapi.json")

@@ -16,6 +16,9 @@ MAX_DESCRIPTION = 1024
 MAX_LABELS = 64
 MAX_PLAINTEXT = 32768
 MAX_AAD = 8192
+# Largest request any transport reads (REST body, gRPC message): base64 of 32 KiB plaintext
+# plus two 8 KiB contexts, or a ciphertext of that size, with room to spare.
+MAX_MESSAGE_BYTES = 256 * 1024
 _LABEL_KEY = re.compile(r"[a-z][-_0-9a-z]{0,62}\Z")
 _LABEL_VALUE = re.compile(r"[-_0-9a-z]{0,63}\Z")
 

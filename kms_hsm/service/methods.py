@@ -27,6 +27,7 @@ class Method:
     request: str  # proto message name
     response: str
     grpc: str | None = None  # "/yandex.cloud.kms.v1.SymmetricCryptoService/Encrypt"
+    rest: bool = True  # False: gRPC only (the REST reference has no route for it)
 
     @property
     def public(self) -> bool:
@@ -141,6 +142,16 @@ GET_OPERATION = Method(
     "Operation",
     "/yandex.cloud.operation.OperationService/Get",
 )
+# Every operation is done when it is returned, so Cancel can only refuse (FAILED_PRECONDITION);
+# Yandex's REST reference has no route for it.
+CANCEL_OPERATION = Method(
+    "Operation.Cancel",
+    P.GET_OPERATION,
+    "CancelOperationRequest",
+    "Operation",
+    "/yandex.cloud.operation.OperationService/Cancel",
+    rest=False,
+)
 # The credential exchange of the SDKs (and REST ``POST /iam/v1/tokens``).
 CREATE_IAM_TOKEN = Method(
     "IamToken.Create",
@@ -188,6 +199,7 @@ METHODS: dict[str, Method] = {
         KEY_SET_ACCESS_BINDINGS,
         KEY_UPDATE_ACCESS_BINDINGS,
         GET_OPERATION,
+        CANCEL_OPERATION,
         CREATE_IAM_TOKEN,
         FOLDER_LIST_ACCESS_BINDINGS,
         FOLDER_SET_ACCESS_BINDINGS,

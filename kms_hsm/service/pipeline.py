@@ -1,7 +1,7 @@
 """One API call from start to finish, for every transport: authenticate, run, audit.
 
-A transport (REST in ``kms_hsm.api``; gRPC next) turns its request into the caller's facts
-(``Transport``: the bearer credential, request id and source address), names the
+A transport (REST in ``kms_hsm.api``, gRPC in ``kms_hsm.grpc``) turns its request into the
+caller's facts (``Transport``: the bearer credential, request id and source address), names the
 ``Method`` (``kms_hsm.service.methods``) and hands over the work. ``run`` decides the rest
 in one place: authentication, the audit event (denials included) with the canonical gRPC
 code name as its outcome, and the fail-closed rule. Authorisation is asked for by the work
@@ -11,6 +11,8 @@ or folder a request touches; the permission is the method's.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -38,6 +40,7 @@ class Transport:
     source: str  # client address
     # The client's request id when it was refused (escaped, bounded), else "".
     client_request_id: str = ""
+    protocol: str = ""  # "rest" | "grpc": named in the audit event
 
 
 @dataclass(slots=True)
@@ -113,6 +116,16 @@ async def run(
         # Fail closed: if the denial cannot be recorded, the caller sees 503 instead.
         await rt.audit_batcher.record(_event(rt, method, transport, call, exc.code.name, key_id))
         raise
+    except asyncio.CancelledError:
+        # The client went away or its deadline passed (gRPC cancels the handler): the
+        # attempt is still on record, unless the work's own transaction recorded it.
+        if call is None or not call.audited:
+            event = _event(rt, method, transport, call, "CANCELLED", key_id)
+            # Queued now; shielded so that the cancellation being delivered cannot
+            # cancel the wait, and nobody is left to answer if the write fails.
+            with contextlib.suppress(KmsError):
+                await asyncio.shield(rt.audit_batcher.record(event))
+        raise
     finally:
         rt.watch.unpin(pinned)
     if not call.audited:
@@ -144,4 +157,5 @@ def _event(
         request_id=transport.request_id,
         source=transport.source,
         client_request_id=transport.client_request_id,
+        transport=transport.protocol,
     )

@@ -216,6 +216,7 @@ class AuditEventRow(Base):
     hash: Mapped[str] = mapped_column(String(64))
     client_request_id: Mapped[str] = mapped_column(String(200), default="", server_default="")
     chain: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    transport: Mapped[str] = mapped_column(String(16), default="", server_default="")
 
 
 class AuditHeadRow(Base):

@@ -11,74 +11,44 @@ from kms_hsm.api.calls import handle
 from kms_hsm.api.deps import json_body
 from kms_hsm.api.rest import Routes
 from kms_hsm.api.routes.keys import operation_json
-from kms_hsm.domain.validation import MAX_ID, MAX_RESOURCE_ID, MAX_SUBJECT_ID
-from kms_hsm.errors import InvalidArgument
-from kms_hsm.service import methods
+from kms_hsm.domain.fields import FieldError
+from kms_hsm.domain.validation import MAX_RESOURCE_ID
+from kms_hsm.service import handlers, methods
 from kms_hsm.service.access import Binding, Resource
-from kms_hsm.service.paging import check_page_size
 from kms_hsm.service.pipeline import Call
 
 _PAGING = ("pageSize", "pageToken")
 
 routes = Routes("AccessBindings")
 
-MAX_BINDINGS_TOKEN = 100
-
-
-def _resource_id(value: str) -> str:
-    return wire.path_id("resourceId", value, MAX_RESOURCE_ID)
-
-
-def _folder_id(value: str) -> str:
-    return wire.path_id("folderId", value, MAX_ID)
-
 
 def _binding(field: str, value: Any) -> Binding:
+    """An AccessBinding object's fields, typed; their rules are the handler's."""
     if not isinstance(value, dict):
-        raise wire.FieldError(field, "must be an AccessBinding object")
+        raise FieldError(field, "must be an AccessBinding object")
     f = wire.Fields(value, ("roleId", "subject"))
     subject = value.get("subject")
     if not isinstance(subject, dict):
-        raise wire.FieldError(f"{field}.subject", "is required")
+        raise FieldError(f"{field}.subject", "is required")
     s = wire.Fields(subject, ("id", "type"))
     subject_id = subject.get("id")
     if not isinstance(subject_id, str) or not subject_id:
-        raise wire.FieldError(f"{field}.subject.id", "is required (a string)")
-    return Binding(
-        f.string("roleId", required=True, max_len=64),
-        s.string("type", required=True, max_len=100),
-        wire.check_identifier(f"{field}.subject.id", subject_id, MAX_SUBJECT_ID),
-    )
+        raise FieldError(f"{field}.subject.id", "is required (a string)")
+    return Binding(f.string("roleId"), s.string("type"), subject_id)
 
 
 def _binding_json(b: Binding) -> dict[str, Any]:
     return {"roleId": b.role_id, "subject": {"id": b.subject_id, "type": b.subject_type}}
 
 
-def _authorize(call: Call, resource: Resource) -> None:
-    if resource.type == "key":
-        call.authorize_key(resource.id)
-    else:
-        call.authorize_folder(resource.id)
-
-
 async def _list(request: Request, call: Call, resource: Resource) -> dict[str, Any]:
-    q = wire.Query(request.query_params, ("pageSize", "pageToken"))
-    size = check_page_size(q.integer("pageSize"))
-    token = q.string("pageToken", max_len=MAX_BINDINGS_TOKEN)
-    _authorize(call, resource)
-    offset = 0
-    if token:
-        if not token.isdigit():
-            raise InvalidArgument("pageToken is invalid")
-        offset = int(token)
-    bindings = call.rt.access.list_bindings(resource)
-    page = bindings[offset : offset + size]
-    more = offset + size < len(bindings)
+    q = wire.Query(request.query_params, _PAGING)
+    r = handlers.ListBindingsRequest(resource, q.integer("pageSize"), q.string("pageToken"))
+    page = await handlers.list_access_bindings(call, r)
     return wire.compact(
         {
-            "accessBindings": [_binding_json(b) for b in page],
-            "nextPageToken": str(offset + size) if more else "",
+            "accessBindings": [_binding_json(b) for b in page.bindings],
+            "nextPageToken": page.next_page_token,
         }
     )
 
@@ -87,9 +57,8 @@ async def _set(request: Request, call: Call, resource: Resource) -> dict[str, An
     f = wire.Fields(await json_body(request), ("resourceId", "accessBindings"))
     raw = f.list_("accessBindings")
     bindings = [_binding(f"accessBindings[{i}]", b) for i, b in enumerate(raw)]
-    _authorize(call, resource)
-    call.audited = True
-    return operation_json(call.rt.access.set_bindings(resource, bindings, call.context))
+    op = await handlers.set_access_bindings(call, handlers.SetBindingsRequest(resource, bindings))
+    return operation_json(op)
 
 
 async def _update(request: Request, call: Call, resource: Resource) -> dict[str, Any]:
@@ -98,15 +67,12 @@ async def _update(request: Request, call: Call, resource: Resource) -> dict[str,
     for i, raw in enumerate(f.list_("accessBindingDeltas", required=True)):
         field = f"accessBindingDeltas[{i}]"
         if not isinstance(raw, dict):
-            raise wire.FieldError(field, "must be an AccessBindingDelta object")
+            raise FieldError(field, "must be an AccessBindingDelta object")
         d = wire.Fields(raw, ("action", "accessBinding"))
         action = d.string("action", required=True)
-        if action not in ("ADD", "REMOVE"):
-            raise wire.FieldError(f"{field}.action", "must be ADD or REMOVE")
         deltas.append((action, _binding(f"{field}.accessBinding", raw.get("accessBinding"))))
-    _authorize(call, resource)
-    call.audited = True
-    return operation_json(call.rt.access.update_bindings(resource, deltas, call.context))
+    r = handlers.UpdateBindingsRequest(resource, deltas)
+    return operation_json(await handlers.update_access_bindings(call, r))
 
 
 @routes.bind(
@@ -118,7 +84,7 @@ async def _update(request: Request, call: Call, resource: Resource) -> dict[str,
 )
 async def list_key_bindings(resourceId: str, request: Request) -> Response:
     """ListAccessBindings."""
-    resource = Resource("key", _resource_id(resourceId))
+    resource = handlers.key_resource(resourceId)
     return await handle(
         request,
         methods.KEY_LIST_ACCESS_BINDINGS,
@@ -135,7 +101,7 @@ async def list_key_bindings(resourceId: str, request: Request) -> Response:
 )
 async def set_key_bindings(resourceId: str, request: Request) -> Response:
     """SetAccessBindings."""
-    resource = Resource("key", _resource_id(resourceId))
+    resource = handlers.key_resource(resourceId)
     return await handle(
         request,
         methods.KEY_SET_ACCESS_BINDINGS,
@@ -152,7 +118,7 @@ async def set_key_bindings(resourceId: str, request: Request) -> Response:
 )
 async def update_key_bindings(resourceId: str, request: Request) -> Response:
     """UpdateAccessBindings."""
-    resource = Resource("key", _resource_id(resourceId))
+    resource = handlers.key_resource(resourceId)
     return await handle(
         request,
         methods.KEY_UPDATE_ACCESS_BINDINGS,
@@ -170,7 +136,7 @@ async def update_key_bindings(resourceId: str, request: Request) -> Response:
 )
 async def list_folder_bindings(folderId: str, request: Request) -> Response:
     """Folder bindings apply to every key in the folder (a kms-hsm extension)."""
-    resource = Resource("folder", _folder_id(folderId))
+    resource = handlers.folder_resource(folderId)
     return await handle(
         request, methods.FOLDER_LIST_ACCESS_BINDINGS, lambda c: _list(request, c, resource)
     )
@@ -184,7 +150,7 @@ async def list_folder_bindings(folderId: str, request: Request) -> Response:
 )
 async def set_folder_bindings(folderId: str, request: Request) -> Response:
     """Replace every binding on a folder."""
-    resource = Resource("folder", _folder_id(folderId))
+    resource = handlers.folder_resource(folderId)
     return await handle(
         request, methods.FOLDER_SET_ACCESS_BINDINGS, lambda c: _set(request, c, resource)
     )
@@ -198,7 +164,7 @@ async def set_folder_bindings(folderId: str, request: Request) -> Response:
 )
 async def update_folder_bindings(folderId: str, request: Request) -> Response:
     """ADD/REMOVE deltas on a folder's bindings."""
-    resource = Resource("folder", _folder_id(folderId))
+    resource = handlers.folder_resource(folderId)
     return await handle(
         request, methods.FOLDER_UPDATE_ACCESS_BINDINGS, lambda c: _update(request, c, resource)
     )

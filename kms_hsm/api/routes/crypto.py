@@ -2,6 +2,7 @@
 
 Answered by the data plane's fast path (``api/app.py``) before FastAPI sees the request:
 each handler takes the path's key id and the request and returns the answer's message.
+What each method does is ``kms_hsm.service.handlers``'; here the JSON is read and written.
 """
 
 from __future__ import annotations
@@ -15,17 +16,11 @@ from kms_hsm.api.calls import run
 from kms_hsm.api.deps import json_body
 from kms_hsm.api.rest import Routes
 from kms_hsm.domain.model import Algorithm
-from kms_hsm.domain.validation import MAX_AAD, MAX_ID, MAX_PLAINTEXT
-from kms_hsm.service import methods
-from kms_hsm.service.access import Permission
+from kms_hsm.domain.validation import MAX_ID
+from kms_hsm.service import handlers, methods
 from kms_hsm.service.pipeline import Call
 
 routes = Routes("SymmetricCrypto")
-
-
-def path_key_id(key_id: str) -> str:
-    """The path's keyId, checked like a body field."""
-    return wire.path_id("keyId", key_id, MAX_ID)
 
 
 @routes.bind(
@@ -40,12 +35,12 @@ async def encrypt_message(keyId: str, request: Request) -> dict[str, Any]:
 
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(await json_body(request), ("keyId", "versionId", "aadContext", "plaintext"))
-        call.authorize_key(path_key_id(keyId))
-        version_id = f.identifier("versionId")
-        plaintext = f.bytes_("plaintext", required=True, max_len=MAX_PLAINTEXT)
-        aad = f.bytes_("aadContext", max_len=MAX_AAD)
-        result = await call.rt.crypto.encrypt(keyId, version_id, plaintext, aad)
-        call.version_id = result.version_id
+        result = await handlers.encrypt(
+            call,
+            handlers.EncryptRequest(
+                keyId, f.string("versionId"), f.bytes_("aadContext"), f.bytes_("plaintext")
+            ),
+        )
         return {
             "keyId": result.key_id,
             "versionId": result.version_id,
@@ -67,11 +62,9 @@ async def decrypt_message(keyId: str, request: Request) -> dict[str, Any]:
 
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(await json_body(request), ("keyId", "aadContext", "ciphertext"))
-        call.authorize_key(path_key_id(keyId))
-        ciphertext = f.bytes_("ciphertext", required=True)
-        aad = f.bytes_("aadContext", max_len=MAX_AAD)
-        result = await call.rt.crypto.decrypt(keyId, ciphertext, aad)
-        call.version_id = result.version_id
+        result = await handlers.decrypt(
+            call, handlers.DecryptRequest(keyId, f.bytes_("aadContext"), f.bytes_("ciphertext"))
+        )
         return wire.compact(
             {
                 "keyId": result.key_id,
@@ -98,17 +91,17 @@ async def re_encrypt_message(keyId: str, request: Request) -> dict[str, Any]:
             await json_body(request),
             ("keyId", "versionId", "aadContext", "sourceKeyId", "sourceAadContext", "ciphertext"),
         )
-        source_key_id = f.identifier("sourceKeyId", required=True)
-        call.authorize_key(path_key_id(keyId))
-        call.authorize_key(source_key_id, Permission.DECRYPT)
-        version_id = f.identifier("versionId")
-        aad = f.bytes_("aadContext", max_len=MAX_AAD)
-        source_aad = f.bytes_("sourceAadContext", max_len=MAX_AAD)
-        ciphertext = f.bytes_("ciphertext", required=True)
-        result = await call.rt.crypto.re_encrypt(
-            keyId, version_id, aad, source_key_id, source_aad, ciphertext
+        result = await handlers.re_encrypt(
+            call,
+            handlers.ReEncryptRequest(
+                keyId,
+                f.string("versionId"),
+                f.bytes_("aadContext"),
+                f.string("sourceKeyId"),
+                f.bytes_("sourceAadContext"),
+                f.bytes_("ciphertext"),
+            ),
         )
-        call.version_id = result.version_id
         return {
             "keyId": result.key_id,
             "versionId": result.version_id,
@@ -135,13 +128,16 @@ async def generate_data_key_message(keyId: str, request: Request) -> dict[str, A
             await json_body(request),
             ("keyId", "versionId", "aadContext", "dataKeySpec", "skipPlaintext"),
         )
-        call.authorize_key(path_key_id(keyId))
-        version_id = f.identifier("versionId")
-        aad = f.bytes_("aadContext", max_len=MAX_AAD)
-        spec = f.enum("dataKeySpec", Algorithm)
-        skip = f.boolean("skipPlaintext")
-        result = await call.rt.crypto.generate_data_key(keyId, version_id, aad, spec, skip)
-        call.version_id = result.version_id
+        result = await handlers.generate_data_key(
+            call,
+            handlers.GenerateDataKeyRequest(
+                keyId,
+                f.string("versionId"),
+                f.bytes_("aadContext"),
+                f.enum("dataKeySpec", Algorithm),
+                f.boolean("skipPlaintext"),
+            ),
+        )
         return wire.compact(
             {
                 "keyId": result.key_id,

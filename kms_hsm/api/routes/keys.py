@@ -1,4 +1,4 @@
-"""SymmetricKeyService and OperationService over REST (the parts built so far)."""
+"""SymmetricKeyService and OperationService over REST: JSON in, ``service.handlers``, JSON out."""
 
 from __future__ import annotations
 
@@ -14,27 +14,15 @@ from kms_hsm.api.deps import json_body
 from kms_hsm.api.rest import Routes
 from kms_hsm.domain.model import Algorithm, KeyStatus
 from kms_hsm.domain.records import key_from_record, version_from_record
-from kms_hsm.domain.validation import MAX_DESCRIPTION, MAX_ID, MAX_NAME
-from kms_hsm.errors import NotFound, PermissionDenied
-from kms_hsm.service import methods
-from kms_hsm.service.keys import KeySpec, KeyUpdate
+from kms_hsm.domain.validation import MAX_ID
+from kms_hsm.service import handlers, methods
+from kms_hsm.service.keys import KeyUpdate, Page
 from kms_hsm.service.pipeline import Call
 from kms_hsm.store.repository import StoredOperation
 
 _PAGING = ("pageSize", "pageToken")
 
 routes = Routes("SymmetricKey")
-
-# updateMask paths (camelCase, as the proto3 JSON FieldMask carries them) -> service fields.
-UPDATE_PATHS = {
-    "name": "name",
-    "description": "description",
-    "status": "status",
-    "labels": "labels",
-    "defaultAlgorithm": "default_algorithm",
-    "rotationPeriod": "rotation_period",
-    "deletionProtection": "deletion_protection",
-}
 
 
 def _render_key(record: dict[str, Any]) -> dict[str, Any]:
@@ -66,21 +54,11 @@ def _metadata_value(name: str, value: Any) -> Any:
     return value
 
 
-def _metadata_fields(op: StoredOperation) -> dict[str, Any]:
-    """The operation's metadata fields; none when the stored metadata is not the usual shape.
-
-    Rows are JSON written by this and earlier versions (or edited by hand): a missing or
-    odd "value" must not turn a read into a 500.
-    """
-    value = op.metadata.get("value") if isinstance(op.metadata, dict) else None
-    return value if isinstance(value, dict) else {}
-
-
 def operation_json(op: StoredOperation) -> dict[str, Any]:
     """``yandex.cloud.operation.Operation`` with metadata and response as ``Any``."""
     metadata = {
         wire.camel(k): _metadata_value(k, v)
-        for k, v in _metadata_fields(op).items()
+        for k, v in handlers.operation_metadata(op).items()
         if v not in (None, "")
     }
     body: dict[str, Any] = {
@@ -100,14 +78,15 @@ def operation_json(op: StoredOperation) -> dict[str, Any]:
     return wire.compact(body)
 
 
-def _check_path_id(field: str, value: str) -> str:
-    return wire.path_id(field, value, MAX_ID)
+def _page(page: Page, name: str, render: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    return wire.compact(
+        {name: [render(item) for item in page.items], "nextPageToken": page.next_page_token}
+    )
 
 
-def _mutation(call: Call, op: StoredOperation) -> dict[str, Any]:
-    # The service appended the audit event in the operation's own transaction.
-    call.audited = True
-    return operation_json(op)
+def _paging(request: Request) -> tuple[int, str]:
+    q = wire.Query(request.query_params, _PAGING)
+    return q.integer("pageSize"), q.string("pageToken")
 
 
 @routes.bind(methods.CREATE_KEY, "post", "/kms/v1/keys", summary="Create a symmetric key")
@@ -127,23 +106,16 @@ async def create_key(request: Request) -> Response:
                 "deletionProtection",
             ),
         )
-        folder_id = f.identifier("folderId", required=True)
-        algorithm = f.enum("defaultAlgorithm", Algorithm)
-        if algorithm is Algorithm.SYMMETRIC_ALGORITHM_UNSPECIFIED:
-            raise wire.FieldError("defaultAlgorithm", "is required")
-        spec = KeySpec(
-            folder_id=folder_id,
-            name=f.string("name", max_len=MAX_NAME),
-            description=f.string("description", max_len=MAX_DESCRIPTION),
+        r = handlers.CreateKeyRequest(
+            folder_id=f.string("folderId"),
+            name=f.string("name"),
+            description=f.string("description"),
             labels=f.labels("labels"),
-            default_algorithm=algorithm,
+            default_algorithm=f.enum("defaultAlgorithm", Algorithm),
             rotation_period=f.duration("rotationPeriod"),
             deletion_protection=f.boolean("deletionProtection"),
         )
-        call.authorize_folder(folder_id)
-        op = await call.rt.keys.create(spec, call.context)
-        call.key_id = op.key_id or ""
-        return _mutation(call, op)
+        return operation_json(await handlers.create_key(call, r))
 
     return await handle(request, methods.CREATE_KEY, work)
 
@@ -160,15 +132,10 @@ async def list_keys(request: Request) -> Response:
 
     async def work(call: Call) -> dict[str, Any]:
         q = wire.Query(request.query_params, ("folderId", "pageSize", "pageToken"))
-        folder_id = q.identifier("folderId", required=True)
-        call.authorize_folder(folder_id)
-        page = call.rt.keys.list_keys(folder_id, q.integer("pageSize"), q.string("pageToken"))
-        return wire.compact(
-            {
-                "keys": [wire.key_json(k) for k in page.items],
-                "nextPageToken": page.next_page_token,
-            }
+        r = handlers.ListKeysRequest(
+            q.string("folderId"), q.integer("pageSize"), q.string("pageToken")
         )
+        return _page(await handlers.list_keys(call, r), "keys", wire.key_json)
 
     return await handle(request, methods.LIST_KEYS, work)
 
@@ -183,10 +150,13 @@ async def rotate(keyId: str, request: Request) -> Response:
     """Rotate (no body)."""
 
     async def work(call: Call) -> dict[str, Any]:
-        call.authorize_key(_check_path_id("keyId", keyId))
-        return _mutation(call, await call.rt.keys.rotate(keyId, call.context))
+        return operation_json(await handlers.rotate_key(call, handlers.KeyRequest(keyId)))
 
     return await handle(request, methods.ROTATE_KEY, work, key_id=keyId[:MAX_ID])
+
+
+async def _version_body(request: Request) -> str:
+    return wire.Fields(await json_body(request), ("keyId", "versionId")).string("versionId")
 
 
 @routes.bind(
@@ -199,12 +169,8 @@ async def set_primary_version(keyId: str, request: Request) -> Response:
     """SetPrimaryVersion."""
 
     async def work(call: Call) -> dict[str, Any]:
-        f = wire.Fields(await json_body(request), ("keyId", "versionId"))
-        version_id = f.identifier("versionId", required=True)
-        call.authorize_key(_check_path_id("keyId", keyId))
-        call.version_id = version_id
-        op = call.rt.keys.set_primary_version(keyId, version_id, call.context)
-        return _mutation(call, op)
+        r = handlers.VersionRequest(keyId, await _version_body(request))
+        return operation_json(await handlers.set_primary_version(call, r))
 
     return await handle(request, methods.SET_PRIMARY_VERSION, work, key_id=keyId[:MAX_ID])
 
@@ -220,12 +186,10 @@ async def schedule_version_destruction(keyId: str, request: Request) -> Response
 
     async def work(call: Call) -> dict[str, Any]:
         f = wire.Fields(await json_body(request), ("keyId", "versionId", "pendingPeriod"))
-        version_id = f.identifier("versionId", required=True)
-        pending = f.duration("pendingPeriod")
-        call.authorize_key(_check_path_id("keyId", keyId))
-        call.version_id = version_id
-        op = call.rt.keys.schedule_version_destruction(keyId, version_id, pending, call.context)
-        return _mutation(call, op)
+        r = handlers.ScheduleDestructionRequest(
+            keyId, f.string("versionId"), f.duration("pendingPeriod")
+        )
+        return operation_json(await handlers.schedule_version_destruction(call, r))
 
     return await handle(request, methods.SCHEDULE_VERSION_DESTRUCTION, work, key_id=keyId[:MAX_ID])
 
@@ -240,12 +204,8 @@ async def cancel_version_destruction(keyId: str, request: Request) -> Response:
     """CancelVersionDestruction."""
 
     async def work(call: Call) -> dict[str, Any]:
-        f = wire.Fields(await json_body(request), ("keyId", "versionId"))
-        version_id = f.identifier("versionId", required=True)
-        call.authorize_key(_check_path_id("keyId", keyId))
-        call.version_id = version_id
-        op = call.rt.keys.cancel_version_destruction(keyId, version_id, call.context)
-        return _mutation(call, op)
+        r = handlers.VersionRequest(keyId, await _version_body(request))
+        return operation_json(await handlers.cancel_version_destruction(call, r))
 
     return await handle(request, methods.CANCEL_VERSION_DESTRUCTION, work, key_id=keyId[:MAX_ID])
 
@@ -261,15 +221,8 @@ async def list_versions(keyId: str, request: Request) -> Response:
     """ListVersions."""
 
     async def work(call: Call) -> dict[str, Any]:
-        q = wire.Query(request.query_params, ("pageSize", "pageToken"))
-        call.authorize_key(_check_path_id("keyId", keyId))
-        page = call.rt.keys.list_versions(keyId, q.integer("pageSize"), q.string("pageToken"))
-        return wire.compact(
-            {
-                "keyVersions": [wire.version_json(v) for v in page.items],
-                "nextPageToken": page.next_page_token,
-            }
-        )
+        r = handlers.ListKeyItemsRequest(keyId, *_paging(request))
+        return _page(await handlers.list_versions(call, r), "keyVersions", wire.version_json)
 
     return await handle(request, methods.LIST_VERSIONS, work, key_id=keyId[:MAX_ID])
 
@@ -285,15 +238,8 @@ async def list_operations(keyId: str, request: Request) -> Response:
     """ListOperations."""
 
     async def work(call: Call) -> dict[str, Any]:
-        q = wire.Query(request.query_params, ("pageSize", "pageToken"))
-        call.authorize_key(_check_path_id("keyId", keyId))
-        page = call.rt.keys.list_operations(keyId, q.integer("pageSize"), q.string("pageToken"))
-        return wire.compact(
-            {
-                "operations": [operation_json(o) for o in page.items],
-                "nextPageToken": page.next_page_token,
-            }
-        )
+        r = handlers.ListKeyItemsRequest(keyId, *_paging(request))
+        return _page(await handlers.list_operations(call, r), "operations", operation_json)
 
     return await handle(request, methods.LIST_OPERATIONS, work, key_id=keyId[:MAX_ID])
 
@@ -318,17 +264,18 @@ async def update_key(keyId: str, request: Request) -> Response:
             ),
         )
         values = KeyUpdate(
-            name=f.string("name", max_len=MAX_NAME),
-            description=f.string("description", max_len=MAX_DESCRIPTION),
+            name=f.string("name"),
+            description=f.string("description"),
             status=f.enum("status", KeyStatus),
             labels=f.labels("labels"),
             default_algorithm=f.enum("defaultAlgorithm", Algorithm),
             rotation_period=f.duration("rotationPeriod"),
             deletion_protection=f.boolean("deletionProtection"),
         )
-        mask = wire.field_mask("updateMask", f.string("updateMask", required=True), UPDATE_PATHS)
-        call.authorize_key(_check_path_id("keyId", keyId))
-        return _mutation(call, call.rt.keys.update(keyId, mask, values, call.context))
+        # The proto3 JSON FieldMask: paths joined by commas.
+        mask = tuple(p for p in f.string("updateMask").split(",") if p.strip())
+        r = handlers.UpdateKeyRequest(keyId, mask, values)
+        return operation_json(await handlers.update_key(call, r))
 
     return await handle(request, methods.UPDATE_KEY, work, key_id=keyId[:MAX_ID])
 
@@ -338,8 +285,7 @@ async def delete_key(keyId: str, request: Request) -> Response:
     """Delete: hidden at once, versions destroyed after 72 hours."""
 
     async def work(call: Call) -> dict[str, Any]:
-        call.authorize_key(_check_path_id("keyId", keyId))
-        return _mutation(call, call.rt.keys.delete(keyId, call.context))
+        return operation_json(await handlers.delete_key(call, handlers.KeyRequest(keyId)))
 
     return await handle(request, methods.DELETE_KEY, work, key_id=keyId[:MAX_ID])
 
@@ -349,8 +295,7 @@ async def get_key(keyId: str, request: Request) -> Response:
     """Get."""
 
     async def work(call: Call) -> dict[str, Any]:
-        call.authorize_key(_check_path_id("keyId", keyId))
-        return wire.key_json(call.rt.keys.get(keyId))
+        return wire.key_json(await handlers.get_key(call, handlers.KeyRequest(keyId)))
 
     return await handle(request, methods.GET_KEY, work, key_id=keyId[:MAX_ID])
 
@@ -364,22 +309,7 @@ async def get_operation(operationId: str, request: Request) -> Response:
     """
 
     async def work(call: Call) -> dict[str, Any]:
-        op = call.rt.keys.get_operation(_check_path_id("operationId", operationId))
-        try:
-            if op.key_id is not None:
-                call.authorize_key(op.key_id, deleted_too=True)
-            elif op.created_by != call.principal.id:
-                folder_id = _metadata_fields(op).get("resource_id")
-                if not isinstance(folder_id, str) or not folder_id:
-                    # No folder to check a role on: only the author may read it.
-                    raise NotFound(f"operation {operationId} not found")
-                call.authorize_folder(folder_id)
-        except NotFound:
-            raise NotFound(f"operation {operationId} not found") from None
-        except PermissionDenied:
-            if op.key_id is not None:
-                raise  # a role on the key, but not this one: as for the key itself
-            raise NotFound(f"operation {operationId} not found") from None
+        op = await handlers.get_operation(call, handlers.OperationRequest(operationId))
         return operation_json(op)
 
     return await handle(request, methods.GET_OPERATION, work)

@@ -1,0 +1,182 @@
+"""One gRPC load client process (started by ``grpc_load.run_grpc_load``; see there).
+
+Imports only grpcio, uvloop and the generated KMS modules, so that starting a few of these
+costs little. It opens a few plaintext channels, makes one Encrypt on each, prints
+``BENCH_GRPC_READY``, waits for ``go`` on stdin, keeps ``--concurrency`` calls in flight
+for ``--warmup`` + ``--seconds`` and prints one ``BENCH_GRPC_RESULT {json}`` line: the
+calls completed in the measured seconds, their latency histogram, errors by status code,
+and the CPU seconds the process used while measuring. The bearer token comes from the
+environment (``BENCH_GRPC_TOKEN``), never from argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import resource
+import sys
+import time
+from collections import Counter
+
+import grpc
+import uvloop
+from yandex.cloud.kms.v1 import symmetric_crypto_service_pb2 as crypto_pb2
+from yandex.cloud.kms.v1 import symmetric_crypto_service_pb2_grpc as crypto_grpc
+
+TOKEN_ENV = "BENCH_GRPC_TOKEN"
+READY = "BENCH_GRPC_READY"
+RESULT = "BENCH_GRPC_RESULT "
+# Per process: more connections than processes, so that SO_REUSEPORT spreads them over
+# the server's workers (one connection per process could put both on one worker).
+CHANNELS_PER_PROCESS = 4
+# Histogram buckets per factor e: neighbouring bucket bounds differ by 1 %.
+BUCKETS_PER_E = 100
+CALL_TIMEOUT = 10.0
+
+
+def channel_options() -> list[tuple[str, int]]:
+    """Options of every load channel."""
+    # A subchannel pool per channel: channels with equal arguments would otherwise share
+    # one connection.
+    return [("grpc.use_local_subchannel_pool", 1)]
+
+
+def bearer(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata: ``authorization: Bearer <token>``, or nothing."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def describe(exc: grpc.RpcError) -> str:
+    """``CODE: details`` of a failed call."""
+    if isinstance(exc, grpc.Call):
+        code = exc.code()
+        return f"{code.name if code else 'UNKNOWN'}: {exc.details()}"
+    return f"UNKNOWN: {exc}"
+
+
+def bucket_of(elapsed_us: float) -> int:
+    """The histogram bucket of a latency in microseconds."""
+    return int(math.log(max(elapsed_us, 1.0)) * BUCKETS_PER_E)
+
+
+def bucket_upper_us(bucket: int) -> float:
+    """The upper bound (us) of a histogram bucket."""
+    return math.exp((bucket + 1) / BUCKETS_PER_E)
+
+
+class Window:
+    """The measured seconds of this process and what completed in them."""
+
+    def __init__(self, start: float, seconds: float) -> None:
+        self.start = start
+        self.end = start + seconds
+        self.requests = 0
+        self.max_us = 0.0
+        self.histogram: Counter[int] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.examples: list[str] = []
+
+    def record(self, started: float, finished: float, error: grpc.RpcError | None) -> None:
+        """Count a call that started and finished inside the window; ignore the rest."""
+        if started < self.start or finished > self.end:
+            return
+        if error is not None:
+            code = error.code() if isinstance(error, grpc.Call) else None
+            self.errors[code.name if code else "UNKNOWN"] += 1
+            if len(self.examples) < 3:
+                self.examples.append(describe(error))
+            return
+        elapsed_us = (finished - started) * 1e6
+        self.requests += 1
+        self.max_us = max(self.max_us, elapsed_us)
+        self.histogram[bucket_of(elapsed_us)] += 1
+
+
+async def _slot(
+    stub: crypto_grpc.SymmetricCryptoServiceStub,
+    request: crypto_pb2.SymmetricEncryptRequest,
+    metadata: tuple[tuple[str, str], ...],
+    window: Window,
+) -> None:
+    clock = time.perf_counter
+    while True:
+        started = clock()
+        if started >= window.end:
+            return
+        error: grpc.RpcError | None = None
+        try:
+            await stub.Encrypt(request, metadata=metadata, timeout=CALL_TIMEOUT)
+        except grpc.RpcError as exc:
+            error = exc
+        window.record(started, clock(), error)
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def run_client(args: argparse.Namespace) -> dict[str, object]:
+    """Connect, report ready, wait for go, load, and return the result."""
+    metadata = bearer(os.environ.get(TOKEN_ENV))
+    request = crypto_pb2.SymmetricEncryptRequest(
+        key_id=args.key_id, plaintext=bytes.fromhex(args.plaintext_hex)
+    )
+    count = min(CHANNELS_PER_PROCESS, args.concurrency)
+    channels = [
+        grpc.aio.insecure_channel(args.target, options=channel_options()) for _ in range(count)
+    ]
+    try:
+        stubs = [crypto_grpc.SymmetricCryptoServiceStub(channel) for channel in channels]
+        # Every connection is open and has served a call before the clock starts.
+        await asyncio.gather(
+            *(s.Encrypt(request, metadata=metadata, timeout=CALL_TIMEOUT) for s in stubs)
+        )
+        print(READY, flush=True)
+        go = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        if go.strip() != "go":
+            raise SystemExit("grpc_client: stdin closed before go")
+        window = Window(time.perf_counter() + args.warmup, args.seconds)
+        cpu_before = _cpu_seconds()
+        await asyncio.gather(
+            *(_slot(stubs[i % count], request, metadata, window) for i in range(args.concurrency))
+        )
+        cpu = (_cpu_seconds() - cpu_before) * args.seconds / (args.seconds + args.warmup)
+    finally:
+        for channel in channels:
+            await channel.close()
+    return {
+        "requests": window.requests,
+        "seconds": args.seconds,
+        "max_us": window.max_us,
+        "histogram": {str(b): n for b, n in window.histogram.items()},
+        "errors": dict(window.errors),
+        "error_examples": window.examples,
+        "cpu_seconds": cpu,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse argv, run the client on uvloop, print the result line."""
+    parser = argparse.ArgumentParser(description="one gRPC load client process")
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--key-id", required=True)
+    parser.add_argument("--plaintext-hex", required=True)
+    parser.add_argument("--concurrency", type=int, required=True)
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--warmup", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    try:
+        out = uvloop.run(run_client(args))
+    except grpc.RpcError as exc:
+        print(f"first call failed: {describe(exc)}", file=sys.stderr)
+        return 1
+    print(RESULT + json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
