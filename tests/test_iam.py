@@ -14,24 +14,31 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import count
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import jwt
 import pytest
+from anyio.from_thread import BlockingPortal
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from yandex.cloud.iam.v1 import iam_token_service_pb2 as iam_pb2
+from yandex.cloud.iam.v1 import iam_token_service_pb2_grpc as iam_grpc
+from yandex.cloud.kms.v1 import symmetric_key_service_pb2 as keys_pb2
+from yandex.cloud.kms.v1 import symmetric_key_service_pb2_grpc as keys_grpc
 from yandexcloud._auth_fabric import ServiceAccountAuth
 
 from kms_hsm.config import Settings
 from kms_hsm.domain.iam_token import BadIamToken, IamTokenClaims
+from kms_hsm.grpc.server import serving
 from kms_hsm.service.auth import AuthService
 from kms_hsm.service.runtime import Runtime, prepare
 from kms_hsm.store.engine import Database, make_engine, upgrade_schema
-from tests.conftest import SteppingClock, serve_inprocess
+from tests.conftest import SteppingClock, free_port, serve_inprocess
 
 VECTORS = Path(__file__).parent / "vectors" / "iam_token_v1.json"
 TTL = 600
@@ -396,3 +403,47 @@ def test_authorized_keys_on_postgresql(postgres_url: str) -> None:
         assert listed[0].created_at.tzinfo is not None
     finally:
         engine.dispose()
+
+
+# ------------------------------------------------------------------------------ gRPC
+
+
+@pytest.fixture(scope="module")
+def grpc_target(service: Service, portal: BlockingPortal) -> Iterator[str]:
+    """The service's runtime also on a plaintext gRPC port (the real grpc.aio server)."""
+    port = free_port()
+    settings = service.rt.settings.model_copy(update={"grpc_port": port, "host": "127.0.0.1"})
+    portal.call(service.rt.open)
+    with portal.wrap_async_context_manager(serving(service.rt, settings, reuse_port=False)):
+        yield f"127.0.0.1:{port}"
+
+
+def test_grpc_create_with_both_credentials(service: Service, grpc_target: str) -> None:
+    account = _account(service)
+    with grpc.insecure_channel(grpc_target) as channel:
+        iam = iam_grpc.IamTokenServiceStub(channel)
+        keys = keys_grpc.SymmetricKeyServiceStub(channel)
+        for request in (
+            iam_pb2.CreateIamTokenRequest(yandex_passport_oauth_token=account.token),
+            iam_pb2.CreateIamTokenRequest(jwt=_sdk_jwt(account)),
+        ):
+            answer = iam.Create(request, timeout=30)
+            assert answer.iam_token.startswith("kmsh1i_")
+            expires = answer.expires_at.ToDatetime(tzinfo=UTC)
+            assert abs((expires - service.clock()).total_seconds() - TTL) < 5
+            with pytest.raises(grpc.RpcError) as denied:
+                keys.List(
+                    keys_pb2.ListSymmetricKeysRequest(folder_id=FOLDER),
+                    metadata=(("authorization", f"Bearer {answer.iam_token}"),),
+                    timeout=30,
+                )
+            assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED  # authenticated
+        forged = jwt.encode(
+            _claims(account), _pem(_rsa())[0], "PS256", headers={"kid": account.key_id}
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            iam.Create(iam_pb2.CreateIamTokenRequest(jwt=forged), timeout=30)
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        with _client(service) as client:
+            rest = _exchange(client, jwt=forged).json()["message"]
+        assert refused.value.details() == rest
