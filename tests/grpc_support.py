@@ -147,6 +147,7 @@ class KmsServer:
     grpc_port: int
     log: Path
     audit_log: Path
+    mutual: bool = False
     _stopped: bool = field(default=False)
 
     @property
@@ -169,21 +170,40 @@ class KmsServer:
         if not credentials:
             credentials = {"iam_token": self.admin_token}
         return yandexcloud.SDK(
-            endpoint=self.endpoint, root_certificates=self.pki.ca_pem, **credentials
+            endpoint=self.endpoint,
+            root_certificates=self.pki.ca_pem,
+            **self._client_certificate(),
+            **credentials,
         )
+
+    def _client_certificate(self) -> dict[str, bytes]:
+        if not self.mutual:
+            return {}
+        return {
+            "private_key": self.pki.client_key.read_bytes(),
+            "certificate_chain": self.pki.client_cert.read_bytes(),
+        }
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context trusting the CA, with the client certificate under mutual TLS."""
+        context = self.pki.ssl_context()
+        if self.mutual:
+            context.load_cert_chain(self.pki.client_cert, self.pki.client_key)
+        return context
 
     def rest(self, token: str | None = None) -> httpx.Client:
         """An HTTPS client of the REST API, with ``token`` as its bearer when given."""
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         return httpx.Client(
-            base_url=self.rest_url, headers=headers, verify=self.pki.ssl_context(), timeout=30
+            base_url=self.rest_url, headers=headers, verify=self.ssl_context(), timeout=30
         )
 
     def secure_channel(self) -> grpc.Channel:
         """A TLS channel to the gRPC port that sends no credentials of its own."""
-        return grpc.secure_channel(
-            self.endpoint, grpc.ssl_channel_credentials(root_certificates=self.pki.ca_pem)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.pki.ca_pem, **self._client_certificate()
         )
+        return grpc.secure_channel(self.endpoint, credentials)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """The real CLI on this server's data directory (the same environment as serve)."""
@@ -218,7 +238,7 @@ class KmsServer:
 def _wait_until_serving(server: KmsServer, timeout: float = 90) -> None:
     """Until REST answers over HTTPS (401 without a token) and gRPC accepts TLS."""
     deadline = time.monotonic() + timeout
-    context = server.pki.ssl_context()
+    context = server.ssl_context()
     while True:
         if server.proc.poll() is not None:
             pytest.fail(f"kms-hsm serve exited with {server.proc.returncode}:\n{server.written()}")
@@ -236,14 +256,19 @@ def _wait_until_serving(server: KmsServer, timeout: float = 90) -> None:
 
 
 @contextlib.contextmanager
-def running_server(directory: Path, *, workers: int = 1, **env: str) -> Iterator[KmsServer]:
-    """`kms-hsm serve [--workers N]` with TLS and gRPC on free ports, stopped at the end."""
+def running_server(
+    directory: Path, *, workers: int = 1, client_ca: bool = False, **env: str
+) -> Iterator[KmsServer]:
+    """`kms-hsm serve [--workers N]` with TLS (mutual with ``client_ca``: clients need a
+    certificate of the module's CA) and gRPC on free ports, stopped at the end."""
     pki = make_pki(directory / "pki")
     http_port = free_port()
     grpc_port = free_port()
     while grpc_port == http_port:
         grpc_port = free_port()
     audit_log = directory / "audit.jsonl"
+    if client_ca:
+        env = {"KMS_HSM_TLS_CLIENT_CA": str(pki.ca), **env}
     environment = serve_env(
         directory / "data",
         http_port,
@@ -266,7 +291,15 @@ def running_server(directory: Path, *, workers: int = 1, **env: str) -> Iterator
             stderr=subprocess.STDOUT,
         )
     server = KmsServer(
-        proc, environment, directory / "data", pki, http_port, grpc_port, log, audit_log
+        proc,
+        environment,
+        directory / "data",
+        pki,
+        http_port,
+        grpc_port,
+        log,
+        audit_log,
+        mutual=client_ca,
     )
     try:
         _wait_until_serving(server)
@@ -275,13 +308,18 @@ def running_server(directory: Path, *, workers: int = 1, **env: str) -> Iterator
         server.stop()
 
 
-def server_fixture(*, workers: int = 1, **env: str) -> Callable[..., Iterator[KmsServer]]:
+def server_fixture(
+    *, workers: int = 1, client_ca: bool = False, **env: str
+) -> Callable[..., Iterator[KmsServer]]:
     """A module-scoped fixture of one server (start-up costs seconds: one per module)."""
 
     @pytest.fixture(scope="module")
     def fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KmsServer]:
         with running_server(
-            tmp_path_factory.mktemp(f"grpc-sdk-w{workers}"), workers=workers, **env
+            tmp_path_factory.mktemp(f"grpc-sdk-w{workers}"),
+            workers=workers,
+            client_ca=client_ca,
+            **env,
         ) as s:
             yield s
 

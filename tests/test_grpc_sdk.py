@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import time
+import uuid
 
 import grpc
 import pytest
@@ -33,6 +35,7 @@ UNKNOWN_KEY = "abjnosuchkey00000000"
 
 server = server_fixture()
 server2 = server_fixture(workers=2)
+server_mtls = server_fixture(client_ca=True)
 
 
 def b64(data: bytes) -> str:
@@ -87,7 +90,7 @@ def keys(sdk: yandexcloud.SDK) -> dict[int, symmetric_key_pb2.SymmetricKey]:
 # --- keys and crypto through the SDK ---
 
 
-@pytest.mark.parametrize("algorithm", [AES_256_HSM, AES_256])
+@pytest.mark.parametrize("algorithm", [AES_256_HSM, AES_256], ids=["AES_256_HSM", "AES_256"])
 def test_create_with_the_operation_helper(sdk: yandexcloud.SDK, algorithm: int) -> None:
     key, meta = create_key(sdk, algorithm, name="created", labels={"team": "sdk"})
     assert meta.key_id == key.id and meta.primary_version_id == key.primary_version.id
@@ -102,7 +105,7 @@ def test_create_with_the_operation_helper(sdk: yandexcloud.SDK, algorithm: int) 
     assert got == key
 
 
-@pytest.mark.parametrize("algorithm", [AES_256_HSM, AES_256])
+@pytest.mark.parametrize("algorithm", [AES_256_HSM, AES_256], ids=["AES_256_HSM", "AES_256"])
 def test_encrypt_decrypt_with_aad_context(
     crypto: SymmetricCryptoServiceStub,
     keys: dict[int, symmetric_key_pb2.SymmetricKey],
@@ -142,7 +145,7 @@ def test_encrypt_decrypt_with_aad_context(
     assert (again.code(), again.details()) == (error.code(), error.details())
 
 
-@pytest.mark.parametrize("algorithm", [AES_256_HSM, AES_256])
+@pytest.mark.parametrize("algorithm", [AES_256_HSM, AES_256], ids=["AES_256_HSM", "AES_256"])
 def test_generate_data_key(
     crypto: SymmetricCryptoServiceStub,
     keys: dict[int, symmetric_key_pb2.SymmetricKey],
@@ -356,6 +359,20 @@ def test_grpc_ciphertext_decrypts_over_rest_and_back(
             )
             assert opened.plaintext == b"from rest"
             assert opened.version_id == r.json()["versionId"]
+            r = rest.post(
+                f"/kms/v1/keys/{key.id}:generateDataKey",
+                json={"dataKeySpec": "AES_256", "aadContext": b64(b"z")},
+            )
+            assert r.status_code == 200, r.text
+            unwrapped = crypto.Decrypt(
+                crypto_pb2.SymmetricDecryptRequest(
+                    key_id=key.id,
+                    ciphertext=base64.b64decode(r.json()["dataKeyCiphertext"]),
+                    aad_context=b"z",
+                ),
+                timeout=30,
+            )
+            assert unwrapped.plaintext == base64.b64decode(r.json()["dataKeyPlaintext"])
 
 
 # --- errors: the REST cases, the REST code and message, and a RequestInfo ---
@@ -373,7 +390,10 @@ def assert_as_rest(error: grpc.RpcError, code: grpc.StatusCode, rest_answer: dic
 
 
 def test_unknown_key_is_not_found(
-    server: KmsServer, crypto: SymmetricCryptoServiceStub, key_service: SymmetricKeyServiceStub
+    server: KmsServer,
+    sdk: yandexcloud.SDK,
+    crypto: SymmetricCryptoServiceStub,
+    key_service: SymmetricKeyServiceStub,
 ) -> None:
     cases = [
         (
@@ -400,6 +420,11 @@ def test_unknown_key_is_not_found(
             key_service.Rotate,
             keys_pb2.RotateSymmetricKeyRequest(key_id=UNKNOWN_KEY),
             ("post", f"/kms/v1/keys/{UNKNOWN_KEY}:rotate", {}),
+        ),
+        (
+            sdk.client(OperationServiceStub).Get,
+            operation_service_pb2.GetOperationRequest(operation_id="abonosuchop"),
+            ("get", "/operations/abonosuchop", None),
         ),
     ]
     with server.rest(server.admin_token) as rest:
@@ -472,6 +497,92 @@ def test_bad_data_key_spec_and_update_mask_are_invalid_argument(
         answer = rest.post(f"/kms/v1/keys/{key_id}:reEncrypt", json={"ciphertext": "AA=="})
         assert_as_rest(error, grpc.StatusCode.INVALID_ARGUMENT, answer.json())
         assert "sourceKeyId" in error.details()
+        error = rpc_error(
+            crypto.ReEncrypt,
+            crypto_pb2.SymmetricReEncryptRequest(
+                key_id=key_id, source_key_id="s" * 51, ciphertext=b"\0"
+            ),
+        )
+        answer = rest.post(
+            f"/kms/v1/keys/{key_id}:reEncrypt",
+            json={"ciphertext": "AA==", "sourceKeyId": "s" * 51},
+        )
+        assert_as_rest(error, grpc.StatusCode.INVALID_ARGUMENT, answer.json())
+        assert "sourceKeyId" in error.details()
+
+
+def test_every_decryption_failure_answers_as_rest(
+    server: KmsServer,
+    crypto: SymmetricCryptoServiceStub,
+    keys: dict[int, symmetric_key_pb2.SymmetricKey],
+) -> None:
+    key, other = keys[AES_256_HSM], keys[AES_256]
+    sealed = crypto.Encrypt(
+        crypto_pb2.SymmetricEncryptRequest(key_id=key.id, plaintext=b"p", aad_context=b"a"),
+        timeout=30,
+    ).ciphertext
+    cases = {
+        "wrong aad": (key.id, sealed, b"b"),
+        "no aad": (key.id, sealed, b""),
+        "another key": (other.id, sealed, b"a"),
+        "tampered": (key.id, sealed[:-1] + bytes([sealed[-1] ^ 1]), b"a"),
+        "truncated": (key.id, sealed[:-1], b"a"),
+        "garbage": (key.id, b"\x01\x01garbage", b"a"),
+    }
+    answers = set()
+    with server.rest(server.admin_token) as rest:
+        for name, (key_id, ciphertext, aad) in cases.items():
+            error = rpc_error(
+                crypto.Decrypt,
+                crypto_pb2.SymmetricDecryptRequest(
+                    key_id=key_id, ciphertext=ciphertext, aad_context=aad
+                ),
+            )
+            body = {"ciphertext": b64(ciphertext)} | ({"aadContext": b64(aad)} if aad else {})
+            answer = rest.post(f"/kms/v1/keys/{key_id}:decrypt", json=body)
+            assert answer.status_code == 400, (name, answer.text)
+            assert_as_rest(error, grpc.StatusCode.INVALID_ARGUMENT, answer.json())
+            answers.add(error.details())
+    assert len(answers) == 1, answers
+
+
+def test_the_callers_request_id_is_the_request_info_and_audited(
+    server: KmsServer, crypto: SymmetricCryptoServiceStub
+) -> None:
+    request_id = f"sdk-denied-{uuid.uuid4()}"
+    error = rpc_error(
+        crypto.Encrypt,
+        crypto_pb2.SymmetricEncryptRequest(key_id=UNKNOWN_KEY, plaintext=b"x"),
+        metadata=(("x-request-id", request_id),),
+    )
+    assert error.code() is grpc.StatusCode.NOT_FOUND
+    _status, found = status_details(error)
+    assert found["RequestInfo"].request_id == request_id
+    # A refused call leaves its event too, naming the transport.
+    deadline = time.monotonic() + 10
+    while True:
+        lines = server.audit_log.read_text().splitlines() if server.audit_log.exists() else []
+        events = [
+            e for e in map(json.loads, filter(None, lines)) if e.get("request_id") == request_id
+        ]
+        if events or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [(e["method"], e["key_id"], e["transport"]) for e in events] == [
+        ("SymmetricCrypto.Encrypt", UNKNOWN_KEY, "grpc")
+    ]
+    assert events[0]["outcome"] != "OK"
+
+
+def test_insecure_sdk_against_tls_is_refused(
+    server: KmsServer, keys: dict[int, symmetric_key_pb2.SymmetricKey]
+) -> None:
+    # README: insecure=True dials plaintext (and sends no credentials); a TLS server refuses.
+    plain = server.sdk().client(SymmetricCryptoServiceStub, endpoint=server.endpoint, insecure=True)
+    error = rpc_error(
+        plain.Encrypt, crypto_pb2.SymmetricEncryptRequest(key_id=keys[AES_256].id, plaintext=b"x")
+    )
+    assert error.code() is grpc.StatusCode.UNAVAILABLE
 
 
 def test_missing_token_is_unauthenticated(
@@ -555,6 +666,32 @@ def test_wrong_role_is_permission_denied(
         crypto_pb2.SymmetricDecryptRequest(key_id=key.id, ciphertext=sealed.ciphertext), timeout=30
     )
     assert opened.plaintext == b"mine"
+
+
+# --- mutual TLS (KMS_HSM_TLS_CLIENT_CA) ---
+
+
+def test_mutual_tls_with_the_sdk(server_mtls: KmsServer) -> None:
+    sdk = server_mtls.sdk()  # with the module CA's client certificate
+    key, _ = create_key(sdk, AES_256_HSM, name="mtls")
+    crypto = sdk.client(SymmetricCryptoServiceStub)
+    sealed = crypto.Encrypt(
+        crypto_pb2.SymmetricEncryptRequest(key_id=key.id, plaintext=b"mtls"), timeout=30
+    )
+    with server_mtls.rest(server_mtls.admin_token) as rest:
+        r = rest.post(f"/kms/v1/keys/{key.id}:decrypt", json={"ciphertext": b64(sealed.ciphertext)})
+    assert r.status_code == 200 and base64.b64decode(r.json()["plaintext"]) == b"mtls"
+    # Without a client certificate the SDK's discovery already fails the handshake.
+    bare = yandexcloud.SDK(
+        endpoint=server_mtls.endpoint,
+        iam_token=server_mtls.admin_token,
+        root_certificates=server_mtls.pki.ca_pem,
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        bare.client(SymmetricCryptoServiceStub).Encrypt(
+            crypto_pb2.SymmetricEncryptRequest(key_id=key.id, plaintext=b"x"), timeout=30
+        )
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
 # --- two workers; the audit chain; secrets in no log ---

@@ -24,6 +24,7 @@ import pytest
 import yandexcloud
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from yandex.cloud.access import access_pb2
 from yandex.cloud.iam.v1 import iam_token_service_pb2
 from yandex.cloud.iam.v1.iam_token_service_pb2_grpc import IamTokenServiceStub
 from yandex.cloud.kms.v1 import symmetric_crypto_service_pb2 as crypto_pb2
@@ -98,13 +99,15 @@ def create_key_file(server: KmsServer, principal_id: str, path: Path) -> dict[st
     return sa_key
 
 
-def encrypt(sdk: yandexcloud.SDK, key_id: str, request_id: str | None = None) -> Any:
+def encrypt(
+    sdk: yandexcloud.SDK, key_id: str, request_id: str | None = None, timeout: float = 30
+) -> Any:
     """One Encrypt through the SDK (discovery, its credentials), naming the request."""
     metadata = (("x-request-id", request_id),) if request_id else None
     return sdk.client(SymmetricCryptoServiceStub).Encrypt(
         crypto_pb2.SymmetricEncryptRequest(key_id=key_id, plaintext=b"sdk-auth"),
         metadata=metadata,
-        timeout=30,
+        timeout=timeout,
     )
 
 
@@ -184,6 +187,11 @@ def test_sdk_with_a_kms_hsm_token(server: KmsServer, key_id: str, robot: str) ->
         timeout=30,
     )
     assert opened.plaintext == b"sdk-auth"
+    # A source token that never expires gives the default lifetime (KMS_HSM_IAM_TOKEN_TTL
+    # unset: 12 h).
+    before = time.time()
+    answer = exchange(server, yandex_passport_oauth_token=token)
+    assert before + 12 * 3600 - 5 <= answer.expires_at.seconds <= time.time() + 12 * 3600 + 5
 
 
 def test_exchanged_token_never_outlives_its_source(server: KmsServer, robot: str) -> None:
@@ -238,7 +246,8 @@ def test_key_file_is_the_yandex_cli_format(server: KmsServer, robot: str, tmp_pa
         "private_key",
     }
     assert sa_key["service_account_id"] == robot
-    assert sa_key["private_key"].lstrip().startswith("-----BEGIN PRIVATE KEY-----")
+    # The SDK's own check (the Yandex CLI puts a "PLEASE DO NOT REMOVE THIS LINE!" line first).
+    assert "-----BEGIN PRIVATE KEY-----" in sa_key["private_key"]
     assert sa_key["public_key"].lstrip().startswith("-----BEGIN PUBLIC KEY-----")
     # Only the public half is kept: no line of the private key's body is in the database.
     stored = b"".join(
@@ -294,6 +303,91 @@ def test_revoked_key_is_unauthenticated(
     assert sa_key["id"] in server.cli("principals", "keys", "list", robot).stdout
     server.cli("principals", "keys", "revoke", sa_key["id"])
     assert_exchange_refused(rpc_error(encrypt, server.sdk(service_account_key=sa_key), key_id))
+
+
+def test_revoking_the_principal_ends_every_credential_of_it(
+    server: KmsServer, key_id: str, tmp_path: Path
+) -> None:
+    principal_id = server.cli("principals", "create", "sdk-auth-doomed").stdout.strip()
+    server.sdk().client(SymmetricKeyServiceStub).UpdateAccessBindings(
+        access_pb2.UpdateAccessBindingsRequest(
+            resource_id=key_id,
+            access_binding_deltas=[
+                access_pb2.AccessBindingDelta(
+                    action=access_pb2.ADD,
+                    access_binding=access_pb2.AccessBinding(
+                        role_id="kms.keys.encrypter",
+                        subject=access_pb2.Subject(id=principal_id, type="serviceAccount"),
+                    ),
+                )
+            ],
+        ),
+        timeout=30,
+    )
+    token, _ = issue_token(server, principal_id)
+    sa_key = create_key_file(server, principal_id, tmp_path / "sa-key.json")
+    by_token = server.sdk(token=token)
+    by_key = server.sdk(service_account_key=sa_key)
+    encrypt(by_token, key_id)
+    encrypt(by_key, key_id)
+    server.cli("principals", "revoke", principal_id)
+    # The IAM tokens both SDKs hold (within their 20 s cache) die with the principal...
+    for sdk in (by_token, by_key):
+        error = rpc_error(encrypt, sdk, key_id)
+        assert error.code() is grpc.StatusCode.UNAUTHENTICATED, error
+    # ... and neither credential exchanges again.
+    with pytest.raises(grpc.RpcError) as caught:
+        exchange(server, yandex_passport_oauth_token=token)
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as caught:
+        exchange(server, jwt=signed_jwt(sa_key, YANDEX_AUDIENCE))
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+def _jwt_variants(sa_key: dict[str, str]) -> dict[str, str]:
+    """JWTs that break one rule of the exchange each (the key itself is the right one)."""
+    now = int(time.time())
+    claims = {"iss": sa_key["service_account_id"], "aud": YANDEX_AUDIENCE, "iat": now}
+    private_key = sa_key["private_key"]
+    kid = {"kid": sa_key["id"]}
+
+    def sign(payload: dict[str, Any], algorithm: str = "PS256", **headers: Any) -> str:
+        token = jwt.encode(payload, private_key, algorithm=algorithm, headers=headers or kid)
+        SECRETS.append(token)
+        return token
+
+    return {
+        "expires over an hour ahead": sign(claims | {"exp": now + 2 * 3600}),
+        "expired": sign(claims | {"iat": now - 7200, "exp": now - 3600}),
+        "no exp": sign(claims),
+        "another audience": sign(claims | {"aud": "https://example.com/tokens", "exp": now + 600}),
+        "RS256, not PS256": sign(claims | {"exp": now + 600}, "RS256"),
+        "no kid": sign(claims | {"exp": now + 600}, typ="JWT"),
+        "no iss": sign({"aud": YANDEX_AUDIENCE, "iat": now, "exp": now + 600}),
+        "not a JWT": "not.a.jwt",
+    }
+
+
+def test_jwts_breaking_a_rule_are_unauthenticated(
+    server: KmsServer, robot: str, tmp_path: Path
+) -> None:
+    sa_key = create_key_file(server, robot, tmp_path / "sa-key.json")
+    # The same key signs a good one: what is refused below is the rule each breaks.
+    good = exchange(server, jwt=signed_jwt(sa_key, YANDEX_AUDIENCE))
+    assert good.iam_token
+    for name, token in _jwt_variants(sa_key).items():
+        with pytest.raises(grpc.RpcError) as caught:
+            exchange(server, jwt=token)
+        assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED, name
+
+
+def test_exchange_needs_exactly_one_credential(server: KmsServer) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        exchange(server)
+    assert caught.value.code() in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+    ), caught.value
 
 
 # --- the same exchange over REST, and no secret in any log ---
