@@ -19,7 +19,7 @@ from kms_hsm.api.deps import BODY_KEY, HEADERS_KEY, MAX_BODY_BYTES, read_body
 from kms_hsm.api.errors import error_response, install_error_handlers, kms_error_response
 from kms_hsm.api.openapi import bindings, install_openapi
 from kms_hsm.api.rest import verb_guard
-from kms_hsm.api.routes import access, crypto, health, keys
+from kms_hsm.api.routes import access, crypto, health, iam, keys
 from kms_hsm.config import Settings
 from kms_hsm.errors import KmsError
 from kms_hsm.service.request_ids import request_ids
@@ -242,6 +242,7 @@ def create_app(
     app.include_router(verb_guard(bindings()))
     app.include_router(access.routes.router)
     app.include_router(keys.routes.router)
+    app.include_router(iam.routes.router)
     app.include_router(health.router)
     install_openapi(app)
     return KmsApp(app)

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from kms_hsm.api import schemas
 from kms_hsm.api.rest import Binding, Routes
-from kms_hsm.api.routes import access, crypto, keys
+from kms_hsm.api.routes import access, crypto, iam, keys
 from kms_hsm.api.schemas import ID_PATTERN
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 COMMITTED = Path(__file__).with_name("openapi.json")
 
 # Every route module's bindings, in the order the document lists them.
-ROUTES: tuple[Routes, ...] = (crypto.routes, keys.routes, access.routes)
+ROUTES: tuple[Routes, ...] = (crypto.routes, keys.routes, access.routes, iam.routes)
 
 
 def bindings() -> list[Binding]:
@@ -125,7 +125,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                 "content": {"application/json": {"schema": _ref(schemas.Status)}},
             }
         operation["responses"] = responses
-        operation["security"] = [{"bearer": []}]
+        # A public method (IamToken.Create) carries its credential in the body.
+        operation["security"] = [] if binding.method.public else [{"bearer": []}]
     components_root = doc["components"]
     components_root.pop("securitySchemes", None)
     components_root["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}

@@ -296,3 +296,21 @@ class UpdateAccessBindingsRequest(Message):
     """Body of :updateAccessBindings."""
 
     accessBindingDeltas: list[AccessBindingDelta] = Field(min_length=1, max_length=1000)
+
+
+class CreateIamTokenRequest(Message):
+    """Body of POST /iam/v1/tokens: exactly one of the two credentials."""
+
+    yandexPassportOauthToken: str | None = Field(
+        default=None, max_length=8192, description="A kms-hsm bearer token (kmsh1_...)"
+    )
+    jwt: str | None = Field(
+        default=None, max_length=8192, description="A PS256 JWT signed with an authorized key"
+    )
+
+
+class CreateIamTokenResponse(Message):
+    """Response of POST /iam/v1/tokens."""
+
+    iamToken: str
+    expiresAt: str | None = _timestamp("When the IAM token stops working")

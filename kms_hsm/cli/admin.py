@@ -10,12 +10,16 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import json
 import os
 import sys
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kms_hsm.audit.chain import Checkpoint
 from kms_hsm.audit.checkpoints import file_checkpoints, worth_checking
@@ -117,6 +121,76 @@ def tokens_revoke(args: argparse.Namespace) -> int:
     with _with_token() as (rt, _):
         rt.auth.revoke_token(args.token_id, by=_caller("Token.Revoke"))
     print(f"revoked {args.token_id}")
+    return 0
+
+
+def keys_create(args: argparse.Namespace) -> int:
+    """Make an RSA-2048 authorized key; the public half is stored, the key file written once.
+
+    The file is the JSON ``yc iam key create`` writes, so ``yandexcloud.SDK(
+    service_account_key=json.load(open(FILE)))`` uses it as is. It is created 0600 and
+    exclusively (an existing file is never overwritten) before anything is stored.
+    """
+    path = Path(args.output)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        print(f"kms-hsm: {path} exists; not overwriting a key file", file=sys.stderr)
+        return 2
+    try:
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        public_pem = (
+            private.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode("ascii")
+        )
+        with _with_token() as (rt, _):
+            info = rt.auth.create_authorized_key(
+                args.principal_id, public_pem, by=_caller("AuthorizedKey.Create")
+            )
+        private_pem = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode("ascii")
+        document = {
+            "id": info.id,
+            "service_account_id": info.principal_id,
+            "created_at": info.created_at.isoformat().replace("+00:00", "Z"),
+            "key_algorithm": info.algorithm,
+            "public_key": public_pem,
+            # yc writes this line before the PEM; the SDK (pyjwt, cryptography) skips it.
+            "private_key": f"PLEASE DO NOT REMOVE THIS LINE! Yandex.Cloud SA Key ID {info.id}\n"
+            + private_pem,
+        }
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            fd = -1
+            json.dump(document, out, indent=2)
+            out.write("\n")
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    print(f"authorized key {info.id} of {info.principal_id} written to {path} (mode 0600)")
+    return 0
+
+
+def keys_list(args: argparse.Namespace) -> int:
+    """One line per authorized key of a principal: id, created, state."""
+    for k in AuthService(_database()).list_authorized_keys(args.principal_id):
+        state = "revoked" if k.revoked else "active"
+        print(f"{k.id}\t{k.algorithm}\t{k.created_at.isoformat()}\t{state}")
+    return 0
+
+
+def keys_revoke(args: argparse.Namespace) -> int:
+    """Revoke an authorized key (and every IAM token exchanged for it)."""
+    with _with_token() as (rt, _):
+        rt.auth.revoke_authorized_key(args.key_id, by=_caller("AuthorizedKey.Revoke"))
+    print(f"revoked {args.key_id}")
     return 0
 
 
@@ -226,6 +300,19 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = principals.add_parser("revoke", help="disable a principal and all its tokens")
     p.add_argument("principal_id")
     p.set_defaults(handler=principals_revoke)
+    keys = principals.add_parser(
+        "keys", help="authorized keys (service-account key files for the SDKs' JWT exchange)"
+    ).add_subparsers(dest="keys_command", required=True)
+    p = keys.add_parser("create", help="make a key; writes the key file (mode 0600)")
+    p.add_argument("principal_id")
+    p.add_argument("--output", required=True, help="the key file to create (never overwritten)")
+    p.set_defaults(handler=keys_create)
+    p = keys.add_parser("list", help="a principal's authorized keys")
+    p.add_argument("principal_id")
+    p.set_defaults(handler=keys_list)
+    p = keys.add_parser("revoke", help="revoke an authorized key by id")
+    p.add_argument("key_id")
+    p.set_defaults(handler=keys_revoke)
 
     tokens = sub.add_parser("tokens", help="bearer tokens").add_subparsers(
         dest="tokens_command", required=True

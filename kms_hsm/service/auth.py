@@ -12,6 +12,11 @@ revoked and expired tokens get the same answer: a budget per principal would ans
 for a revoked token where an unknown one gets 401, telling that the token once existed,
 and it guards nothing a 256-bit token needs. Missing or malformed credentials are not
 counted: they cost nothing and guess nothing. The budgets are per process (per worker).
+
+IAM tokens (``kmsh1i_``, ``kms_hsm.domain.iam_token``) are accepted as bearers too: their
+MAC and expiry are checked here, and their source (the bearer token or authorized key they
+were exchanged for) must still be live, so revoking the source or the principal revokes
+them. Every way they fail is the same 401, counted like a bad bearer token.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from sqlalchemy.orm import Session
 
 from kms_hsm.audit.chain import AuditEvent
 from kms_hsm.audit.store import AuditLog
+from kms_hsm.domain.iam_token import IAM_TOKEN_PREFIX, BadIamToken, IamTokenClaims
 from kms_hsm.domain.ids import PRINCIPAL_PREFIX, new_id
-from kms_hsm.errors import NotFound, ResourceExhausted, Unauthenticated
+from kms_hsm.errors import BackendUnavailable, NotFound, ResourceExhausted, Unauthenticated
 from kms_hsm.service.cache import StateCache
 from kms_hsm.service.context import CallContext, as_context
 from kms_hsm.service.keys import Clock, utc_now
@@ -37,10 +43,12 @@ from kms_hsm.service.limits import FailureWindow, source_key
 from kms_hsm.store import repository
 from kms_hsm.store.engine import Database
 from kms_hsm.store.state import StateWatch, bump_state
-from kms_hsm.store.tables import PrincipalRow, TokenRow
+from kms_hsm.store.tables import AuthorizedKeyRow, PrincipalRow, TokenRow
 
 TOKEN_PREFIX = "kmsh1_"  # noqa: S105 - a format marker, not a secret
-_MAX_TOKEN_CHARS = 200
+_MAX_TOKEN_CHARS = 300
+# The service secret that MACs IAM tokens (same in every worker and replica).
+IAM_KEY_NAME = "iam-token-v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +80,17 @@ class TokenInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthorizedKeyInfo:
+    """An authorized key's public facts."""
+
+    id: str
+    principal_id: str
+    algorithm: str
+    created_at: datetime
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
 class PrincipalInfo:
     """A principal and its tokens, for `kms-hsm principals list`."""
 
@@ -99,6 +118,22 @@ class AuthService:
         self._audit = audit
         self._known: StateCache[tuple[Principal, datetime | None]] = StateCache(watch)
         self._failed_sources = FailureWindow(failure_limit, failure_window)
+        self._iam_key: bytes | None = None
+
+    def set_iam_key(self, key: bytes) -> None:
+        """The MAC key of IAM tokens (a service secret, loaded at start-up)."""
+        self._iam_key = key
+
+    def iam_key(self) -> bytes:
+        """The MAC key of IAM tokens; BackendUnavailable until it is loaded."""
+        if self._iam_key is None:
+            raise BackendUnavailable(log_detail="IAM token key not loaded yet")
+        return self._iam_key
+
+    @property
+    def clock(self) -> Clock:
+        """The clock the service judges expiry by."""
+        return self._clock
 
     def has_principals(self) -> bool:
         """True once any principal exists."""
@@ -218,11 +253,139 @@ class AuthService:
         token = token.strip()
         if scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN_CHARS:
             raise Unauthenticated("malformed Authorization header: use Bearer <token>")
+        if token.startswith(IAM_TOKEN_PREFIX):
+            return self._authenticate_iam(token, source)
         digest = token_hash(token)
         principal, expires_at = self._known.get(digest, lambda: self._load_token(digest, source))
         if expires_at is not None and expires_at <= self._clock():
             self._refuse(source)
         return principal
+
+    def _authenticate_iam(self, token: str, source: str) -> Principal:
+        try:
+            claims = IamTokenClaims.parse(token, self.iam_key())
+        except BadIamToken:
+            self._refuse(source)
+        if claims.expires_at <= self._clock().timestamp():
+            self._refuse(source)
+        kind, source_id = claims.source_kind, claims.source_id
+        return self.live_source(kind, source_id, claims.principal_id, source)[0]
+
+    def live_source(
+        self, kind: str, source_id: str, principal_id: str, source: str = ""
+    ) -> tuple[Principal, datetime | None]:
+        """The principal and expiry of a credential that is still live, else a counted 401.
+
+        ``kind`` is ``token`` (a bearer token's id) or ``key`` (an authorized key's id); it
+        must belong to ``principal_id``. Cached until the next state change.
+        """
+        principal, expires_at = self._known.get(
+            ("iam", kind, source_id, principal_id),
+            lambda: self._load_source(kind, source_id, principal_id, source),
+        )
+        if expires_at is not None and expires_at <= self._clock():
+            self._refuse(source)
+        return principal, expires_at
+
+    def _load_source(
+        self, kind: str, source_id: str, principal_id: str, source: str
+    ) -> tuple[Principal, datetime | None]:
+        with self._db.read() as session:
+            row: TokenRow | AuthorizedKeyRow | None = (
+                session.get(TokenRow, source_id)
+                if kind == "token"
+                else session.get(AuthorizedKeyRow, source_id)
+            )
+            if row is None or row.revoked_at is not None or row.principal_id != principal_id:
+                self._refuse(source)
+            principal = session.get(PrincipalRow, principal_id)
+            if principal is None or principal.disabled_at is not None:
+                self._refuse(source)
+            expires_at = row.expires_at if isinstance(row, TokenRow) else None
+            return Principal(principal.id, principal.name), expires_at
+
+    def token_source(self, token: str, source: str = "") -> tuple[Principal, str, datetime | None]:
+        """A bearer token's principal, id and expiry; a counted 401 if it is not live.
+
+        Only ``kmsh1_`` bearer tokens qualify: an IAM token exchanged for another would let
+        a client extend its lifetime forever.
+        """
+        if not token.startswith(TOKEN_PREFIX) or len(token) > _MAX_TOKEN_CHARS:
+            self._refuse(source)
+        digest = token_hash(token)
+        with self._db.read() as session:
+            row = repository.find_token(session, digest)
+            if row is None or not hmac.compare_digest(row.token_sha256, digest):
+                self._refuse(source)
+            token_id, principal_id = row.id, row.principal_id
+        principal, expires_at = self.live_source("token", token_id, principal_id, source)
+        return principal, token_id, expires_at
+
+    def authorized_key(self, key_id: str, source: str = "") -> tuple[Principal, str]:
+        """A live authorized key's principal and public key PEM; a counted 401 otherwise."""
+        with self._db.read() as session:
+            row = session.get(AuthorizedKeyRow, key_id) if len(key_id) <= 50 else None
+            if row is None:
+                self._refuse(source)
+            principal_id, public_key = row.principal_id, row.public_key
+        return self.live_source("key", key_id, principal_id, source)[0], public_key
+
+    def refuse(self, source: str) -> NoReturn:
+        """A counted authentication failure from ``source``: 401, or 429 over the budget."""
+        self._refuse(source)
+
+    def issue_iam_token(self, claims: IamTokenClaims) -> str:
+        """The IAM token string for ``claims``."""
+        return claims.serialize(self.iam_key())
+
+    # ------------------------------------------------------------ authorized keys
+
+    def create_authorized_key(
+        self, principal_id: str, public_key_pem: str, by: CallContext | None = None
+    ) -> AuthorizedKeyInfo:
+        """Store the public half of a new RSA-2048 authorized key of ``principal_id``."""
+        key_id = new_id("ajk")
+        now = self._clock()
+        with self._db.write() as session:
+            principal = session.get(PrincipalRow, principal_id)
+            if principal is None or principal.disabled_at is not None:
+                raise NotFound(f"principal {principal_id} not found or revoked")
+            session.add(
+                AuthorizedKeyRow(
+                    id=key_id,
+                    principal_id=principal_id,
+                    algorithm="RSA_2048",
+                    public_key=public_key_pem,
+                    created_at=now,
+                )
+            )
+            self._audited(session, by, "AuthorizedKey.Create", key_id)
+        return AuthorizedKeyInfo(key_id, principal_id, "RSA_2048", now, False)
+
+    def list_authorized_keys(self, principal_id: str) -> list[AuthorizedKeyInfo]:
+        """A principal's authorized keys, oldest first (never any private half: none is kept)."""
+        with self._db.read() as session:
+            rows = session.scalars(
+                select(AuthorizedKeyRow)
+                .where(AuthorizedKeyRow.principal_id == principal_id)
+                .order_by(AuthorizedKeyRow.created_at)
+            )
+            return [
+                AuthorizedKeyInfo(
+                    r.id, r.principal_id, r.algorithm, r.created_at, r.revoked_at is not None
+                )
+                for r in rows
+            ]
+
+    def revoke_authorized_key(self, key_id: str, by: CallContext | None = None) -> None:
+        """Revoke an authorized key, and with it every IAM token exchanged for it."""
+        with self._db.write() as session:
+            row = session.get(AuthorizedKeyRow, key_id)
+            if row is None:
+                raise NotFound(f"authorized key {key_id} not found")
+            row.revoked_at = row.revoked_at or self._clock()
+            bump_state(session)
+            self._audited(session, by, "AuthorizedKey.Revoke", key_id)
 
     def _load_token(self, digest: str, source: str) -> tuple[Principal, datetime | None]:
         # Looked up even over the budget: refusing unseen tokens outright locked out every

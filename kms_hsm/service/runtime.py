@@ -30,7 +30,7 @@ from kms_hsm.crypto.software import MaterialCache
 from kms_hsm.domain.ids import PRINCIPAL_PREFIX, new_id
 from kms_hsm.errors import BackendUnavailable, FailedPrecondition, LoginRefused
 from kms_hsm.service.access import AccessService
-from kms_hsm.service.auth import AuthService, new_token, token_hash
+from kms_hsm.service.auth import IAM_KEY_NAME, AuthService, new_token, token_hash
 from kms_hsm.service.crypto import CryptoService
 from kms_hsm.service.keyring import Keyring
 from kms_hsm.service.keys import Clock, KeyService, utc_now
@@ -253,6 +253,7 @@ class Runtime:
             try:
                 root_key_id = await self.keyring.ensure_root_key()
                 await self.keys.load_secrets()
+                self.auth.set_iam_key(await self.keyring.service_secret(IAM_KEY_NAME))
                 self.audit_checkpoints.set_root_key(root_key_id)
                 await self._refuse_a_new_chain_key()
                 self.audit.set_chain_key(await self.keyring.service_secret(CHAIN_KEY_NAME))

@@ -155,6 +155,19 @@ class TokenRow(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
+class AuthorizedKeyRow(Base):
+    """A principal's authorized key for JWT exchanges; only the public half is kept."""
+
+    __tablename__ = "authorized_keys"
+
+    id: Mapped[str] = mapped_column(String(50), primary_key=True)
+    principal_id: Mapped[str] = mapped_column(String(50), ForeignKey("principals.id"), index=True)
+    algorithm: Mapped[str] = mapped_column(String(20))
+    public_key: Mapped[str] = mapped_column(String(2000))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
 class AccessBindingRow(Base):
     """Role ``role_id`` granted to a subject on a key, a folder or the whole instance."""
 
