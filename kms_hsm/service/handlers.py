@@ -149,17 +149,8 @@ async def generate_data_key(call: Call, r: GenerateDataKeyRequest) -> DataKeyRes
 # --- SymmetricKeyService ---
 
 
-@dataclass(frozen=True, slots=True)
-class CreateKeyRequest:
-    """``CreateSymmetricKeyRequest``."""
-
-    folder_id: str
-    name: str = ""
-    description: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
-    default_algorithm: Algorithm = Algorithm.SYMMETRIC_ALGORITHM_UNSPECIFIED
-    rotation_period: timedelta | None = None
-    deletion_protection: bool = False
+# ``CreateSymmetricKeyRequest`` is what KeyService.create takes.
+CreateKeyRequest = KeySpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,17 +234,8 @@ async def create_key(call: Call, r: CreateKeyRequest) -> StoredOperation:
     for k, v in r.labels.items():
         check_text("labels", k)
         check_text("labels", v)
-    spec = KeySpec(
-        folder_id=r.folder_id,
-        name=r.name,
-        description=r.description,
-        labels=dict(r.labels),
-        default_algorithm=r.default_algorithm,
-        rotation_period=r.rotation_period,
-        deletion_protection=r.deletion_protection,
-    )
     call.authorize_folder(r.folder_id)
-    op = await call.rt.keys.create(spec, call.context)
+    op = await call.rt.keys.create(r, call.context)
     call.key_id = op.key_id or ""
     return _mutation(call, op)
 
