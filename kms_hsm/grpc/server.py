@@ -31,7 +31,6 @@ from yandex.cloud.operation import operation_service_pb2_grpc
 from kms_hsm.config import Settings, read_secret_file
 from kms_hsm.domain.validation import MAX_MESSAGE_BYTES
 from kms_hsm.errors import BackendUnavailable, InvalidArgument
-from kms_hsm.grpc.context import transport
 from kms_hsm.grpc.iam import IamTokenServicer
 from kms_hsm.grpc.servicers import (
     ApiEndpointServicer,
@@ -139,9 +138,7 @@ async def serving(rt: Runtime, settings: Settings, *, reuse_port: bool) -> Async
         SymmetricKeyServicer(rt), server
     )
     operation_service_pb2_grpc.add_OperationServiceServicer_to_server(OperationServicer(rt), server)
-    iam_token_service_pb2_grpc.add_IamTokenServiceServicer_to_server(
-        IamTokenServicer(rt, transport), server
-    )
+    iam_token_service_pb2_grpc.add_IamTokenServiceServicer_to_server(IamTokenServicer(rt), server)
     api_endpoint_service_pb2_grpc.add_ApiEndpointServiceServicer_to_server(endpoints, server)
     address = bind_address(settings.host, port)
     try:

@@ -63,14 +63,14 @@ E = TypeVar("E", bound=enum.IntEnum)
 Context: TypeAlias = Any
 
 
-class _Transport:
+class Calls:
     """What every servicer shares: the runtime, and one call through the pipeline."""
 
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
         self._worker = str(os.getpid())
 
-    async def _run(
+    async def run(
         self,
         context: Context,
         method: Method,
@@ -78,6 +78,7 @@ class _Transport:
         *,
         key_id: str = "",
     ) -> T:
+        """``work`` as ``method`` through the pipeline; a KmsError ends the call as its status."""
         facts = transport(context)
         rpc = method.grpc or method.name
         try:
@@ -111,7 +112,7 @@ def _duration(field: str, value: duration_pb2.Duration, present: bool) -> timede
     return timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
 
 
-class SymmetricCryptoServicer(crypto_grpc.SymmetricCryptoServiceServicer, _Transport):
+class SymmetricCryptoServicer(crypto_grpc.SymmetricCryptoServiceServicer, Calls):
     """``yandex.cloud.kms.v1.SymmetricCryptoService``."""
 
     async def Encrypt(
@@ -128,7 +129,7 @@ class SymmetricCryptoServicer(crypto_grpc.SymmetricCryptoServiceServicer, _Trans
                 key_id=result.key_id, version_id=result.version_id, ciphertext=result.ciphertext
             )
 
-        return await self._run(context, methods.ENCRYPT, work, key_id=request.key_id[:MAX_ID])
+        return await self.run(context, methods.ENCRYPT, work, key_id=request.key_id[:MAX_ID])
 
     async def Decrypt(
         self, request: crypto_pb2.SymmetricDecryptRequest, context: Context
@@ -142,7 +143,7 @@ class SymmetricCryptoServicer(crypto_grpc.SymmetricCryptoServiceServicer, _Trans
                 key_id=result.key_id, version_id=result.version_id, plaintext=result.plaintext
             )
 
-        return await self._run(context, methods.DECRYPT, work, key_id=request.key_id[:MAX_ID])
+        return await self.run(context, methods.DECRYPT, work, key_id=request.key_id[:MAX_ID])
 
     async def ReEncrypt(
         self, request: crypto_pb2.SymmetricReEncryptRequest, context: Context
@@ -167,7 +168,7 @@ class SymmetricCryptoServicer(crypto_grpc.SymmetricCryptoServiceServicer, _Trans
                 ciphertext=result.ciphertext,
             )
 
-        return await self._run(context, methods.RE_ENCRYPT, work, key_id=request.key_id[:MAX_ID])
+        return await self.run(context, methods.RE_ENCRYPT, work, key_id=request.key_id[:MAX_ID])
 
     async def GenerateDataKey(
         self, request: crypto_pb2.GenerateDataKeyRequest, context: Context
@@ -190,7 +191,7 @@ class SymmetricCryptoServicer(crypto_grpc.SymmetricCryptoServiceServicer, _Trans
                 data_key_ciphertext=result.ciphertext,
             )
 
-        return await self._run(
+        return await self.run(
             context, methods.GENERATE_DATA_KEY, work, key_id=request.key_id[:MAX_ID]
         )
 
@@ -221,7 +222,7 @@ _SNAKE_PATHS = {
 }
 
 
-class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, _Transport):
+class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, Calls):
     """``yandex.cloud.kms.v1.SymmetricKeyService`` (14 RPCs)."""
 
     async def Create(
@@ -245,7 +246,7 @@ class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, _Transport):
             )
             return render.operation(await handlers.create_key(call, r))
 
-        return await self._run(context, methods.CREATE_KEY, work)
+        return await self.run(context, methods.CREATE_KEY, work)
 
     async def Get(
         self, request: keys_pb2.GetSymmetricKeyRequest, context: Context
@@ -255,7 +256,7 @@ class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, _Transport):
         async def work(call: Call) -> symmetric_key_pb2.SymmetricKey:
             return render.key(await handlers.get_key(call, handlers.KeyRequest(request.key_id)))
 
-        return await self._run(context, methods.GET_KEY, work, key_id=request.key_id[:MAX_ID])
+        return await self.run(context, methods.GET_KEY, work, key_id=request.key_id[:MAX_ID])
 
     async def List(
         self, request: keys_pb2.ListSymmetricKeysRequest, context: Context
@@ -269,7 +270,7 @@ class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, _Transport):
                 keys=[render.key(k) for k in page.items], next_page_token=page.next_page_token
             )
 
-        return await self._run(context, methods.LIST_KEYS, work)
+        return await self.run(context, methods.LIST_KEYS, work)
 
     async def ListVersions(
         self, request: keys_pb2.ListSymmetricKeyVersionsRequest, context: Context
@@ -284,7 +285,7 @@ class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, _Transport):
                 next_page_token=page.next_page_token,
             )
 
-        return await self._run(context, methods.LIST_VERSIONS, work, key_id=request.key_id[:MAX_ID])
+        return await self.run(context, methods.LIST_VERSIONS, work, key_id=request.key_id[:MAX_ID])
 
     async def ListOperations(
         self, request: keys_pb2.ListSymmetricKeyOperationsRequest, context: Context
@@ -299,7 +300,7 @@ class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, _Transport):
                 next_page_token=page.next_page_token,
             )
 
-        return await self._run(
+        return await self.run(
             context, methods.LIST_OPERATIONS, work, key_id=request.key_id[:MAX_ID]
         )
 
@@ -326,7 +327,7 @@ class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, _Transport):
             r = handlers.UpdateKeyRequest(request.key_id, mask, values)
             return render.operation(await handlers.update_key(call, r))
 
-        return await self._run(context, methods.UPDATE_KEY, work, key_id=request.key_id[:MAX_ID])
+        return await self.run(context, methods.UPDATE_KEY, work, key_id=request.key_id[:MAX_ID])
 
     async def Delete(
         self, request: keys_pb2.DeleteSymmetricKeyRequest, context: Context
@@ -337,7 +338,7 @@ class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, _Transport):
             op = await handlers.delete_key(call, handlers.KeyRequest(request.key_id))
             return render.operation(op)
 
-        return await self._run(context, methods.DELETE_KEY, work, key_id=request.key_id[:MAX_ID])
+        return await self.run(context, methods.DELETE_KEY, work, key_id=request.key_id[:MAX_ID])
 
     async def Rotate(
         self, request: keys_pb2.RotateSymmetricKeyRequest, context: Context
@@ -348,7 +349,7 @@ class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, _Transport):
             op = await handlers.rotate_key(call, handlers.KeyRequest(request.key_id))
             return render.operation(op)
 
-        return await self._run(context, methods.ROTATE_KEY, work, key_id=request.key_id[:MAX_ID])
+        return await self.run(context, methods.ROTATE_KEY, work, key_id=request.key_id[:MAX_ID])
 
     async def SetPrimaryVersion(
         self, request: keys_pb2.SetPrimarySymmetricKeyVersionRequest, context: Context
@@ -359,7 +360,7 @@ class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, _Transport):
             r = handlers.VersionRequest(request.key_id, request.version_id)
             return render.operation(await handlers.set_primary_version(call, r))
 
-        return await self._run(
+        return await self.run(
             context, methods.SET_PRIMARY_VERSION, work, key_id=request.key_id[:MAX_ID]
         )
 
@@ -378,7 +379,7 @@ class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, _Transport):
             )
             return render.operation(await handlers.schedule_version_destruction(call, r))
 
-        return await self._run(
+        return await self.run(
             context, methods.SCHEDULE_VERSION_DESTRUCTION, work, key_id=request.key_id[:MAX_ID]
         )
 
@@ -391,7 +392,7 @@ class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, _Transport):
             r = handlers.VersionRequest(request.key_id, request.version_id)
             return render.operation(await handlers.cancel_version_destruction(call, r))
 
-        return await self._run(
+        return await self.run(
             context, methods.CANCEL_VERSION_DESTRUCTION, work, key_id=request.key_id[:MAX_ID]
         )
 
@@ -409,7 +410,7 @@ class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, _Transport):
                 next_page_token=page.next_page_token,
             )
 
-        return await self._run(
+        return await self.run(
             context,
             methods.KEY_LIST_ACCESS_BINDINGS,
             work,
@@ -429,7 +430,7 @@ class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, _Transport):
             r = handlers.SetBindingsRequest(resource, bindings)
             return render.operation(await handlers.set_access_bindings(call, r))
 
-        return await self._run(
+        return await self.run(
             context,
             methods.KEY_SET_ACCESS_BINDINGS,
             work,
@@ -453,7 +454,7 @@ class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, _Transport):
             r = handlers.UpdateBindingsRequest(resource, deltas)
             return render.operation(await handlers.update_access_bindings(call, r))
 
-        return await self._run(
+        return await self.run(
             context,
             methods.KEY_UPDATE_ACCESS_BINDINGS,
             work,
@@ -461,7 +462,7 @@ class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, _Transport):
         )
 
 
-class OperationServicer(operation_service_pb2_grpc.OperationServiceServicer, _Transport):
+class OperationServicer(operation_service_pb2_grpc.OperationServiceServicer, Calls):
     """``yandex.cloud.operation.OperationService``: every operation of kms-hsm is done."""
 
     async def Get(
@@ -473,7 +474,7 @@ class OperationServicer(operation_service_pb2_grpc.OperationServiceServicer, _Tr
             r = handlers.OperationRequest(request.operation_id)
             return render.operation(await handlers.get_operation(call, r))
 
-        return await self._run(context, methods.GET_OPERATION, work)
+        return await self.run(context, methods.GET_OPERATION, work)
 
     async def Cancel(
         self, request: operation_service_pb2.CancelOperationRequest, context: Context
@@ -484,7 +485,7 @@ class OperationServicer(operation_service_pb2_grpc.OperationServiceServicer, _Tr
             await handlers.get_operation(call, handlers.OperationRequest(request.operation_id))
             raise FailedPrecondition(f"operation {request.operation_id} is already done")
 
-        return await self._run(context, methods.CANCEL_OPERATION, work)
+        return await self.run(context, methods.CANCEL_OPERATION, work)
 
 
 # The ids the SDKs route KMS to: the Python SDK sends every kms module but symmetric crypto
