@@ -297,6 +297,14 @@ def test_rest_events_name_their_transport(runtime, api) -> None:
     events = [c for c in runtime.audit.events() if c.seq > before]
     assert events and events[-1].event.transport == "rest"
     assert events[-1].event.method == "SymmetricKey.Get"
+    # A change is audited in its own transaction, by the service: named all the same.
+    r = api.post("/kms/v1/keys", json={"folderId": "b1gtransport", "defaultAlgorithm": "AES_256"})
+    assert r.status_code == 200, r.text
+    events = [c for c in runtime.audit.events() if c.seq > before]
+    assert [(c.event.method, c.event.transport) for c in events][-1] == (
+        "SymmetricKey.Create",
+        "rest",
+    )
     assert json.loads(events[-1].to_json())["transport"] == "rest"
     assert runtime.audit.verify().ok
 

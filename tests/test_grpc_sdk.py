@@ -749,6 +749,10 @@ def test_two_workers_audit_verify_and_no_token_in_any_log(server2: KmsServer) ->
         if e.get("transport") == "grpc" and e.get("method", "").startswith("SymmetricCrypto.")
     ]
     assert len(grpc_crypto) == calls
+    # Every API event names its transport, changes audited in their own transaction too.
+    api_events = [e for e in events if e.get("type") != "checkpoint" and "." in e["method"]]
+    api_events = [e for e in api_events if not e["principal_id"].startswith(("cli:", "system"))]
+    assert api_events and all(e["transport"] in ("grpc", "rest") for e in api_events), api_events
     callers = {e["principal_id"] for e in grpc_crypto}
     assert principal_id in callers and len(callers) == 2
     verified = server2.cli("audit", "verify", "--checkpoints", str(server2.audit_log), check=False)

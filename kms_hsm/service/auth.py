@@ -159,6 +159,7 @@ class AuthService:
                 outcome="OK",
                 request_id=by.request_id,
                 source=by.source,
+                transport=by.transport,
             ),
         )
 

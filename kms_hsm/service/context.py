@@ -13,10 +13,13 @@ class CallContext:
     method: str = ""
     request_id: str = ""
     source: str = ""
+    transport: str = ""  # "rest" | "grpc": the API the request came by; "" for internal calls
 
 
 def as_context(by: str | CallContext, method: str) -> CallContext:
     """A context for ``by`` (a bare principal id is an internal call, e.g. the scheduler)."""
     if isinstance(by, CallContext):
-        return by if by.method else CallContext(by.principal_id, method, by.request_id, by.source)
+        if by.method:
+            return by
+        return CallContext(by.principal_id, method, by.request_id, by.source, by.transport)
     return CallContext(by, method, "", "internal")

@@ -62,6 +62,7 @@ def persist_with_audit(
                 outcome="OK",
                 request_id=caller.request_id,
                 source=caller.source,
+                transport=caller.transport,
             ),
         )
     return operation

@@ -64,6 +64,7 @@ class Call:
             self.method.name,
             self.transport.request_id,
             self.transport.source,
+            self.transport.protocol,
         )
 
     def authorize_key(
