@@ -32,7 +32,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2, status_pb2
 from yandex.cloud.access import access_pb2
 from yandex.cloud.endpoint import api_endpoint_service_pb2 as endpoint_pb2
 from yandex.cloud.endpoint import api_endpoint_service_pb2_grpc as endpoint_grpc
@@ -57,6 +56,7 @@ from tests.conftest import (
     stop,
     wait_until_serving,
 )
+from tests.grpc_support import status_details
 
 FOLDER = "b1ggrpcserver"
 AES_256 = symmetric_key_pb2.AES_256
@@ -132,22 +132,8 @@ def failure(call, *args, **kwargs) -> grpc.RpcError:
     return caught.value
 
 
-def details(error: grpc.RpcError) -> tuple[status_pb2.Status, dict[str, object]]:
-    """The google.rpc.Status of a failed call, and its details by message name."""
-    raw = dict(error.trailing_metadata() or ())["grpc-status-details-bin"]
-    status = status_pb2.Status.FromString(raw)
-    found: dict[str, object] = {}
-    for detail in status.details:
-        for cls in (
-            error_details_pb2.RequestInfo,
-            error_details_pb2.BadRequest,
-            error_details_pb2.RetryInfo,
-        ):
-            if detail.Is(cls.DESCRIPTOR):
-                message = cls()
-                detail.Unpack(message)
-                found[cls.DESCRIPTOR.name] = message
-    return status, found
+# The status of a failed call and its details: one helper for every gRPC test.
+details = status_details
 
 
 # --- discovery ---
