@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     hsm_startup_timeout: float = Field(default=20.0, ge=0)
     # Longest an HSM call or a readiness check may take before it answers 503.
     call_timeout: float = Field(default=5.0, gt=0)
+    # Longest a key-pair generation may take (RSA-4096 takes seconds in SoftHSM2); it runs
+    # in a second HSM agent of its own, so that data-plane calls never queue behind it.
+    keygen_timeout: float = Field(default=60.0, gt=0)
     # Software key material is cached decrypted in process memory for this long.
     material_cache_ttl: float = Field(default=300.0, ge=0)
     material_cache_size: int = Field(default=10_000, ge=0)

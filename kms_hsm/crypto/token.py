@@ -15,6 +15,11 @@ SoftHSM2 token):
 * AES-GCM takes a 12-byte nonce chosen by the caller and a 128-bit tag; ``decrypt`` and
   ``unwrap_data_key`` fail with ``DecryptionFailed`` for every authentication failure, one
   answer whatever went wrong.
+* Key pairs (asymmetric keys): a private key and a public key object sharing ``CKA_ID``.
+  The private key is made by ``C_GenerateKeyPair`` in the token (so ``CKA_LOCAL``) and is
+  persistent, private, sensitive, never extractable, with exactly one capability (sign, or
+  decrypt); every private-key operation runs in the token. The public half may be read
+  and cached anywhere.
 * A key id the token does not hold fails with ``KeyMaterialMissing``; a token that is gone,
   hung or refusing fails with ``BackendUnavailable``; a bad argument with ``InvalidArgument``.
 """
@@ -22,6 +27,8 @@ SoftHSM2 token):
 from __future__ import annotations
 
 from typing import Protocol
+
+from kms_hsm.domain.asymmetric import PairSpec
 
 # CKA_ID of the root key: this prefix, then its id.
 ROOT_KEY_PREFIX = b"kms-hsm:root:"
@@ -44,6 +51,7 @@ READABLE_ATTRIBUTES = frozenset(
         "SIGN",
         "VERIFY",
         "DERIVE",
+        "LOCAL",
         "ID",
         "LABEL",
         "VALUE_LEN",
@@ -58,15 +66,45 @@ class Token(Protocol):
         """Create a persistent, sensitive, never-extractable AES-256 key with ``CKA_ID``."""
 
     async def destroy_key(self, object_id: bytes) -> bool:
-        """Destroy every secret key with ``CKA_ID``; False when there was none."""
+        """Destroy every key object (secret, private, public) with ``CKA_ID``; False if none."""
 
     async def find_key_ids(self, label_prefix: str = "") -> list[bytes]:
-        """The ``CKA_ID`` of every token secret key whose label starts with the prefix."""
+        """``CKA_ID`` of every token secret or private key whose label starts with the prefix."""
 
     async def key_attributes(
         self, object_id: bytes, names: tuple[str, ...] = ()
     ) -> dict[str, object]:
-        """Non-secret attributes of a key (``READABLE_ATTRIBUTES``); KeyMaterialMissing if none."""
+        """Non-secret attributes of the secret or private key with ``CKA_ID``.
+
+        Names from ``READABLE_ATTRIBUTES``; KeyMaterialMissing when the token has neither.
+        """
+
+    async def generate_key_pair(self, object_id: bytes, label: str, spec: PairSpec) -> bytes:
+        """Make a key pair in the token (see the contract above); its public key, DER SPKI.
+
+        Slow on purpose-built hardware and software tokens alike (RSA-4096: seconds on
+        SoftHSM2): the agent client runs it with the key-generation deadline
+        ``KMS_HSM_KEYGEN_TIMEOUT``, apart from the calls of the data plane.
+        """
+
+    async def public_key(self, object_id: bytes) -> bytes:
+        """The SubjectPublicKeyInfo (DER) of the public key with ``CKA_ID``, read from the token."""
+
+    async def sign_digest(self, object_id: bytes, spec: PairSpec, digest: bytes) -> bytes:
+        """Sign a digest of ``spec.hash`` with the private key, in the token.
+
+        RSA: RSASSA-PSS, MGF1 with the same hash, salt length = digest length. EC: ECDSA,
+        returned DER-encoded (X9.62 / RFC 3279) although the token answers r || s.
+        A digest of the wrong length is ``InvalidArgument``.
+        """
+
+    async def decrypt_oaep(self, object_id: bytes, spec: PairSpec, ciphertext: bytes) -> bytes:
+        """RSA-OAEP (label and MGF1 hash ``spec.hash``, empty label) with the private key.
+
+        In the token with ``CKM_RSA_PKCS_OAEP`` when the token does OAEP with this hash;
+        otherwise raw RSA (``CKM_RSA_X_509``) in the token and EME-OAEP decoded on the host
+        in constant time. Every failure, whatever its cause, is the one ``DecryptionFailed``.
+        """
 
     async def encrypt(self, object_id: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
         """AES-GCM under the token key: ciphertext || 16-byte tag."""

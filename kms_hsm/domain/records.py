@@ -9,6 +9,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from kms_hsm.domain.asymmetric import (
+    AsymmetricAlgorithm,
+    AsymmetricKey,
+    AsymmetricKeyStatus,
+    EncryptionAlgorithm,
+    KeyFamily,
+    SignatureAlgorithm,
+)
 from kms_hsm.domain.model import Algorithm, Key, KeyStatus, KeyVersion, VersionStatus
 
 
@@ -88,4 +96,50 @@ def key_from_record(record: dict[str, Any]) -> Key:
         rotated_at=_parse_ts(record["rotated_at"]),
         rotation_period=timedelta(seconds=seconds) if seconds is not None else None,
         deletion_protection=record["deletion_protection"],
+    )
+
+
+def key_pair_record(key: AsymmetricKey) -> dict[str, Any]:
+    """An asymmetric key as a JSON-native dict (the proto's fields; no public key)."""
+    algorithm_field = (
+        "signature_algorithm"
+        if key.family is KeyFamily.ASYMMETRIC_SIGNATURE
+        else "encryption_algorithm"
+    )
+    return {
+        "id": key.id,
+        "folder_id": key.folder_id,
+        "created_at": _ts(key.created_at),
+        "name": key.name,
+        "description": key.description,
+        "labels": dict(key.labels),
+        "status": key.status.name,
+        algorithm_field: key.algorithm.name,
+        "deletion_protection": key.deletion_protection,
+    }
+
+
+def key_pair_from_record(record: dict[str, Any]) -> AsymmetricKey:
+    """Inverse of ``key_pair_record`` (the public key is not kept in records: b"")."""
+    created_at = _parse_ts(record["created_at"])
+    assert created_at is not None
+    algorithm: AsymmetricAlgorithm
+    if "signature_algorithm" in record:
+        family = KeyFamily.ASYMMETRIC_SIGNATURE
+        algorithm = SignatureAlgorithm[record["signature_algorithm"]]
+    else:
+        family = KeyFamily.ASYMMETRIC_ENCRYPTION
+        algorithm = EncryptionAlgorithm[record["encryption_algorithm"]]
+    return AsymmetricKey(
+        id=record["id"],
+        family=family,
+        folder_id=record["folder_id"],
+        created_at=created_at,
+        name=record["name"],
+        description=record["description"],
+        labels=dict(record["labels"]),
+        status=AsymmetricKeyStatus[record["status"]],
+        algorithm=algorithm,
+        deletion_protection=record["deletion_protection"],
+        public_key_der=b"",
     )

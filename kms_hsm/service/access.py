@@ -14,7 +14,20 @@ kms.viewer                     the same as kms.auditor
 kms.editor                     viewer + Create, Update, Rotate, encrypt, decrypt
 kms.admin                      editor + Delete, SetPrimaryVersion, Schedule/Cancel
                                VersionDestruction, Set/UpdateAccessBindings
+kms.asymmetricSignatureKeys.   Sign, SignHash (and GetPublicKey) of signature keys
+  signer
+kms.asymmetricSignatureKeys.   GetPublicKey of signature keys
+  publicKeyViewer
+kms.asymmetricEncryptionKeys.  Decrypt (and GetPublicKey) of encryption keys
+  decrypter
+kms.asymmetricEncryptionKeys.  GetPublicKey of encryption keys
+  publicKeyViewer
 =============================  ==========================================================
+
+The asymmetric key services use the same metadata permissions (GET, LIST, CREATE, ...) as
+symmetric keys; their data-plane permissions are their own, so that a symmetric
+``kms.keys.decrypter`` grants no RSA decryption. Viewers and auditors read metadata only,
+not public keys; ``kms.editor`` (and so ``kms.admin``) includes all four asymmetric roles.
 
 Bindings on a folder apply to every key in it; bindings on a key apply to that key;
 bindings on the instance (``resource_type="instance"``, id ``*``) apply everywhere (the
@@ -68,14 +81,26 @@ class Permission(enum.Enum):
     UPDATE_ACCESS_BINDINGS = "updateAccessBindings"
     ENCRYPT = "encrypt"
     DECRYPT = "decrypt"
+    SIGN = "sign"  # Sign and SignHash
+    GET_SIGNATURE_PUBLIC_KEY = "asymmetricSignatureKeys.getPublicKey"
+    ASYMMETRIC_DECRYPT = "asymmetricEncryptionKeys.decrypt"
+    GET_ENCRYPTION_PUBLIC_KEY = "asymmetricEncryptionKeys.getPublicKey"
 
 
 P = Permission
 _VIEW = frozenset(
     {P.GET, P.LIST, P.LIST_VERSIONS, P.LIST_OPERATIONS, P.LIST_ACCESS_BINDINGS, P.GET_OPERATION}
 )
-_EDIT = _VIEW | {P.CREATE, P.UPDATE, P.ROTATE, P.ENCRYPT, P.DECRYPT}
+_SIGNER = frozenset({P.SIGN, P.GET_SIGNATURE_PUBLIC_KEY})
+_ASYMMETRIC_DECRYPTER = frozenset({P.ASYMMETRIC_DECRYPT, P.GET_ENCRYPTION_PUBLIC_KEY})
+_EDIT = (
+    _VIEW | {P.CREATE, P.UPDATE, P.ROTATE, P.ENCRYPT, P.DECRYPT} | _SIGNER | _ASYMMETRIC_DECRYPTER
+)
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
+    "kms.asymmetricSignatureKeys.signer": _SIGNER,
+    "kms.asymmetricSignatureKeys.publicKeyViewer": frozenset({P.GET_SIGNATURE_PUBLIC_KEY}),
+    "kms.asymmetricEncryptionKeys.decrypter": _ASYMMETRIC_DECRYPTER,
+    "kms.asymmetricEncryptionKeys.publicKeyViewer": frozenset({P.GET_ENCRYPTION_PUBLIC_KEY}),
     "kms.keys.encrypter": frozenset({P.ENCRYPT}),
     "kms.keys.decrypter": frozenset({P.DECRYPT}),
     "kms.keys.encrypterDecrypter": frozenset({P.ENCRYPT, P.DECRYPT, P.GET}),

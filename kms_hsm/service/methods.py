@@ -160,6 +160,135 @@ CREATE_IAM_TOKEN = Method(
     "CreateIamTokenResponse",
     "/yandex.cloud.iam.v1.IamTokenService/Create",
 )
+
+
+# --- Asymmetric keys: two families, each with a key service and a crypto service ---
+_SIGNATURE = "asymmetricsignature."
+_ENCRYPTION = "asymmetricencryption."
+
+
+def _asym(
+    package: str, service: str, verb: str, permission: Permission, request: str, response: str
+) -> Method:
+    return Method(
+        f"{service}.{verb}",
+        permission,
+        request,
+        response,
+        f"/{_KMS}{package}{service}Service/{verb}",
+    )
+
+
+SIGN = _asym(
+    _SIGNATURE,
+    "AsymmetricSignatureCrypto",
+    "Sign",
+    P.SIGN,
+    "AsymmetricSignRequest",
+    "AsymmetricSignResponse",
+)
+SIGN_HASH = _asym(
+    _SIGNATURE,
+    "AsymmetricSignatureCrypto",
+    "SignHash",
+    P.SIGN,
+    "AsymmetricSignHashRequest",
+    "AsymmetricSignHashResponse",
+)
+SIGNATURE_PUBLIC_KEY = _asym(
+    _SIGNATURE,
+    "AsymmetricSignatureCrypto",
+    "GetPublicKey",
+    P.GET_SIGNATURE_PUBLIC_KEY,
+    "AsymmetricGetPublicKeyRequest",
+    "AsymmetricGetPublicKeyResponse",
+)
+ASYMMETRIC_DECRYPT = _asym(
+    _ENCRYPTION,
+    "AsymmetricEncryptionCrypto",
+    "Decrypt",
+    P.ASYMMETRIC_DECRYPT,
+    "AsymmetricDecryptRequest",
+    "AsymmetricDecryptResponse",
+)
+ENCRYPTION_PUBLIC_KEY = _asym(
+    _ENCRYPTION,
+    "AsymmetricEncryptionCrypto",
+    "GetPublicKey",
+    P.GET_ENCRYPTION_PUBLIC_KEY,
+    "AsymmetricGetPublicKeyRequest",
+    "AsymmetricGetPublicKeyResponse",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPairMethods:
+    """The nine methods of one asymmetric key service (signature or encryption keys)."""
+
+    create: Method
+    get: Method
+    list: Method
+    update: Method
+    delete: Method
+    list_operations: Method
+    list_access_bindings: Method
+    set_access_bindings: Method
+    update_access_bindings: Method
+
+    def all(self) -> tuple[Method, ...]:
+        """Every method, in declaration order."""
+        return (
+            self.create,
+            self.get,
+            self.list,
+            self.update,
+            self.delete,
+            self.list_operations,
+            self.list_access_bindings,
+            self.set_access_bindings,
+            self.update_access_bindings,
+        )
+
+
+def _key_pair_methods(package: str, kind: str) -> KeyPairMethods:
+    service = f"Asymmetric{kind}Key"
+
+    def m(verb: str, permission: Permission, request: str, response: str) -> Method:
+        return _asym(package, service, verb, permission, request, response)
+
+    return KeyPairMethods(
+        create=m("Create", P.CREATE, f"Create{service}Request", "Operation"),
+        get=m("Get", P.GET, f"Get{service}Request", service),
+        list=m("List", P.LIST, f"List{service}sRequest", f"List{service}sResponse"),
+        update=m("Update", P.UPDATE, f"Update{service}Request", "Operation"),
+        delete=m("Delete", P.DELETE, f"Delete{service}Request", "Operation"),
+        list_operations=m(
+            "ListOperations",
+            P.LIST_OPERATIONS,
+            f"List{service}OperationsRequest",
+            f"List{service}OperationsResponse",
+        ),
+        list_access_bindings=m(
+            "ListAccessBindings",
+            P.LIST_ACCESS_BINDINGS,
+            "ListAccessBindingsRequest",
+            "ListAccessBindingsResponse",
+        ),
+        set_access_bindings=m(
+            "SetAccessBindings", P.SET_ACCESS_BINDINGS, "SetAccessBindingsRequest", "Operation"
+        ),
+        update_access_bindings=m(
+            "UpdateAccessBindings",
+            P.UPDATE_ACCESS_BINDINGS,
+            "UpdateAccessBindingsRequest",
+            "Operation",
+        ),
+    )
+
+
+SIGNATURE_KEY = _key_pair_methods(_SIGNATURE, "Signature")
+ENCRYPTION_KEY = _key_pair_methods(_ENCRYPTION, "Encryption")
+
 # Folder access bindings are kms-hsm's own (Yandex keeps them in resource-manager): no gRPC.
 FOLDER_LIST_ACCESS_BINDINGS = Method(
     "Folder.ListAccessBindings",
@@ -204,5 +333,12 @@ METHODS: dict[str, Method] = {
         FOLDER_LIST_ACCESS_BINDINGS,
         FOLDER_SET_ACCESS_BINDINGS,
         FOLDER_UPDATE_ACCESS_BINDINGS,
+        SIGN,
+        SIGN_HASH,
+        SIGNATURE_PUBLIC_KEY,
+        ASYMMETRIC_DECRYPT,
+        ENCRYPTION_PUBLIC_KEY,
+        *SIGNATURE_KEY.all(),
+        *ENCRYPTION_KEY.all(),
     )
 }

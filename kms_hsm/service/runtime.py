@@ -32,6 +32,7 @@ from kms_hsm.errors import BackendUnavailable, FailedPrecondition, LoginRefused
 from kms_hsm.service.access import AccessService
 from kms_hsm.service.auth import IAM_KEY_NAME, AuthService, new_token, token_hash
 from kms_hsm.service.crypto import CryptoService
+from kms_hsm.service.key_pairs import KeyPairService
 from kms_hsm.service.keyring import Keyring
 from kms_hsm.service.keys import Clock, KeyService, utc_now
 from kms_hsm.service.scheduler import Scheduler
@@ -156,6 +157,7 @@ class Runtime:
     engine: Engine
     keyring: Keyring
     keys: KeyService
+    key_pairs: KeyPairService
     crypto: CryptoService
     auth: AuthService
     access: AccessService
@@ -216,6 +218,7 @@ class Runtime:
             engine=engine,
             keyring=keyring,
             keys=keys,
+            key_pairs=KeyPairService(),
             crypto=CryptoService(db, keyring, watch),
             auth=AuthService(
                 db,

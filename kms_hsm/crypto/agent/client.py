@@ -26,6 +26,7 @@ from collections.abc import Awaitable
 from typing import Any, cast
 
 from kms_hsm.crypto.agent.protocol import AgentConfig, decode_error, frame, read_message
+from kms_hsm.domain.asymmetric import PairSpec
 from kms_hsm.errors import BackendUnavailable, LoginRefused
 
 log = logging.getLogger(__name__)
@@ -359,3 +360,22 @@ class AgentToken:
     async def write_data(self, label: str, value: bytes) -> None:
         """See ``Token.write_data``."""
         await self.agents.client().call("write_data", label, value)
+
+    async def generate_key_pair(self, object_id: bytes, label: str, spec: PairSpec) -> bytes:
+        """See ``Token.generate_key_pair``."""
+        result = await self.agents.client().call("generate_key_pair", object_id, label, spec)
+        return cast(bytes, result)
+
+    async def public_key(self, object_id: bytes) -> bytes:
+        """See ``Token.public_key``."""
+        return cast(bytes, await self.agents.client().call("public_key", object_id))
+
+    async def sign_digest(self, object_id: bytes, spec: PairSpec, digest: bytes) -> bytes:
+        """See ``Token.sign_digest``."""
+        result = await self.agents.client().call("sign_digest", object_id, spec, digest)
+        return cast(bytes, result)
+
+    async def decrypt_oaep(self, object_id: bytes, spec: PairSpec, ciphertext: bytes) -> bytes:
+        """See ``Token.decrypt_oaep``."""
+        result = await self.agents.client().call("decrypt_oaep", object_id, spec, ciphertext)
+        return cast(bytes, result)

@@ -36,6 +36,10 @@ TOKEN_METHODS = frozenset(
         "random",
         "read_data",
         "write_data",
+        "generate_key_pair",
+        "public_key",
+        "sign_digest",
+        "decrypt_oaep",
     }
 )
 
