@@ -19,7 +19,7 @@ from kms_hsm.api.deps import BODY_KEY, HEADERS_KEY, MAX_BODY_BYTES, read_body
 from kms_hsm.api.errors import error_response, install_error_handlers, kms_error_response
 from kms_hsm.api.openapi import bindings, install_openapi
 from kms_hsm.api.rest import verb_guard
-from kms_hsm.api.routes import access, crypto, health, iam, keys
+from kms_hsm.api.routes import access, asymmetric, crypto, health, iam, keys
 from kms_hsm.config import Settings
 from kms_hsm.errors import KmsError
 from kms_hsm.service.request_ids import request_ids
@@ -229,7 +229,9 @@ def create_app(
     app = FastAPI(
         title="kms-hsm",
         version=__version__,
-        description="Yandex Cloud KMS v1 (symmetric keys) on premises, keys in a PKCS#11 HSM",
+        description=(
+            "Yandex Cloud KMS v1 (symmetric and asymmetric keys) on premises, keys in a PKCS#11 HSM"
+        ),
         lifespan=lifespan,
     )
     install_error_handlers(app)
@@ -242,6 +244,8 @@ def create_app(
     app.include_router(verb_guard(bindings()))
     app.include_router(access.routes.router)
     app.include_router(keys.routes.router)
+    for routes in asymmetric.ROUTES:
+        app.include_router(routes.router)
     app.include_router(iam.routes.router)
     app.include_router(health.router)
     install_openapi(app)
