@@ -219,7 +219,7 @@ class Runtime:
             engine=engine,
             keyring=keyring,
             keys=keys,
-            key_pairs=KeyPairService(),
+            key_pairs=KeyPairService(db, token, keyring, keys, audit, watch),
             crypto=CryptoService(db, keyring, watch),
             auth=AuthService(
                 db,
