@@ -191,6 +191,7 @@ class Runtime:
                 session_cache_size=settings.session_cache_size,
             ),
             settings.call_timeout,
+            keygen_timeout=settings.keygen_timeout,
         )
         token = AgentToken(agents)
         keyring = Keyring(
