@@ -210,6 +210,26 @@ def test_verbs_take_only_their_http_method(api, signer, decrypter) -> None:
     error(api.post(f"{SIGNATURE_KEYS}/{signer}/publicKey"), 405, 12)
 
 
+def test_data_plane_verbs_refuse_bad_requests_like_the_others(api, base_url, signer, decrypter):
+    """Sign, SignHash and Decrypt are served by the data plane's fast path (api/app.py)."""
+    for url in (
+        f"{SIGNATURE_KEYS}/{signer}:sign",
+        f"{SIGNATURE_KEYS}/{signer}:signHash",
+        f"{ENCRYPTION_KEYS}/{decrypter}:decrypt",
+    ):
+        error(httpx.post(base_url + url, json={}), 401, 16)
+        r = api.post(url, content=b"x" * (256 * 1024 + 1))
+        assert "request body must be at most" in error(r, 400, 3)["message"]
+        r = api.post(url, content=b"{}", headers={"content-type": "text/plain"})
+        assert "content-type" in error(r, 400, 3)["message"]
+        error(api.post(url, content=b"{"), 400, 3)
+        assert api.post(url, json={"message": "AA=="}).headers["x-request-id"]
+    # An unknown verb, or a verb of another family, is no method of these paths.
+    error(api.post(f"{SIGNATURE_KEYS}/{signer}:decrypt", json={}), 405, 12)
+    error(api.post(f"{ENCRYPTION_KEYS}/{decrypter}:sign", json={}), 405, 12)
+    error(api.post(f"{SIGNATURE_KEYS}/{signer}/x:sign", json={}), 404, 5)
+
+
 # --- Encryption ---
 
 

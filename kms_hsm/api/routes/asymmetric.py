@@ -2,8 +2,11 @@
 
 ``/kms/v1/asymmetricSignatureKeys`` and ``/kms/v1/asymmetricEncryptionKeys`` as Yandex's
 REST reference has them. What each method does is ``service.asymmetric_handlers``'; here the
-JSON is read and written. The two key services differ only in their ``Family`` (methods,
-algorithm field, path), so their routes are made by one function, once per family.
+JSON is read and written. Sign, SignHash and Decrypt are answered by the data plane's fast
+path (``api/app.py``) as the SymmetricCrypto verbs are: each takes the path's key id and the
+request and returns the answer's message. The two key services differ only in their
+``Family`` (methods, algorithm field, path), so their routes are made by one function, once
+per family.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 from fastapi import Request, Response
 
 from kms_hsm.api import wire
-from kms_hsm.api.calls import handle
+from kms_hsm.api.calls import handle, run
 from kms_hsm.api.deps import json_body
 from kms_hsm.api.rest import Routes
 from kms_hsm.api.routes.access import read_bindings, read_deltas, render_bindings
@@ -45,9 +48,13 @@ signature_crypto = Routes("AsymmetricSignatureCrypto")
 
 
 @signature_crypto.bind(
-    methods.SIGN, "post", SIGNATURE_KEYS + "/{keyId}:sign", summary="Sign a message"
+    methods.SIGN,
+    "post",
+    SIGNATURE_KEYS + "/{keyId}:sign",
+    summary="Sign a message",
+    served=False,
 )
-async def sign(keyId: str, request: Request) -> Response:
+async def sign(keyId: str, request: Request) -> dict[str, Any]:
     """Sign: the message is hashed as the key's algorithm says."""
 
     async def work(call: Call) -> dict[str, Any]:
@@ -55,13 +62,17 @@ async def sign(keyId: str, request: Request) -> Response:
         result = await ah.sign(call, ah.SignRequest(keyId, f.bytes_("message")))
         return _result_json(result.key_id, "signature", result.signature)
 
-    return await handle(request, methods.SIGN, work, key_id=keyId[:MAX_ID])
+    return await run(request, methods.SIGN, work, key_id=keyId[:MAX_ID])
 
 
 @signature_crypto.bind(
-    methods.SIGN_HASH, "post", SIGNATURE_KEYS + "/{keyId}:signHash", summary="Sign a digest"
+    methods.SIGN_HASH,
+    "post",
+    SIGNATURE_KEYS + "/{keyId}:signHash",
+    summary="Sign a digest",
+    served=False,
 )
-async def sign_hash(keyId: str, request: Request) -> Response:
+async def sign_hash(keyId: str, request: Request) -> dict[str, Any]:
     """SignHash: a digest of exactly the algorithm's hash length."""
 
     async def work(call: Call) -> dict[str, Any]:
@@ -69,7 +80,7 @@ async def sign_hash(keyId: str, request: Request) -> Response:
         result = await ah.sign_hash(call, ah.SignHashRequest(keyId, f.bytes_("hash")))
         return _result_json(result.key_id, "signature", result.signature)
 
-    return await handle(request, methods.SIGN_HASH, work, key_id=keyId[:MAX_ID])
+    return await run(request, methods.SIGN_HASH, work, key_id=keyId[:MAX_ID])
 
 
 @signature_crypto.bind(
@@ -98,8 +109,9 @@ encryption_crypto = Routes("AsymmetricEncryptionCrypto")
     "post",
     ENCRYPTION_KEYS + "/{keyId}:decrypt",
     summary="Decrypt an RSA-OAEP ciphertext",
+    served=False,
 )
-async def decrypt(keyId: str, request: Request) -> Response:
+async def decrypt(keyId: str, request: Request) -> dict[str, Any]:
     """Decrypt: every way a ciphertext can be wrong gets the same answer."""
 
     async def work(call: Call) -> dict[str, Any]:
@@ -108,7 +120,7 @@ async def decrypt(keyId: str, request: Request) -> Response:
         result = await ah.decrypt(call, r)
         return _result_json(result.key_id, "plaintext", result.plaintext)
 
-    return await handle(request, methods.ASYMMETRIC_DECRYPT, work, key_id=keyId[:MAX_ID])
+    return await run(request, methods.ASYMMETRIC_DECRYPT, work, key_id=keyId[:MAX_ID])
 
 
 @encryption_crypto.bind(
