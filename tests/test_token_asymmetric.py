@@ -194,3 +194,30 @@ def test_pairs_left_none_behind_in_other_processes_views(token, wait, token_sess
     assert direct.public_key(object_id) == der
     assert direct.destroy_key(object_id) is True
     assert object_id not in wait(token.find_key_ids(LABEL_PREFIX))
+
+
+def test_the_oaep_path_is_decided_once_by_our_own_probe(token_sessions, caplog) -> None:
+    """SoftHSM2 2.6 lists CKM_RSA_PKCS_OAEP but refuses SHA-256 (CKR_ARGUMENTS_BAD): the
+    probe, a value we encrypt ourselves, finds that out before any client ciphertext is
+    tried, and the path is logged once (per process) with the reason."""
+    from kms_hsm.crypto.pkcs11.hsm import HsmCrypto
+
+    spec = EncryptionAlgorithm.RSA_2048_ENC_OAEP_SHA_256.spec
+    hsm = HsmCrypto(token_sessions)
+    object_id = f"pair-probe-{secrets.token_hex(4)}".encode()
+    public = _public(hsm.generate_key_pair(object_id, LABEL_PREFIX + object_id.decode(), spec))
+    try:
+        with caplog.at_level("INFO", logger="kms_hsm.crypto.pkcs11.hsm"):
+            with pytest.raises(DecryptionFailed):  # the first call is a bad one: no matter
+                hsm.decrypt_oaep(object_id, spec, bytes(spec.modulus_bytes))
+            for plaintext in (b"a", b"b"):
+                ciphertext = public.encrypt(plaintext, _oaep(hashes.SHA256()))
+                assert hsm.decrypt_oaep(object_id, spec, ciphertext) == plaintext
+        decisions = [
+            r.getMessage() for r in caplog.records if "RSA-OAEP (sha256)" in r.getMessage()
+        ]
+        assert len(decisions) == 1, decisions
+        assert "raw RSA (CKM_RSA_X_509) in the token" in decisions[0]
+        assert "refused CKM_RSA_PKCS_OAEP with sha256 (ArgumentsBad)" in decisions[0]
+    finally:
+        hsm.destroy_key(object_id)
