@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from google.protobuf import field_mask_pb2
 from yandex.cloud.access import access_pb2
+from yandex.cloud.endpoint import api_endpoint_service_pb2
+from yandex.cloud.endpoint.api_endpoint_service_pb2_grpc import ApiEndpointServiceStub
 from yandex.cloud.kms.v1 import symmetric_crypto_service_pb2 as sym_crypto_pb2
 from yandex.cloud.kms.v1 import symmetric_key_service_pb2 as sym_keys_pb2
 from yandex.cloud.kms.v1.asymmetricencryption import (
@@ -54,7 +56,9 @@ from yandex.cloud.kms.v1.symmetric_crypto_service_pb2_grpc import SymmetricCrypt
 from yandex.cloud.kms.v1.symmetric_key_service_pb2_grpc import SymmetricKeyServiceStub
 from yandex.cloud.operation import operation_service_pb2
 from yandex.cloud.operation.operation_service_pb2_grpc import OperationServiceStub
+from yandexcloud._sdk import _service_for_ctor
 
+from kms_hsm.service.methods import METHODS
 from tests.grpc_support import KmsServer, rpc_error, server_fixture, status_details
 
 FOLDER = "b1gasymmetricsdk"
@@ -209,6 +213,45 @@ def assert_code(error: grpc.RpcError, code: grpc.StatusCode) -> None:
     status, found = status_details(error)
     assert (status.code, status.message) == (code.value[0], error.details())
     assert found["RequestInfo"].request_id == dict(error.trailing_metadata())["x-request-id"]
+
+
+# --- every method is served, and discovery routes the new services ---
+
+
+def test_every_grpc_method_is_bound(server: KmsServer) -> None:
+    """Each declared method's full name reaches the pipeline (UNAUTHENTICATED without a
+    credential), none is UNIMPLEMENTED: the four asymmetric services are registered."""
+    declared = [m for m in METHODS.values() if m.grpc and not m.public]
+    assert sum(".asymmetric" in (m.grpc or "") for m in declared) == 23
+    with server.secure_channel() as channel:
+        for method in declared:
+            call = channel.unary_unary(
+                method.grpc, request_serializer=bytes, response_deserializer=bytes
+            )
+            error = rpc_error(call, b"")
+            assert error.code() is grpc.StatusCode.UNAUTHENTICATED, (method.grpc, error.code())
+
+
+def test_discovery_answers_the_ids_the_sdk_routes_asymmetric_services_to(
+    server: KmsServer, sdk: yandexcloud.SDK
+) -> None:
+    # The Python SDK picks an endpoint id by the stub's module (yandexcloud._sdk); the Go SDK
+    # sends the asymmetric crypto services to "kms-crypto" (shared/spec/yandex-grpc-clients.md).
+    stubs = (
+        AsymmetricSignatureCryptoServiceStub,
+        AsymmetricSignatureKeyServiceStub,
+        AsymmetricEncryptionCryptoServiceStub,
+        AsymmetricEncryptionKeyServiceStub,
+    )
+    routed = {_service_for_ctor(stub) for stub in stubs}
+    assert routed == {"kms"}
+    with server.secure_channel() as channel:
+        listed = ApiEndpointServiceStub(channel).List(
+            api_endpoint_service_pb2.ListApiEndpointsRequest(), timeout=30
+        )
+    served = {e.id: e.address for e in listed.endpoints}
+    assert routed | {"kms-crypto"} <= set(served)
+    assert {served[i] for i in routed | {"kms-crypto"}} == {server.endpoint}
 
 
 # --- keys of both families ---
