@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterator
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -33,7 +34,7 @@ def token(runtime: Runtime) -> AgentToken:
 
 
 @pytest.fixture(scope="module")
-def pairs(token: AgentToken, wait) -> dict[str, tuple[bytes, bytes]]:
+def pairs(token: AgentToken, wait) -> Iterator[dict[str, tuple[bytes, bytes]]]:
     """Algorithm name (the two enums share values) -> (object id, DER SPKI from generation)."""
     made = {}
     for algorithm in [*SIGNATURES, *ENCRYPTIONS]:
@@ -41,7 +42,9 @@ def pairs(token: AgentToken, wait) -> dict[str, tuple[bytes, bytes]]:
         label = LABEL_PREFIX + object_id.decode()
         der = wait(token.generate_key_pair(object_id, label, algorithm.spec))
         made[algorithm.name] = (object_id, der)
-    return made
+    yield made
+    for object_id, _ in made.values():  # the session token is shared with other tests
+        wait(token.destroy_key(object_id))
 
 
 def _public(der: bytes):

@@ -351,7 +351,10 @@ class AccessService:
         bump_state(session)
         # Key bindings change under the key's lock, like every other change to the key.
         if resource.type == "key":
-            repository.get_key_row(session, resource.id, for_update=not self._db.is_sqlite)
+            # Any family: the handler checked that the key is of the path's family.
+            repository.get_key_row(
+                session, resource.id, for_update=not self._db.is_sqlite, family=None
+            )
 
     def _record(
         self, session: Session, resource: Resource, rpc: str, by: str | CallContext, now: datetime
