@@ -9,6 +9,7 @@ RSA key generation in SoftHSM2 costs up to seconds.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import time
@@ -917,6 +918,124 @@ def test_a_key_is_not_found_on_another_familys_services(
     assert e_keys.Get(eks_pb2.GetAsymmetricEncryptionKeyRequest(key_id=enc_id), timeout=30).id
 
 
+# --- one error, two transports ---
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def assert_as_rest(error: grpc.RpcError, rest_status: int, rest_answer: dict[str, Any]) -> None:
+    """The gRPC status is REST's body ``code`` with REST's ``message``."""
+    assert error.code().value[0] == rest_answer["code"], (error.code(), rest_answer)
+    assert error.details() == rest_answer["message"], rest_answer
+    assert_code(error, error.code())
+    http = {3: 400, 5: 404, 7: 403, 9: 400}[rest_answer["code"]]
+    assert rest_status == http, (rest_status, rest_answer)
+
+
+def test_errors_answer_as_rest(
+    server: KmsServer,
+    sdk: yandexcloud.SDK,
+    signer: AsymmetricSignatureCryptoServiceStub,
+    decrypter: AsymmetricEncryptionCryptoServiceStub,
+    sig_keys: AsymmetricSignatureKeyServiceStub,
+    enc_keys: AsymmetricEncryptionKeyServiceStub,
+    signing_keys: dict[int, sk_pb2.AsymmetricSignatureKey],
+    oaep_key: ek_pb2.AsymmetricEncryptionKey,
+) -> None:
+    sig_id = signing_keys[SIG.ECDSA_NIST_P256_SHA_256].id
+    enc_id = oaep_key.id
+    sig_path = f"/kms/v1/asymmetricSignatureKeys/{sig_id}"
+    enc_path = f"/kms/v1/asymmetricEncryptionKeys/{enc_id}"
+    cases: list[tuple[Any, Any, str, str, dict[str, Any] | None]] = [
+        (
+            decrypter.Decrypt,
+            ec_pb2.AsymmetricDecryptRequest(key_id=enc_id, ciphertext=bytes(256)),
+            "post",
+            f"{enc_path}:decrypt",
+            {"ciphertext": b64(bytes(256))},
+        ),
+        (
+            signer.SignHash,
+            sc_pb2.AsymmetricSignHashRequest(key_id=sig_id, hash=bytes(48)),
+            "post",
+            f"{sig_path}:signHash",
+            {"hash": b64(bytes(48))},
+        ),
+        (
+            signer.Sign,
+            sc_pb2.AsymmetricSignRequest(key_id=sig_id, message=bytes(32769)),
+            "post",
+            f"{sig_path}:sign",
+            {"message": b64(bytes(32769))},
+        ),
+        (
+            enc_keys.Get,
+            eks_pb2.GetAsymmetricEncryptionKeyRequest(key_id=sig_id),
+            "get",
+            f"/kms/v1/asymmetricEncryptionKeys/{sig_id}",
+            None,
+        ),
+        (
+            signer.GetPublicKey,
+            sc_pb2.AsymmetricGetPublicKeyRequest(key_id=enc_id),
+            "get",
+            f"/kms/v1/asymmetricSignatureKeys/{enc_id}/publicKey",
+            None,
+        ),
+        (
+            sig_keys.Update,
+            sks_pb2.UpdateAsymmetricSignatureKeyRequest(
+                key_id=sig_id, update_mask=field_mask_pb2.FieldMask(paths=["bogus"])
+            ),
+            "patch",
+            sig_path,
+            {"updateMask": "bogus"},
+        ),
+    ]
+    with server.rest(server.admin_token) as rest:
+        for call, request, verb, path, body in cases:
+            error = rpc_error(call, request)
+            answer = rest.request(verb, path, json=body)
+            assert_as_rest(error, answer.status_code, answer.json())
+        # INACTIVE (400 / FAILED_PRECONDITION) and deletion protection, on a key of their own.
+        key, _ = create_signature_key(
+            sdk, SIG.ECDSA_NIST_P256_SHA_256, name="as-rest", deletion_protection=True
+        )
+        update(sdk, key, ["status"], status=SIG_KEY.INACTIVE)
+        error = rpc_error(signer.Sign, sc_pb2.AsymmetricSignRequest(key_id=key.id, message=b"m"))
+        answer = rest.post(
+            f"/kms/v1/asymmetricSignatureKeys/{key.id}:sign", json={"message": "bQ=="}
+        )
+        assert_as_rest(error, answer.status_code, answer.json())
+        error = rpc_error(
+            sig_keys.Delete, sks_pb2.DeleteAsymmetricSignatureKeyRequest(key_id=key.id)
+        )
+        answer = rest.delete(f"/kms/v1/asymmetricSignatureKeys/{key.id}")
+        assert_as_rest(error, answer.status_code, answer.json())
+    # A signer may not read the key's metadata (403 / PERMISSION_DENIED).
+    principal_id, token, _ = server.principal_with_token("asym-as-rest")
+    sig_keys.UpdateAccessBindings(
+        access_pb2.UpdateAccessBindingsRequest(
+            resource_id=sig_id,
+            access_binding_deltas=[
+                access_pb2.AccessBindingDelta(
+                    action=access_pb2.AccessBindingAction.ADD,
+                    access_binding=binding("kms.asymmetricSignatureKeys.signer", principal_id),
+                )
+            ],
+        ),
+        timeout=30,
+    )
+    own = server.sdk(iam_token=token).client(AsymmetricSignatureKeyServiceStub)
+    error = rpc_error(own.Get, sks_pb2.GetAsymmetricSignatureKeyRequest(key_id=sig_id))
+    with server.rest(token) as rest:
+        answer = rest.get(sig_path)
+    assert_as_rest(error, answer.status_code, answer.json())
+    assert error.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
 # --- the audit trail (last: it stops the module's server) ---
 
 
@@ -942,12 +1061,14 @@ def test_audit_names_grpc_and_the_chain_verifies(server: KmsServer) -> None:
             json.loads(line) for line in server.audit_log.read_text().splitlines() if line.strip()
         ]
         asymmetric = [e for e in events if e.get("method", "").startswith("Asymmetric")]
-        if wanted <= {e["method"] for e in asymmetric} or time.monotonic() > deadline:
+        over_grpc = {e["method"] for e in asymmetric if e["transport"] == "grpc"}
+        if wanted <= over_grpc or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert wanted <= {e["method"] for e in asymmetric}, wanted - {e["method"] for e in asymmetric}
-    assert {e["transport"] for e in asymmetric} == {"grpc"}
-    assert any(e["outcome"] != "OK" for e in asymmetric)  # refusals are audited too
+    assert wanted <= over_grpc, wanted - over_grpc
+    # Every event names its transport (test_errors_answer_as_rest calls REST too).
+    assert {e["transport"] for e in asymmetric} <= {"grpc", "rest"}
+    assert any(e["outcome"] != "OK" for e in asymmetric if e["transport"] == "grpc")
     server.stop()
     verified = server.cli("audit", "verify", "--checkpoints", str(server.audit_log), check=False)
     assert verified.returncode == 0, verified.stdout + verified.stderr
