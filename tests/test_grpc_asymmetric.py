@@ -994,6 +994,31 @@ def test_errors_answer_as_rest(
             {"updateMask": "bogus"},
         ),
     ]
+    cases += [
+        (
+            enc_keys.Create,
+            eks_pb2.CreateAsymmetricEncryptionKeyRequest(folder_id=FOLDER, encryption_algorithm=10),
+            "post",
+            "/kms/v1/asymmetricEncryptionKeys",
+            {"folderId": FOLDER, "encryptionAlgorithm": 10},
+        ),
+        (
+            sig_keys.Create,
+            sks_pb2.CreateAsymmetricSignatureKeyRequest(folder_id=FOLDER),
+            "post",
+            "/kms/v1/asymmetricSignatureKeys",
+            {"folderId": FOLDER},
+        ),
+        (
+            sig_keys.Update,
+            sks_pb2.UpdateAsymmetricSignatureKeyRequest(
+                key_id=sig_id, update_mask=field_mask_pb2.FieldMask(paths=["status"]), status=7
+            ),
+            "patch",
+            sig_path,
+            {"updateMask": "status", "status": 7},
+        ),
+    ]
     with server.rest(server.admin_token) as rest:
         for call, request, verb, path, body in cases:
             error = rpc_error(call, request)

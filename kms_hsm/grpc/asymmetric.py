@@ -174,8 +174,14 @@ class _KeyPairServicer(Calls):
                 name=request.name,
                 description=request.description,
                 labels=dict(request.labels),
-                # A number the family does not know is refused by the handler, as over REST.
-                algorithm=int(getattr(request, self.algorithm_field)),
+                # A number the family's enum lacks is refused as REST refuses an unknown name.
+                algorithm=int(
+                    enum_value(
+                        self.family.algorithm_field,
+                        self.family.algorithms,
+                        getattr(request, self.algorithm_field),
+                    )
+                ),
                 deletion_protection=request.deletion_protection,
             )
             r = ah.CreateKeyPairRequest(self.family, spec)
