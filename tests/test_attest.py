@@ -3,15 +3,22 @@ against the session's database and SoftHSM2 token."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from kms_hsm.crypto.pkcs11.hsm import HsmCrypto
+from kms_hsm.domain.asymmetric import EncryptionAlgorithm, KeyFamily, SignatureAlgorithm
 from kms_hsm.domain.model import Algorithm
+from kms_hsm.service.key_pairs import KeyPairSpec
 from kms_hsm.service.keys import KeySpec
 from kms_hsm.service.runtime import Runtime
+from kms_hsm.store.tables import KeyRow
 from tests.conftest import KMS_HSM
 
 FLAGS = {
@@ -104,3 +111,67 @@ def test_an_unknown_key_is_one_clear_line(runtime, settings) -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.strip().splitlines() == ["kms-hsm: key abjnosuchkey00000000 not found"]
+
+
+def _create_pair(runtime: Runtime, wait, family: KeyFamily, algorithm: int) -> str:
+    op = wait(
+        runtime.key_pairs.create(
+            family, KeyPairSpec("b1gattest", "pair", algorithm=algorithm), by="test"
+        )
+    )
+    return str(op.metadata["value"]["key_id"])
+
+
+def _stored_public_key(runtime: Runtime, key_id: str) -> bytes:
+    with runtime.keyring.database.read() as session:
+        row = session.get(KeyRow, key_id)
+        assert row is not None and row.public_key is not None
+        return bytes(row.public_key)
+
+
+def test_key_pairs_attest_the_private_key_and_the_public_key_fingerprint(
+    runtime, wait, settings
+) -> None:
+    cases = [
+        (KeyFamily.ASYMMETRIC_SIGNATURE, SignatureAlgorithm.ECDSA_NIST_P256_SHA_256),
+        (KeyFamily.ASYMMETRIC_ENCRYPTION, EncryptionAlgorithm.RSA_2048_ENC_OAEP_SHA_256),
+    ]
+    for family, algorithm in cases:
+        key_id = _create_pair(runtime, wait, family, int(algorithm))
+        result = attest(settings, key_id, "--json")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["family"] == family.service
+        assert report["algorithm"] == algorithm.name
+        [private] = report["objects"]
+        assert private["objectId"] == key_id
+        assert private["role"] == "private key"
+        assert private["attributes"] == FLAGS
+        stored = hashlib.sha256(_stored_public_key(runtime, key_id)).hexdigest()
+        assert report["storedPublicKeySha256"] == stored
+        assert report["publicKeySha256"] == stored
+        assert report["publicKeyMatches"] is True
+        assert report["ok"] is True
+
+        table = attest(settings, key_id)
+        assert table.returncode == 0, table.stderr
+        assert f"public key SHA-256, from the token: {stored}" in table.stdout
+        assert "public key: matches the stored one" in table.stdout
+
+
+def test_a_public_key_that_differs_from_the_stored_one_fails(runtime, wait, settings) -> None:
+    family = KeyFamily.ASYMMETRIC_SIGNATURE
+    key_id = _create_pair(runtime, wait, family, int(SignatureAlgorithm.ECDSA_NIST_P256_SHA_256))
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    with runtime.keyring.database.write() as session:
+        row = session.get(KeyRow, key_id)
+        assert row is not None
+        row.public_key = other.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    result = attest(settings, key_id, "--json")
+    assert result.returncode == 3, result.stderr
+    report = json.loads(result.stdout)
+    assert report["publicKeyMatches"] is False
+    assert report["objects"][0]["attributes"] == FLAGS  # the private key itself is fine
+    assert "public key: DOES NOT MATCH the stored one" in attest(settings, key_id).stdout

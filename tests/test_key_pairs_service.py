@@ -672,3 +672,14 @@ def test_migration_0009_makes_existing_keys_symmetric_on_sqlite(tmp_path) -> Non
 @pytest.mark.postgres
 def test_migration_0009_makes_existing_keys_symmetric_on_postgres(postgres_url) -> None:
     _check_upgraded(_upgrade_with_a_symmetric_key(postgres_url))
+
+
+def test_an_internal_bindings_change_is_audited_under_the_keys_service(runtime, oaep_key) -> None:
+    """The CLI changes bindings with a bare principal id: the event names the key's API."""
+    binding = Binding("kms.asymmetricEncryptionKeys.decrypter", "serviceAccount", "aje-cli")
+    runtime.access.update_bindings(Resource("key", oaep_key), [("ADD", binding)], "aje-admin")
+    event = _events(runtime, oaep_key)[-1]
+    assert (event.method, event.principal_id) == (
+        "AsymmetricEncryptionKey.UpdateAccessBindings",
+        "aje-admin",
+    )

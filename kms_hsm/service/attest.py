@@ -114,8 +114,8 @@ async def attest_key(db: Database, token: Token, key_id: str) -> KeyAttestation:
         key = session.get(KeyRow, key_id)
         if key is None or key.deleted_at is not None:
             raise NotFound(f"key {key_id} not found")
-        family = KeyFamily(getattr(key, "family", 0) or 0)
-        stored_public = getattr(key, "public_key", None)
+        family = KeyFamily(key.family)
+        stored_public = key.public_key
         algorithm = key.default_algorithm
         versions = list(
             session.scalars(
