@@ -22,6 +22,10 @@ import sqlalchemy as sa
 import uvicorn
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+# Before anything imports grpc: this process holds SDK channels while it starts servers and
+# CLIs by fork + exec (see kms_hsm/grpc/__init__.py for why the handlers must be off).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 from kms_hsm.api.app import create_app
 from kms_hsm.config import Settings
 from kms_hsm.crypto.pkcs11.sessions import SessionManager

@@ -44,7 +44,9 @@ def test_thread_copies_the_log_while_commits_go_on(tmp_path: Path) -> None:
     busy, log_pages, checkpointed = stats.last
     # busy is 1 when the last run met the writer's own automatic checkpoint holding the
     # checkpoint lock (seen on a loaded machine): a PASSIVE checkpoint then copies nothing.
-    assert (busy == 0 and 0 < checkpointed <= log_pages) or (busy == 1 and checkpointed <= log_pages)
+    assert (busy == 0 and 0 < checkpointed <= log_pages) or (
+        busy == 1 and checkpointed <= log_pages
+    )
     # The log still starts over (SQLite's own checkpoints at 1,000 pages): it stays near
     # 4 MB however much was written.
     wal = path.with_name("audit.db-wal").stat().st_size
