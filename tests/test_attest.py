@@ -31,6 +31,21 @@ FLAGS = {
 }
 
 
+def pair_flags(family: KeyFamily) -> dict[str, bool]:
+    """A pair's private key: the six flags, fixed for life, its family's one capability."""
+    signs = family is KeyFamily.ASYMMETRIC_SIGNATURE
+    return {
+        **FLAGS,
+        "CKA_MODIFIABLE": False,
+        "CKA_COPYABLE": False,
+        "CKA_SIGN": signs,
+        "CKA_DECRYPT": not signs,
+        "CKA_SIGN_RECOVER": False,
+        "CKA_UNWRAP": False,
+        "CKA_DERIVE": False,
+    }
+
+
 def attest(settings, *args: str) -> subprocess.CompletedProcess[str]:
     """Run ``kms-hsm hsm attest`` as an operator would: database URL and PIN file."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_HSM_")}
@@ -146,7 +161,8 @@ def test_key_pairs_attest_the_private_key_and_the_public_key_fingerprint(
         [private] = report["objects"]
         assert private["objectId"] == key_id
         assert private["role"] == "private key"
-        assert private["attributes"] == FLAGS
+        assert private["attributes"] == pair_flags(family)
+        assert private["required"] == pair_flags(family)
         stored = hashlib.sha256(_stored_public_key(runtime, key_id)).hexdigest()
         assert report["storedPublicKeySha256"] == stored
         assert report["publicKeySha256"] == stored
@@ -173,5 +189,6 @@ def test_a_public_key_that_differs_from_the_stored_one_fails(runtime, wait, sett
     assert result.returncode == 3, result.stderr
     report = json.loads(result.stdout)
     assert report["publicKeyMatches"] is False
-    assert report["objects"][0]["attributes"] == FLAGS  # the private key itself is fine
+    # The private key itself is fine.
+    assert report["objects"][0]["attributes"] == pair_flags(family)
     assert "public key: DOES NOT MATCH the stored one" in attest(settings, key_id).stdout

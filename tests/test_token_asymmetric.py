@@ -13,18 +13,30 @@ import statistics
 import time
 from collections.abc import Iterator
 
+import pkcs11
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from pkcs11 import Attribute, ObjectClass
 
 from kms_hsm.crypto.agent import AgentToken
+from kms_hsm.crypto.pkcs11.hsm import _oaep_failure
 from kms_hsm.domain.asymmetric import EncryptionAlgorithm, PairSpec, SignatureAlgorithm
 from kms_hsm.errors import DecryptionFailed, InvalidArgument, KeyMaterialMissing
 from kms_hsm.service.runtime import Runtime
 
 LABEL_PREFIX = "kms-hsm-test-pair:"
 CUSTODY = ("SENSITIVE", "ALWAYS_SENSITIVE", "EXTRACTABLE", "NEVER_EXTRACTABLE", "LOCAL", "PRIVATE")
-CAPABILITIES = ("SIGN", "DECRYPT", "UNWRAP", "DERIVE", "TOKEN")
+CAPABILITIES = (
+    "SIGN",
+    "DECRYPT",
+    "UNWRAP",
+    "DERIVE",
+    "SIGN_RECOVER",
+    "TOKEN",
+    "MODIFIABLE",
+    "COPYABLE",
+)
 SIGNATURES = [a for a in SignatureAlgorithm if a.value]
 ENCRYPTIONS = [a for a in EncryptionAlgorithm if a.value]
 HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
@@ -70,6 +82,10 @@ def test_private_key_custody_from_token_attributes(token, wait, pairs, algorithm
     assert attrs["DECRYPT"] is (usage == "decrypt")
     assert attrs["UNWRAP"] is False
     assert attrs["DERIVE"] is False
+    assert attrs["SIGN_RECOVER"] is False
+    # Fixed for life: no capability can be added later, and no copy made that has one.
+    assert attrs["MODIFIABLE"] is False
+    assert attrs["COPYABLE"] is False
     # The public key read back from the token is the one generation returned.
     assert wait(token.public_key(object_id)) == der
     public = _public(der)
@@ -274,3 +290,69 @@ def test_decrypt_time_end_to_end_does_not_depend_on_what_is_wrong(token_sessions
     spread = (max(medians.values()) - min(medians.values())) / medians["valid"]
     print("decrypt_oaep median us: " + ", ".join(f"{n} {m:.1f}" for n, m in medians.items()))
     assert spread < 0.2, medians
+
+
+def test_a_private_key_cannot_be_given_another_capability(token_sessions, pairs) -> None:
+    """A PIN holder's C_SetAttributeValue(CKA_DERIVE) on a signing key is refused by the token."""
+    object_id, _ = pairs[SignatureAlgorithm.ECDSA_NIST_P256_SHA_256.name]
+
+    def try_to_add_derive(ts) -> tuple[bool, bool]:
+        found = list(
+            ts.session.get_objects(
+                {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: object_id}
+            )
+        )
+        if not found:  # made by the agent: this process may need a fresh view of the store
+            raise pkcs11.exceptions.NoSuchKey("not visible yet")
+        try:
+            found[0][Attribute.DERIVE] = True
+            refused = False
+        except pkcs11.exceptions.PKCS11Error:
+            refused = True
+        return refused, bool(found[0][Attribute.DERIVE])
+
+    refused, derive = token_sessions.run(try_to_add_derive)
+    assert refused and derive is False
+
+
+def test_a_repeated_generation_leaves_one_pair_that_signs(token, wait) -> None:
+    """A retried C_GenerateKeyPair (answer lost, pair landed) must not leave two pairs."""
+    spec = SignatureAlgorithm.ECDSA_NIST_P256_SHA_256.spec
+    object_id = f"pair-twice-{secrets.token_hex(4)}".encode()
+    label = LABEL_PREFIX + object_id.decode()
+    wait(token.generate_key_pair(object_id, label, spec))
+    der = wait(token.generate_key_pair(object_id, label, spec))
+    try:
+        digest = hashlib.sha256(b"once").digest()
+        signature = wait(token.sign_digest(object_id, spec, digest))
+        _public(der).verify(signature, b"once", ec.ECDSA(hashes.SHA256()))
+        assert wait(token.find_key_ids(LABEL_PREFIX)).count(object_id) == 1
+    finally:
+        wait(token.destroy_key(object_id))
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        pkcs11.exceptions.FunctionFailed,
+        pkcs11.exceptions.DeviceError,
+        pkcs11.exceptions.GeneralError,
+        pkcs11.exceptions.EncryptedDataInvalid,
+        pkcs11.exceptions.DataLenRange,
+        pkcs11.exceptions.MechanismParamInvalid,
+    ],
+)
+def test_every_decrypt_failure_about_the_data_is_the_one_answer(raised) -> None:
+    """Some tokens report bad OAEP padding as CKR_FUNCTION_FAILED or CKR_DEVICE_ERROR: those
+    must not become a 503 (and a reload and retry) while other bad ciphertexts are a 400."""
+    with pytest.raises(DecryptionFailed) as caught:
+        _oaep_failure(raised("from the token"))
+    assert caught.value.log_detail == "OAEP decryption failed"
+
+
+@pytest.mark.parametrize(
+    "raised", [pkcs11.exceptions.SessionClosed, pkcs11.exceptions.DeviceRemoved]
+)
+def test_a_lost_session_still_goes_to_the_session_manager(raised) -> None:
+    """Whatever the ciphertext, a gone session is retried (then 503), as for every call."""
+    _oaep_failure(raised("gone"))  # returns: the caller re-raises it

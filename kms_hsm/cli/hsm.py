@@ -49,17 +49,25 @@ def _flag(value: bool | None) -> str:
 def render(result: KeyAttestation) -> str:
     """The human-readable table."""
     lines = [f"key {result.key_id}: {result.family.service}, {result.algorithm}"]
-    headers = ["OBJECT (CKA_ID)", "ROLE", *(f"CKA_{n}" for n in REQUIRED), "CUSTODY"]
+    # The issue's six flags first, then whatever else an object is required to be.
+    names = list(dict.fromkeys([*REQUIRED, *(n for o in result.objects for n in o.required)]))
+    headers = ["OBJECT (CKA_ID)", "ROLE", *(f"CKA_{n}" for n in names), "CUSTODY"]
     rows = [
         [
             o.object_id,
             o.role,
-            *(_flag(o.attributes.get(n)) for n in REQUIRED),
+            *(_flag(o.attributes.get(n)) for n in names),
             "ok" if o.ok else ("MISSING" if not o.present else "NOT AS REQUIRED"),
         ]
         for o in result.objects
     ]
-    required = ["", "required", *(_flag(v) for v in REQUIRED.values()), ""]
+
+    # Requirements are per object: the line shows them when every object agrees.
+    def _required(name: str) -> str:
+        wanted = {o.required.get(name) for o in result.objects}
+        return _flag(wanted.pop()) if len(wanted) == 1 else "*"
+
+    required = ["", "required", *(_required(n) for n in names), ""]
     widths = [max(len(r[i]) for r in [headers, required, *rows]) for i in range(len(headers))]
     for row in [headers, required, *rows]:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))

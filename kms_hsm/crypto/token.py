@@ -44,6 +44,8 @@ READABLE_ATTRIBUTES = frozenset(
         "EXTRACTABLE",
         "NEVER_EXTRACTABLE",
         "MODIFIABLE",
+        "COPYABLE",
+        "SIGN_RECOVER",
         "ENCRYPT",
         "DECRYPT",
         "WRAP",

@@ -12,7 +12,11 @@ The database says which token objects belong to a key; the token says how each i
 
 For each private or secret key object: CKA_SENSITIVE, CKA_ALWAYS_SENSITIVE,
 CKA_EXTRACTABLE, CKA_NEVER_EXTRACTABLE, CKA_LOCAL and CKA_PRIVATE, and whether each is
-what custody requires (``REQUIRED``). Nothing here changes the token or the database.
+what custody requires (``REQUIRED``). A private key must also be unmodifiable and
+uncopyable with exactly its family's one capability (``pair_requirements``): otherwise a
+PIN holder could later switch on DERIVE or UNWRAP, or copy it into a key that has them.
+(AES version keys are modifiable on purpose: the token makes session copies of them.)
+Nothing here changes the token or the database.
 """
 
 from __future__ import annotations
@@ -40,6 +44,21 @@ REQUIRED: dict[str, bool] = {
 }
 
 
+def pair_requirements(family: KeyFamily) -> dict[str, bool]:
+    """What custody requires of the private key of a pair of ``family``."""
+    signs = family is KeyFamily.ASYMMETRIC_SIGNATURE
+    return {
+        **REQUIRED,
+        "MODIFIABLE": False,
+        "COPYABLE": False,
+        "SIGN": signs,
+        "DECRYPT": not signs,
+        "SIGN_RECOVER": False,
+        "UNWRAP": False,
+        "DERIVE": False,
+    }
+
+
 @dataclass(frozen=True)
 class ObjectAttestation:
     """One token key object: what it is, whether the token has it, its custody flags."""
@@ -48,11 +67,12 @@ class ObjectAttestation:
     role: str
     present: bool
     attributes: dict[str, bool] = field(default_factory=dict)
+    required: dict[str, bool] = field(default_factory=lambda: dict(REQUIRED))
 
     @property
     def ok(self) -> bool:
-        """Present, with every flag as ``REQUIRED`` says."""
-        return self.present and all(self.attributes.get(n) is v for n, v in REQUIRED.items())
+        """Present, with every flag as ``required`` says."""
+        return self.present and all(self.attributes.get(n) is v for n, v in self.required.items())
 
     def as_json(self) -> dict[str, object]:
         """A JSON-ready dict."""
@@ -61,6 +81,7 @@ class ObjectAttestation:
             "role": self.role,
             "present": self.present,
             "attributes": {f"CKA_{n}": v for n, v in self.attributes.items()},
+            "required": {f"CKA_{n}": v for n, v in self.required.items()},
             "ok": self.ok,
         }
 
@@ -132,7 +153,7 @@ async def attest_key(db: Database, token: Token, key_id: str) -> KeyAttestation:
         if family is KeyFamily.ASYMMETRIC_SIGNATURE
         else EncryptionAlgorithm(algorithm).name
     )
-    private = await _object(token, key_id.encode(), "private key")
+    private = await _object(token, key_id.encode(), "private key", pair_requirements(family))
     try:
         public_der: bytes | None = await token.public_key(key_id.encode())
     except KeyMaterialMissing:
@@ -179,13 +200,17 @@ async def _symmetric(
     return KeyAttestation(key_id, KeyFamily.SYMMETRIC, algorithm, objects, notes)
 
 
-async def _object(token: Token, object_id: bytes, role: str) -> ObjectAttestation:
+async def _object(
+    token: Token, object_id: bytes, role: str, required: dict[str, bool] | None = None
+) -> ObjectAttestation:
+    required = dict(REQUIRED) if required is None else required
     printable = object_id.decode("utf-8", "replace")
     try:
-        found = await token.key_attributes(object_id, tuple(REQUIRED))
+        found = await token.key_attributes(object_id, tuple(required))
     except KeyMaterialMissing:
-        return ObjectAttestation(printable, role, present=False)
-    return ObjectAttestation(printable, role, True, {n: bool(found[n]) for n in REQUIRED})
+        return ObjectAttestation(printable, role, present=False, required=required)
+    attributes = {n: bool(found[n]) for n in required}
+    return ObjectAttestation(printable, role, True, attributes, required)
 
 
 def _sha256(der: bytes | None) -> str | None:

@@ -140,6 +140,30 @@ _OAEP_FAILED = "OAEP decryption failed"
 _PROBE = b"kms-hsm oaep probe"
 
 
+# What C_Decrypt may raise that says the session or token is gone, whatever the ciphertext:
+# these go on to the session manager (retry, then 503).
+_SESSION_GONE = (
+    p11.DeviceRemoved,
+    p11.TokenNotPresent,
+    p11.SessionHandleInvalid,
+    p11.SessionClosed,
+    p11.UserNotLoggedIn,
+    p11.ObjectHandleInvalid,
+    p11.KeyHandleInvalid,
+)
+
+
+def _oaep_failure(exc: p11.PKCS11Error) -> None:
+    """Raise the one DecryptionFailed for any C_Decrypt failure but a lost session.
+
+    Never retried, never a 503: some tokens report bad OAEP padding as CKR_FUNCTION_FAILED
+    or CKR_DEVICE_ERROR, and a different answer (or a reload and a second try) for those
+    would be the distinguishable answer Manger's attack needs.
+    """
+    if not isinstance(exc, _SESSION_GONE):
+        raise DecryptionFailed(log_detail=_OAEP_FAILED) from None
+
+
 def _der_octet_string(value: bytes) -> bytes:
     """The content of a DER OCTET STRING (how SoftHSM2 answers CKA_EC_POINT); raw if not one."""
     if len(value) < 2 or value[0] != 0x04:
@@ -419,6 +443,10 @@ class HsmCrypto:
             Attribute.PRIVATE: True,
             Attribute.SENSITIVE: True,
             Attribute.EXTRACTABLE: False,
+            # Fixed for life: a PIN holder can neither add DERIVE or UNWRAP (an ECDH or
+            # unwrapping oracle on the key) nor copy it into an object that has them.
+            Attribute.MODIFIABLE: False,
+            Attribute.COPYABLE: False,
             private_on: True,
         }
         public_template = {
@@ -426,6 +454,7 @@ class HsmCrypto:
             **_PUBLIC_OFF,
             Attribute.CLASS: ObjectClass.PUBLIC_KEY,
             Attribute.PRIVATE: False,
+            Attribute.MODIFIABLE: False,
             public_on: True,
         }
         if spec.key_type == "RSA":
@@ -439,6 +468,11 @@ class HsmCrypto:
             raise InvalidArgument(f"unsupported key pair: {spec.key_type} {spec.curve}")
 
         def op(ts: TokenSession) -> bytes:
+            # The id is new and random: anything holding it is an earlier attempt of this
+            # same call (the session manager retries after a device error, even when the
+            # pair had landed). Two pairs under one CKA_ID would break every later lookup.
+            for leftover in ts.session.get_objects({Attribute.ID: object_id}):
+                leftover.destroy()
             public, private = ts.session.generate_keypair(
                 key_type,
                 spec.rsa_bits or None,
@@ -530,8 +564,7 @@ class HsmCrypto:
                         )
                     )
                 except p11.PKCS11Error as exc:
-                    if is_refusal(exc):
-                        raise DecryptionFailed(log_detail=_OAEP_FAILED) from None
+                    _oaep_failure(exc)
                     raise
 
             return self._sessions.run(op, decrypting=True)
@@ -542,8 +575,7 @@ class HsmCrypto:
                 # c >= n is refused by the token; the modulus is public, so that is no oracle.
                 out = bytes(key.decrypt(ciphertext, mechanism=Mechanism.RSA_X_509))
             except p11.PKCS11Error as exc:
-                if is_refusal(exc):
-                    raise DecryptionFailed(log_detail=_OAEP_FAILED) from None
+                _oaep_failure(exc)
                 raise
             # Raw RSA may drop leading zero bytes; the decoding needs exactly k of them.
             return out.rjust(k, b"\x00")

@@ -42,7 +42,7 @@ from pkcs11.mechanisms import GCMParams
 from kms_hsm.crypto.pkcs11 import library
 from kms_hsm.crypto.pkcs11.direct import DirectCalls
 from kms_hsm.crypto.pkcs11.errors import FailureKind, failure_kind, is_refusal, to_kms_error
-from kms_hsm.errors import BackendUnavailable, KeyMaterialMissing, KmsError, LoginRefused
+from kms_hsm.errors import BackendUnavailable, Internal, KeyMaterialMissing, KmsError, LoginRefused
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,8 @@ def _find_one(session: Any, template: dict[Attribute, Any]) -> Any:
     if not found:
         raise p11.NoSuchKey(f"no token key with CKA_ID {object_id!r}")
     if len(found) > 1:
-        raise p11.MultipleObjectsReturned(f"{len(found)} token keys with CKA_ID {object_id!r}")
+        # Not a device fault: reloading the module would find them again, at a login each.
+        raise Internal(log_detail=f"{len(found)} token keys with CKA_ID {object_id!r}")
     return found[0]
 
 
