@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from pkcs11 import Attribute, ObjectClass
 
 from kms_hsm.crypto.agent import AgentToken
-from kms_hsm.crypto.pkcs11.hsm import _oaep_failure
+from kms_hsm.crypto.pkcs11.hsm import _ec_point, _oaep_failure
 from kms_hsm.domain.asymmetric import EncryptionAlgorithm, PairSpec, SignatureAlgorithm
 from kms_hsm.errors import DecryptionFailed, InvalidArgument, KeyMaterialMissing
 from kms_hsm.service.runtime import Runtime
@@ -356,3 +356,25 @@ def test_every_decrypt_failure_about_the_data_is_the_one_answer(raised) -> None:
 def test_a_lost_session_still_goes_to_the_session_manager(raised) -> None:
     """Whatever the ciphertext, a gone session is retried (then 503), as for every call."""
     _oaep_failure(raised("gone"))  # returns: the caller re-raises it
+
+
+@pytest.mark.parametrize(
+    "curve", [ec.SECP256R1(), ec.SECP384R1(), ec.SECP521R1(), ec.SECP256K1()], ids=lambda c: c.name
+)
+def test_ec_points_raw_or_wrapped_are_told_apart_by_the_curve(curve) -> None:
+    """CKA_EC_POINT raw (some tokens) or in an OCTET STRING (SoftHSM2), decided by length."""
+    while True:  # a raw point whose X begins like a DER length: no guessing from the bytes
+        point = (
+            ec.generate_private_key(curve)
+            .public_key()
+            .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        )
+        if point[1] == len(point) - 2 or point[1] == 0x3F:
+            break
+        if curve.name != "secp256r1":
+            break
+    length = bytes([len(point)]) if len(point) < 0x80 else b"\x81" + bytes([len(point)])
+    assert _ec_point(point, curve) == point
+    assert _ec_point(b"\x04" + length + point, curve) == point
+    with pytest.raises(InvalidArgument):
+        _ec_point(point[:-1], curve)

@@ -71,7 +71,7 @@ class Token(Protocol):
         """Destroy every key object (secret, private, public) with ``CKA_ID``; False if none."""
 
     async def find_key_ids(self, label_prefix: str = "") -> list[bytes]:
-        """``CKA_ID`` of every token secret or private key whose label starts with the prefix."""
+        """``CKA_ID`` of every token key object (secret, private, public) with the label prefix."""
 
     async def key_attributes(
         self, object_id: bytes, names: tuple[str, ...] = ()

@@ -146,6 +146,7 @@ class KeyPairService:
         now = self._keys.clock()
         committing = False
         try:
+            await self._check_reachable(key_id, public_key)
             with self._db.write() as session:
                 row = KeyRow(
                     id=key_id,
@@ -178,6 +179,18 @@ class KeyPairService:
             algorithm.name,
         )
         return operation
+
+    async def _check_reachable(self, key_id: str, public_key: bytes) -> None:
+        """The data plane's agent reads the new pair back before the key is committed.
+
+        The pair was made by the key-generation agent, another process: SoftHSM2's file
+        store may not show it to the data plane's agent until that agent reloads the
+        module, and the reload (a login, every AES session copy dropped) belongs here, in
+        Create, not inside the first Sign or Decrypt. It also proves the key usable where
+        it will be used before anyone is told it exists.
+        """
+        if await self._token.public_key(key_id.encode()) != public_key:
+            raise Internal(log_detail=f"key pair {key_id}: the token's public key differs")
 
     async def _discard_uncommitted(self, key_id: str, *, committing: bool) -> None:
         if committing:

@@ -282,6 +282,7 @@ class AgentPool:
         self._keygen_timeout = keygen_timeout if keygen_timeout is not None else timeout
         self._clients: dict[asyncio.AbstractEventLoop, AgentClient] = {}
         self._keygen_clients: dict[asyncio.AbstractEventLoop, AgentClient] = {}
+        self._keygen_turns: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
 
     def client(self) -> AgentClient:
         """The running loop's client (its agent starts with its first call)."""
@@ -298,6 +299,14 @@ class AgentPool:
         if client is None:
             client = self._keygen_clients[loop] = AgentClient(self._config, self._keygen_timeout)
         return client
+
+    def keygen_turn(self) -> asyncio.Lock:
+        """The running loop's lock for one key generation at a time (see AgentToken)."""
+        loop = asyncio.get_running_loop()
+        turn = self._keygen_turns.get(loop)
+        if turn is None:
+            turn = self._keygen_turns[loop] = asyncio.Lock()
+        return turn
 
     def close_current(self) -> None:
         """Stop the running loop's agents (before that loop ends)."""
@@ -386,8 +395,15 @@ class AgentToken:
         await self.agents.client().call("write_data", label, value)
 
     async def generate_key_pair(self, object_id: bytes, label: str, spec: PairSpec) -> bytes:
-        """See ``Token.generate_key_pair``: runs in the loop's key-generation agent."""
-        result = await self.agents.keygen_client().call("generate_key_pair", object_id, label, spec)
+        """See ``Token.generate_key_pair``: runs in the loop's key-generation agent.
+
+        One generation at a time per loop: the deadline runs from when a call is sent, so
+        queued RSA-4096 generations would otherwise use up the deadline of the last one,
+        and its expiry kills the agent with every generation queued behind it.
+        """
+        async with self.agents.keygen_turn():
+            client = self.agents.keygen_client()
+            result = await client.call("generate_key_pair", object_id, label, spec)
         return cast(bytes, result)
 
     async def public_key(self, object_id: bytes) -> bytes:

@@ -164,17 +164,20 @@ def _oaep_failure(exc: p11.PKCS11Error) -> None:
         raise DecryptionFailed(log_detail=_OAEP_FAILED) from None
 
 
-def _der_octet_string(value: bytes) -> bytes:
-    """The content of a DER OCTET STRING (how SoftHSM2 answers CKA_EC_POINT); raw if not one."""
-    if len(value) < 2 or value[0] != 0x04:
+def _ec_point(value: bytes, curve: ec.EllipticCurve) -> bytes:
+    """The uncompressed point of CKA_EC_POINT, which tokens give raw or DER-wrapped.
+
+    Decided by the curve's known point length, never guessed from the bytes: SoftHSM2
+    wraps the point in an OCTET STRING, some tokens do not, and a raw point's first
+    coordinate byte may look like a DER length.
+    """
+    size = 1 + 2 * ((curve.key_size + 7) // 8)  # 0x04 || X || Y
+    if len(value) == size:
         return value
-    length, offset = value[1], 2
-    if length & 0x80:
-        count = length & 0x7F
-        length, offset = int.from_bytes(value[2 : 2 + count], "big"), 2 + count
-    if offset + length != len(value):
-        return value  # an uncompressed point begins with 0x04 too: not wrapped after all
-    return value[offset:]
+    length = size.to_bytes(1, "big") if size < 0x80 else b"\x81" + size.to_bytes(1, "big")
+    if value == b"\x04" + length + value[-size:]:
+        return value[-size:]
+    raise InvalidArgument("the token's CKA_EC_POINT is not an uncompressed point of its curve")
 
 
 def _spki(public_key: Any) -> bytes:
@@ -190,7 +193,7 @@ def _spki(public_key: Any) -> bytes:
         curve = _CURVE_BY_PARAMS.get(bytes(public_key[Attribute.EC_PARAMS]))
         if curve is None:
             raise InvalidArgument("the token key's curve is not supported")
-        point = _der_octet_string(bytes(public_key[Attribute.EC_POINT]))
+        point = _ec_point(bytes(public_key[Attribute.EC_POINT]), curve)
         built = ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
     else:
         raise InvalidArgument("the token key's type is not supported")
@@ -271,16 +274,25 @@ class HsmCrypto:
             return False
 
     def find_key_ids(self, label_prefix: str = "") -> list[bytes]:
-        """``CKA_ID`` of every token secret or private key whose label starts with the prefix."""
+        """``CKA_ID`` of every token key object (secret, private or public) whose label starts
+        with the prefix, each id once.
+
+        Public keys too: a crash inside ``destroy_key`` may leave only the public half of a
+        pair, and the orphan sweep must still find it.
+        """
 
         def op(ts: TokenSession) -> list[bytes]:
-            ids = []
-            for object_class in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY):
+            ids: dict[bytes, None] = {}
+            for object_class in (
+                ObjectClass.SECRET_KEY,
+                ObjectClass.PRIVATE_KEY,
+                ObjectClass.PUBLIC_KEY,
+            ):
                 token_keys = {Attribute.CLASS: object_class, Attribute.TOKEN: True}
                 for obj in ts.session.get_objects(token_keys):
                     if str(obj[Attribute.LABEL]).startswith(label_prefix):
-                        ids.append(bytes(obj[Attribute.ID]))
-            return ids
+                        ids[bytes(obj[Attribute.ID])] = None
+            return list(ids)
 
         return self._sessions.run(op)
 
