@@ -1,4 +1,5 @@
-"""Ratios against the baselines of the same run, issue 6's targets, and the printed table."""
+"""Ratios against the baselines of the same run, issue 6's targets, the asymmetric rows
+against the token's own rate (issue 17), and the printed tables."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from scenarios import (
+    ASYMMETRIC,
+    ASYMMETRIC_GRPC,
     BASE_F,
     BASE_G,
     BASE_R,
@@ -17,6 +20,7 @@ from scenarios import (
     GDKH_SW,
     GRPC_HSM,
     GRPC_SW,
+    RAW_ROW,
     Measurement,
 )
 
@@ -313,6 +317,113 @@ def hsm_lines(hsm: dict[str, Any] | None, results: Results) -> list[str]:
                 f"best HSM-key encrypt over {over} (w{best.workers} c{best.concurrency}): "
                 f"{best.rps / raw['ops_per_s']:.2f} x the raw token rate"
             )
+    return lines
+
+
+# What the asymmetric rows are divided by: the raw rate with the token object, since the
+# service signs and decrypts with the private key's token object (asym_raw.py measures the
+# session copy too, printed beside it).
+RAW_BASIS = "token_object"
+
+
+@dataclass
+class AsymmetricRow:
+    """One asymmetric service row beside the token's rate for the same mechanism.
+
+    ``x_raw``: the service's req/s over the raw ops/s (one session, one thread);
+    ``cpu_x_raw``: the server's CPU per request (its whole process tree, HSM agents
+    included) over the raw call's time.
+    """
+
+    scenario: str
+    transport: str
+    workers: int
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    server_us: float
+    raw_ops_per_s: float | None
+    raw_us: float | None
+    x_raw: float | None
+    cpu_x_raw: float | None
+
+
+def asymmetric_rows(results: Results, raw: dict[str, Any] | None) -> list[AsymmetricRow]:
+    """Every measured asymmetric scenario with its raw rate and the two ratios."""
+    rows = []
+    raw_rows = (raw or {}).get("rows", {})
+    for m in results.items:
+        if m.scenario not in ASYMMETRIC:
+            continue
+        timing = (raw_rows.get(RAW_ROW[m.scenario]) or {}).get(RAW_BASIS)
+        ops = timing["ops_per_s"] if timing else None
+        us = timing["us_per_op"] if timing else None
+        rows.append(
+            AsymmetricRow(
+                m.scenario,
+                "gRPC" if m.scenario in ASYMMETRIC_GRPC else "REST",
+                m.workers,
+                m.concurrency,
+                m.rps,
+                m.p50_ms,
+                m.p99_ms,
+                m.server_us,
+                ops,
+                us,
+                m.rps / ops if ops and not m.errors else None,
+                m.server_us / us if us and not m.errors else None,
+            )
+        )
+    return rows
+
+
+def asymmetric_lines(results: Results, raw: dict[str, Any] | None) -> list[str]:
+    """The token's own rates, then each service row with its ratios to them."""
+    rows = asymmetric_rows(results, raw)
+    if not raw and not rows:
+        return ["not measured"]
+    lines: list[str] = []
+    if raw:
+        lines.append(
+            f"raw token: python-pkcs11, 1 session logged in, 1 thread, back to back, "
+            f"{raw['seconds']:g} s each (token object; its session copy beside it)"
+        )
+        for name, row in raw["rows"].items():
+            copy = row.get("session_copy")
+            copy_text = f"copy {copy['ops_per_s']:>7,.0f}" if copy else "no copy"
+            timing = row[RAW_BASIS]
+            lines.append(
+                f"  {name:<30}{timing['ops_per_s']:>9,.0f} ops/s {timing['us_per_op']:>7.1f} us"
+                f"  ({copy_text})  {row['mechanism']} on a {row['input']}"
+            )
+        lines.append(
+            "  decrypt: the raw row times CKM_RSA_X_509 alone (SoftHSM2 2.6 has no OAEP-SHA256);"
+        )
+        lines.append("  the service adds the EME-OAEP decoding on the host, not in the raw figure.")
+    else:
+        lines.append("raw token: not measured")
+    if not rows:
+        return [*lines, "service rows: not measured"]
+    head = (
+        f"{'w':>2} {'conc':>4}  {'scenario':<34}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'srv us':>8}{'raw/s':>8}{'raw us':>8}{'x raw':>7}{'cpu/raw':>8}"
+    )
+    lines += ["", head]
+    for r in rows:
+        lines.append(
+            f"{r.workers:>2} {r.concurrency:>4}  {r.scenario:<34}{r.rps:>8,.0f}{r.p50_ms:>8.2f}"
+            f"{r.p99_ms:>8.2f}{r.server_us:>8.0f}{_fmt(r.raw_ops_per_s, 0):>8}"
+            f"{_fmt(r.raw_us, 0):>8}{_fmt(r.x_raw):>7}{_fmt(r.cpu_x_raw):>8}"
+        )
+    lines.append(
+        "x raw: req/s over the raw ops/s; cpu/raw: server CPU per request (workers and HSM "
+        "agents) over the raw call's us."
+    )
+    lines.append(
+        "The raw rate is one session in one process; with N workers the service has N HSM "
+        "agents, each with its own session, so x raw can pass 1."
+    )
     return lines
 
 

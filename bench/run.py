@@ -1,4 +1,4 @@
-"""kms-hsm benchmark harness (issues 6, 16): kms-hsm and three baselines, REST and gRPC, one run.
+"""kms-hsm benchmark harness (issues 6, 16, 17): kms-hsm and three baselines, REST and gRPC.
 
     .venv/bin/python bench/run.py                 # full run, ~6-8 minutes on 2 cores
     .venv/bin/python bench/run.py --smoke         # ~15-20 s: what CI runs
@@ -7,7 +7,8 @@
 
 REST load comes from wrk, gRPC load from several Python client processes (grpc_load.py).
 Prints a table with every measurement, the ratios against the baselines measured in the
-same run and issue 6's targets; writes everything as JSON (bench/results/latest.json).
+same run, issue 6's targets and the asymmetric rows (sign, OAEP decrypt) against the
+token's own rate for the same mechanism; writes everything as JSON (bench/results/latest.json).
 Exits 1 when any request failed or any scenario could not be measured. See bench/README.md.
 """
 
@@ -172,13 +173,14 @@ def _grpc_baseline_probe(server: Server) -> Callable[[], bool]:
     return lambda: wait_serving(load, 0.5) is None
 
 
-def measure_hsm_raw(data_dir: Path, seconds: float) -> dict[str, Any]:
-    """bench/hsm_raw.py in a subprocess, so that SOFTHSM2_CONF is set before the module loads."""
+def measure_hsm_raw(data_dir: Path, seconds: float, script: str = "hsm_raw.py") -> dict[str, Any]:
+    """bench/hsm_raw.py (or ``script``) in a subprocess, so that SOFTHSM2_CONF is set before
+    the module loads."""
     env = dict(os.environ, SOFTHSM2_CONF=str(data_dir / "softhsm2.conf"))
-    argv = [sys.executable, str(BENCH_DIR / "hsm_raw.py"), str(data_dir), "--seconds", str(seconds)]
+    argv = [sys.executable, str(BENCH_DIR / script), str(data_dir), "--seconds", str(seconds)]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=120)
     if done.returncode != 0:
-        raise RuntimeError(f"hsm_raw.py exited with {done.returncode}: {done.stderr.strip()}")
+        raise RuntimeError(f"{script} exited with {done.returncode}: {done.stderr.strip()}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
@@ -198,6 +200,8 @@ class BenchRun:
         self.failures: list[str] = []
         self.memory: list[dict[str, Any]] = []
         self.hsm_raw: dict[str, Any] | None = None
+        # The token's own sign / raw-RSA rates (bench/asym_raw.py), for the asymmetric rows.
+        self.asym_raw: dict[str, Any] | None = None
         self.stack_p50_ms: dict[int, float] = {}
         self._kms_requests = 0
         self._token: str | None = None
@@ -228,17 +232,31 @@ class BenchRun:
         }
 
     def _prepare(self, kms: ApiClient) -> list[Scenario]:
-        """Create the two keys, measure the idle token, build the request bodies."""
+        """Create the keys, measure the idle token, build the request bodies."""
         sw_key = kms.create_key("bench-sw", "AES_256")
         hsm_key = kms.create_key("bench-hsm", "AES_256_HSM")
+        try:
+            asymmetric = scenarios.build_asymmetric(kms, self.config.only)
+        except (RequestFailed, KeyError, TypeError, ValueError) as exc:
+            # The symmetric rows still run; the failure fails the run.
+            self.failures.append(f"asymmetric keys could not be set up: {exc}")
+            asymmetric = []
         try:
             self.hsm_raw = measure_hsm_raw(self.data_dir, self.config.hsm_seconds)
         except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
             self.failures.append(f"raw PKCS#11 measurement: {exc}")
-        return scenarios.build(kms, sw_key, hsm_key, self.config.only)
+        if any(self.config.only is None or n in self.config.only for n in scenarios.ASYMMETRIC):
+            try:
+                self.asym_raw = measure_hsm_raw(
+                    self.data_dir, self.config.hsm_seconds, "asym_raw.py"
+                )
+            except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+                self.failures.append(f"raw PKCS#11 sign/decrypt measurement: {exc}")
+        return scenarios.build(kms, sw_key, hsm_key, self.config.only) + asymmetric
 
     def _wait_grpc(self, kms: Server, plan: list[Scenario]) -> set[str]:
-        """Wait for kms-hsm's gRPC Encrypt; the gRPC scenarios not to run when it never answers."""
+        """Wait for kms-hsm's gRPC port (the first gRPC scenario's call); the gRPC scenarios
+        not to run when it never answers."""
         grpc_scenarios = [s for s in plan if s.is_grpc and s.server == "kms"]
         if not grpc_scenarios:
             return set()
@@ -246,7 +264,8 @@ class BenchRun:
         if error is None:
             return set()
         self.failures.append(
-            f"kms-hsm (w{kms.workers}) gRPC {kms.grpc_target}: Encrypt never succeeded "
+            f"kms-hsm (w{kms.workers}) gRPC {kms.grpc_target}: {grpc_scenarios[0].name} never "
+            "succeeded "
             f"in 30 s, last answer {error}; its log ends:\n{kms.log_tail()}"
         )
         return {s.name for s in grpc_scenarios}
@@ -254,7 +273,13 @@ class BenchRun:
     def _grpc_load(self, server: Server, scenario: Scenario) -> GrpcLoad:
         assert scenario.grpc_key is not None
         token = self._token if scenario.server == "kms" else None
-        return GrpcLoad(server.grpc_target, scenario.grpc_key, scenarios.PLAINTEXT, token)
+        return GrpcLoad(
+            server.grpc_target,
+            scenario.grpc_key,
+            scenario.grpc_payload,
+            token,
+            scenario.grpc_method,
+        )
 
     def _measure_all(
         self,
@@ -352,7 +377,9 @@ class BenchRun:
         try:
             probe(load)
         except grpc.RpcError as exc:
-            self.failures.append(f"{point}: probe Encrypt to {load.target} failed: {describe(exc)}")
+            self.failures.append(
+                f"{point}: probe {load.method} to {load.target} failed: {describe(exc)}"
+            )
             print(f"FAILED {point}: {describe(exc)}", flush=True)
             return None
         try:
@@ -464,6 +491,8 @@ class BenchRun:
             "ratios": [asdict(r) for r in report.ratios(results)] if self.measurements else [],
             "targets": [asdict(t) for t in self.targets(results)],
             "hsm_raw": self.hsm_raw,
+            "asym_raw": self.asym_raw,
+            "asymmetric": [asdict(r) for r in report.asymmetric_rows(results, self.asym_raw)],
             "memory": self.memory,
             "stack_p50_ms": self.stack_p50_ms,
             "failures": self.failures,
@@ -487,6 +516,8 @@ class BenchRun:
         _print_lines(report.stack_lines(self.stack_p50_ms))
         _section("HSM")
         _print_lines(report.hsm_lines(self.hsm_raw, results))
+        _section("Asymmetric keys: service / raw token, same mechanism, same run (issue 17)")
+        _print_lines(report.asymmetric_lines(results, self.asym_raw))
         _section("Memory (kms-hsm RSS per worker)")
         _print_lines(memory_lines(self.memory))
         _section("Targets (issue 6; one run, the issue asks for the median of 3)")
