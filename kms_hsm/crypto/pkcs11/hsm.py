@@ -30,13 +30,24 @@ measured in softhsm-facts.md:
 
 from __future__ import annotations
 
-from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+import logging
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from pkcs11 import MGF, Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.mechanisms import GCMParams
 
+from kms_hsm.crypto import oaep
+from kms_hsm.crypto.pkcs11.errors import is_refusal
 from kms_hsm.crypto.pkcs11.sessions import SessionManager, TokenSession
 from kms_hsm.crypto.token import READABLE_ATTRIBUTES
-from kms_hsm.errors import InvalidArgument, KeyMaterialMissing
+from kms_hsm.domain.asymmetric import PairSpec
+from kms_hsm.errors import DecryptionFailed, InvalidArgument, KeyMaterialMissing
+
+log = logging.getLogger(__name__)
 
 NONCE_BYTES = 12
 
@@ -73,8 +84,102 @@ _DATA_KEY_TEMPLATE = {
 }
 
 
+# Key pairs: exactly one capability per half, everything else explicitly off, so that a
+# token default can never add UNWRAP or DERIVE to a private key.
+_PRIVATE_OFF = {
+    Attribute.DECRYPT: False,
+    Attribute.UNWRAP: False,
+    Attribute.SIGN: False,
+    Attribute.SIGN_RECOVER: False,
+    Attribute.DERIVE: False,
+}
+_PUBLIC_OFF = {
+    Attribute.ENCRYPT: False,
+    Attribute.WRAP: False,
+    Attribute.VERIFY: False,
+    Attribute.VERIFY_RECOVER: False,
+}
+# What each usage switches on: (private key's attribute, public key's attribute).
+_USAGE = {
+    "sign": (Attribute.SIGN, Attribute.VERIFY),
+    "decrypt": (Attribute.DECRYPT, Attribute.ENCRYPT),
+}
+# DER of the named curves' OBJECT IDENTIFIERs (CKA_EC_PARAMS, RFC 5480 namedCurve).
+_CURVE_PARAMS = {
+    "secp256r1": bytes.fromhex("06082a8648ce3d030107"),
+    "secp384r1": bytes.fromhex("06052b81040022"),
+    "secp521r1": bytes.fromhex("06052b81040023"),
+    "secp256k1": bytes.fromhex("06052b8104000a"),
+}
+_CURVES: dict[str, ec.EllipticCurve] = {
+    "secp256r1": ec.SECP256R1(),
+    "secp384r1": ec.SECP384R1(),
+    "secp521r1": ec.SECP521R1(),
+    "secp256k1": ec.SECP256K1(),
+}
+_CURVE_BY_PARAMS = {der: _CURVES[name] for name, der in _CURVE_PARAMS.items()}
+_HASH_MECHANISM = {
+    "sha256": Mechanism.SHA256,
+    "sha384": Mechanism.SHA384,
+    "sha512": Mechanism.SHA512,
+}
+_MGF = {"sha256": MGF.SHA256, "sha384": MGF.SHA384, "sha512": MGF.SHA512}
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+# The one log detail of every OAEP failure, whatever the cause (no padding oracle).
+_OAEP_FAILED = "OAEP decryption failed"
+_PROBE = b"kms-hsm oaep probe"
+
+
+def _der_octet_string(value: bytes) -> bytes:
+    """The content of a DER OCTET STRING (how SoftHSM2 answers CKA_EC_POINT); raw if not one."""
+    if len(value) < 2 or value[0] != 0x04:
+        return value
+    length, offset = value[1], 2
+    if length & 0x80:
+        count = length & 0x7F
+        length, offset = int.from_bytes(value[2 : 2 + count], "big"), 2 + count
+    if offset + length != len(value):
+        return value  # an uncompressed point begins with 0x04 too: not wrapped after all
+    return value[offset:]
+
+
+def _spki(public_key: Any) -> bytes:
+    """DER SubjectPublicKeyInfo of a token public key object, built by ``cryptography``."""
+    key_type = public_key[Attribute.KEY_TYPE]
+    if key_type == KeyType.RSA:
+        numbers = rsa.RSAPublicNumbers(
+            int.from_bytes(public_key[Attribute.PUBLIC_EXPONENT], "big"),
+            int.from_bytes(public_key[Attribute.MODULUS], "big"),
+        )
+        built: Any = numbers.public_key()
+    elif key_type == KeyType.EC:
+        curve = _CURVE_BY_PARAMS.get(bytes(public_key[Attribute.EC_PARAMS]))
+        if curve is None:
+            raise InvalidArgument("the token key's curve is not supported")
+        point = _der_octet_string(bytes(public_key[Attribute.EC_POINT]))
+        built = ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+    else:
+        raise InvalidArgument("the token key's type is not supported")
+    der: bytes = built.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
+
+
+def _check_spec(spec: PairSpec, usage: str) -> None:
+    if spec.usage != usage:
+        raise InvalidArgument(f"this key pair is not for {usage}")
+
+
 def _data(label: str) -> dict[Attribute, object]:
     return {Attribute.CLASS: ObjectClass.DATA, Attribute.TOKEN: True, Attribute.LABEL: label}
+
+
+_KEY_CLASSES = (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
 
 
 def _check_nonce(nonce: bytes) -> None:
@@ -87,6 +192,8 @@ class HsmCrypto:
 
     def __init__(self, sessions: SessionManager) -> None:
         self._sessions = sessions
+        # OAEP path per hash, decided once by a probe (see decrypt_oaep): True = in the token.
+        self._oaep_in_token: dict[str, bool] = {}
 
     def generate_key(self, object_id: bytes, label: str | None = None) -> None:
         """Create a persistent, sensitive, never-extractable AES-256 key with ``CKA_ID``."""
@@ -115,13 +222,15 @@ class HsmCrypto:
 
         def op(ts: TokenSession) -> bool:
             ts.forget(object_id)
-            found = list(
-                ts.session.get_objects(
-                    {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.ID: object_id}
-                )
-            )
+            # One scan by id, then keep the key objects: a secret key (and its session
+            # copies), or a pair's private and public key.
+            found = [
+                obj
+                for obj in ts.session.get_objects({Attribute.ID: object_id})
+                if obj[Attribute.CLASS] in _KEY_CLASSES
+            ]
             if not found:
-                raise p11.NoSuchKey(f"no secret key with CKA_ID {object_id!r}")
+                raise p11.NoSuchKey(f"no key with CKA_ID {object_id!r}")
             for obj in found:
                 obj.destroy()
             return True
@@ -132,14 +241,15 @@ class HsmCrypto:
             return False
 
     def find_key_ids(self, label_prefix: str = "") -> list[bytes]:
-        """The ``CKA_ID`` of every secret key whose ``CKA_LABEL`` starts with ``label_prefix``."""
+        """``CKA_ID`` of every token secret or private key whose label starts with the prefix."""
 
         def op(ts: TokenSession) -> list[bytes]:
             ids = []
-            token_keys = {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.TOKEN: True}
-            for obj in ts.session.get_objects(token_keys):
-                if str(obj[Attribute.LABEL]).startswith(label_prefix):
-                    ids.append(bytes(obj[Attribute.ID]))
+            for object_class in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY):
+                token_keys = {Attribute.CLASS: object_class, Attribute.TOKEN: True}
+                for obj in ts.session.get_objects(token_keys):
+                    if str(obj[Attribute.LABEL]).startswith(label_prefix):
+                        ids.append(bytes(obj[Attribute.ID]))
             return ids
 
         return self._sessions.run(op)
@@ -151,7 +261,10 @@ class HsmCrypto:
             raise InvalidArgument(f"attributes not readable: {sorted(unknown)}")
 
         def op(ts: TokenSession) -> dict[str, object]:
-            key = ts.key(object_id)
+            try:
+                key = ts.key(object_id)
+            except p11.NoSuchKey:
+                key = ts.private_key(object_id)  # a key pair's; NoSuchKey if neither
             return {name: key[Attribute[name]] for name in names}
 
         return self._sessions.run(op)
@@ -281,3 +394,203 @@ class HsmCrypto:
             return bytes(ts.session.generate_random(n * 8))
 
         return self._sessions.run(op)
+
+    # ----------------------------------------------------------------- key pairs
+
+    def generate_key_pair(self, object_id: bytes, label: str, spec: PairSpec) -> bytes:
+        """C_GenerateKeyPair in the token; returns the public key as DER SubjectPublicKeyInfo.
+
+        Private key: token, private, sensitive, not extractable, one capability (sign or
+        decrypt) and nothing else. Public key: token, public, verify or encrypt. Both
+        carry ``CKA_ID`` = ``object_id`` and ``CKA_LABEL`` = ``label``.
+        """
+        private_on, public_on = _USAGE[spec.usage]
+        common = {Attribute.TOKEN: True, Attribute.ID: object_id, Attribute.LABEL: label}
+        private_template = {
+            **common,
+            **_PRIVATE_OFF,
+            Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+            Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+            private_on: True,
+        }
+        public_template = {
+            **common,
+            **_PUBLIC_OFF,
+            Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+            Attribute.PRIVATE: False,
+            public_on: True,
+        }
+        if spec.key_type == "RSA":
+            key_type, mechanism = KeyType.RSA, Mechanism.RSA_PKCS_KEY_PAIR_GEN
+            public_template[Attribute.MODULUS_BITS] = spec.rsa_bits
+            public_template[Attribute.PUBLIC_EXPONENT] = b"\x01\x00\x01"
+        elif spec.key_type == "EC" and spec.curve in _CURVE_PARAMS:
+            key_type, mechanism = KeyType.EC, Mechanism.EC_KEY_PAIR_GEN
+            public_template[Attribute.EC_PARAMS] = _CURVE_PARAMS[spec.curve]
+        else:
+            raise InvalidArgument(f"unsupported key pair: {spec.key_type} {spec.curve}")
+
+        def op(ts: TokenSession) -> bytes:
+            public, private = ts.session.generate_keypair(
+                key_type,
+                spec.rsa_bits or None,
+                mechanism=mechanism,
+                public_template=public_template,
+                private_template=private_template,
+            )
+            ts.remember_private(object_id, private)
+            return _spki(public)
+
+        return self._sessions.run(op, writes=True)
+
+    def public_key(self, object_id: bytes) -> bytes:
+        """The DER SubjectPublicKeyInfo of the token public key with ``CKA_ID``."""
+
+        def op(ts: TokenSession) -> bytes:
+            found = list(
+                ts.session.get_objects(
+                    {
+                        Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                        Attribute.TOKEN: True,
+                        Attribute.ID: object_id,
+                    }
+                )
+            )
+            if not found:
+                raise p11.NoSuchKey(f"no public key with CKA_ID {object_id!r}")
+            return _spki(found[0])
+
+        return self._sessions.run(op)
+
+    def sign_digest(self, object_id: bytes, spec: PairSpec, digest: bytes) -> bytes:
+        """Sign a digest in the token: RSASSA-PSS (MGF1 same hash, sLen = hLen) or ECDSA (DER)."""
+        _check_spec(spec, "sign")
+        if len(digest) != spec.digest_size:
+            raise InvalidArgument(f"hash must be {spec.digest_size} bytes for {spec.hash}")
+        if spec.key_type == "RSA":
+            mechanism = Mechanism.RSA_PKCS_PSS
+            param: Any = (_HASH_MECHANISM[spec.hash], _MGF[spec.hash], spec.digest_size)
+        else:
+            mechanism, param = Mechanism.ECDSA, None
+
+        def op(ts: TokenSession) -> bytes:
+            signature = bytes(
+                ts.private_key(object_id).sign(digest, mechanism=mechanism, mechanism_param=param)
+            )
+            if spec.key_type == "RSA":
+                return signature
+            half = len(signature) // 2  # the token answers r || s, each the order's length
+            r = int.from_bytes(signature[:half], "big")
+            s = int.from_bytes(signature[half:], "big")
+            return encode_dss_signature(r, s)
+
+        return self._sessions.run(op)
+
+    def decrypt_oaep(self, object_id: bytes, spec: PairSpec, ciphertext: bytes) -> bytes:
+        """RSA-OAEP (``spec.hash`` for label hash and MGF1, empty label) with the token's key.
+
+        The path is decided once per process and hash by a probe of our own (never from a
+        client's ciphertext, so which path answered tells a client nothing): when the
+        token's mechanism list offers ``CKM_RSA_PKCS_OAEP``, a value we encrypt with the
+        key's public half is decrypted by the token with OAEP; if the token refuses the
+        parameters (SoftHSM2 2.6: ``CKR_ARGUMENTS_BAD`` for SHA-256), or the answer is
+        wrong, this process decrypts with raw RSA (``CKM_RSA_X_509``) in the token and
+        decodes EME-OAEP on the host (``kms_hsm.crypto.oaep``, constant time).
+
+        Every failure for the ciphertext's sake, on either path, is the same
+        ``DecryptionFailed`` with the same log detail. A token that is down is still
+        ``BackendUnavailable``: that answer does not depend on the ciphertext.
+        """
+        _check_spec(spec, "decrypt")
+        if spec.key_type != "RSA":
+            raise InvalidArgument("OAEP needs an RSA key")
+        in_token = self._oaep_in_token.get(spec.hash)
+        if in_token is None:
+            in_token = self._oaep_in_token[spec.hash] = self._probe_oaep(object_id, spec)
+        k = spec.modulus_bytes
+        if len(ciphertext) != k:
+            raise DecryptionFailed(log_detail=_OAEP_FAILED)
+        if in_token:
+            param = (_HASH_MECHANISM[spec.hash], _MGF[spec.hash], None)
+
+            def op(ts: TokenSession) -> bytes:
+                key = ts.private_key(object_id)
+                try:
+                    return bytes(
+                        key.decrypt(
+                            ciphertext, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=param
+                        )
+                    )
+                except p11.PKCS11Error as exc:
+                    if is_refusal(exc):
+                        raise DecryptionFailed(log_detail=_OAEP_FAILED) from None
+                    raise
+
+            return self._sessions.run(op, decrypting=True)
+
+        def raw(ts: TokenSession) -> bytes:
+            key = ts.private_key(object_id)
+            try:
+                # c >= n is refused by the token; the modulus is public, so that is no oracle.
+                out = bytes(key.decrypt(ciphertext, mechanism=Mechanism.RSA_X_509))
+            except p11.PKCS11Error as exc:
+                if is_refusal(exc):
+                    raise DecryptionFailed(log_detail=_OAEP_FAILED) from None
+                raise
+            # Raw RSA may drop leading zero bytes; the decoding needs exactly k of them.
+            return out.rjust(k, b"\x00")
+
+        try:
+            em = self._sessions.run(raw, decrypting=True)
+        except DecryptionFailed:
+            raise DecryptionFailed(log_detail=_OAEP_FAILED) from None
+        try:
+            return oaep.decode(em, k, spec.hash)
+        except oaep.OaepDecodingError:
+            raise DecryptionFailed(log_detail=_OAEP_FAILED) from None
+
+    def _probe_oaep(self, object_id: bytes, spec: PairSpec) -> bool:
+        """True if the token does OAEP with ``spec.hash`` itself (see decrypt_oaep); logs why."""
+        hash_algorithm = _HASHES[spec.hash]()
+        param = (_HASH_MECHANISM[spec.hash], _MGF[spec.hash], None)
+
+        def op(ts: TokenSession) -> tuple[bool, str]:
+            if Mechanism.RSA_PKCS_OAEP not in ts.session.token.slot.get_mechanisms():
+                return False, "the token does not list CKM_RSA_PKCS_OAEP"
+            key = ts.private_key(object_id)
+            public = rsa.RSAPublicNumbers(
+                int.from_bytes(key[Attribute.PUBLIC_EXPONENT], "big"),
+                int.from_bytes(key[Attribute.MODULUS], "big"),
+            ).public_key()
+            probe = public.encrypt(
+                _PROBE,
+                padding.OAEP(padding.MGF1(hash_algorithm), hash_algorithm, None),
+            )
+            try:
+                answer = bytes(
+                    key.decrypt(probe, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=param)
+                )
+            except p11.PKCS11Error as exc:
+                if not is_refusal(exc):
+                    raise
+                return (
+                    False,
+                    f"the token refused CKM_RSA_PKCS_OAEP with {spec.hash} ({type(exc).__name__})",
+                )
+            if answer != _PROBE:
+                return False, f"the token's CKM_RSA_PKCS_OAEP with {spec.hash} answered wrongly"
+            return True, f"the token does CKM_RSA_PKCS_OAEP with {spec.hash}"
+
+        in_token, why = self._sessions.run(op)
+        if in_token:
+            log.info("RSA-OAEP (%s) runs in the token: %s", spec.hash, why)
+        else:
+            log.info(
+                "RSA-OAEP (%s): raw RSA (CKM_RSA_X_509) in the token, EME-OAEP decoded on the "
+                "host in constant time: %s",
+                spec.hash,
+                why,
+            )
+        return in_token

@@ -89,6 +89,9 @@ class KeyHandles:
         # object id -> (session copy, or the token key itself; when to look at the token
         # again; True for a copy), least recently used first.
         self._working: OrderedDict[bytes, tuple[Any, float, bool]] = OrderedDict()
+        # Private keys of key pairs, found one at a time (no listing: they are few, and
+        # the symmetric keys' listing must not grow with them).
+        self._private: dict[bytes, Any] = {}
 
     def get(self, object_id: bytes, session: Any) -> Any:
         """The token key with ``CKA_ID == object_id``, found through ``session`` on a miss."""
@@ -99,6 +102,20 @@ class KeyHandles:
         if found is None:
             found = self._keys[object_id] = _find_token_key(session, object_id)
         return found
+
+    def private(self, object_id: bytes, session: Any) -> Any:
+        """The token private key with ``CKA_ID == object_id``, found through ``session`` once."""
+        found = self._private.get(object_id)
+        if found is None:
+            found = _find_one(session, {**_TOKEN_PRIVATE_KEYS, Attribute.ID: object_id})
+            if len(self._private) >= _MAX_PRIVATE_HANDLES:
+                self._private.clear()  # handles only, refound on use: bounded and simple
+            self._private[object_id] = found
+        return found
+
+    def add_private(self, object_id: bytes, private_key: Any) -> None:
+        """Remember a private key this session has just made."""
+        self._private[object_id] = private_key
 
     def add(self, object_id: bytes, token_key: Any) -> None:
         """Remember a token key this session has just made: no scan to find it later."""
@@ -151,6 +168,7 @@ class KeyHandles:
     def forget(self, object_id: bytes) -> None:
         """Drop one cached key and its copy (destroyed, or a handle went stale)."""
         self._keys.pop(object_id, None)
+        self._private.pop(object_id, None)
         entry = self._working.pop(object_id, None)
         if entry is not None and entry[2]:
             _destroy_copy(entry[0])
@@ -164,8 +182,18 @@ _TOKEN_AES_KEYS = {
 }
 
 
+_TOKEN_PRIVATE_KEYS = {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.TOKEN: True}
+_MAX_PRIVATE_HANDLES = 4096
+
+
 def _find_token_key(session: Any, object_id: bytes) -> Any:
-    found = list(session.get_objects({**_TOKEN_AES_KEYS, Attribute.ID: object_id}))
+    return _find_one(session, {**_TOKEN_AES_KEYS, Attribute.ID: object_id})
+
+
+def _find_one(session: Any, template: dict[Attribute, Any]) -> Any:
+    """The one token object matching ``template``; NoSuchKey if none, an error if several."""
+    found = list(session.get_objects(template))
+    object_id = template[Attribute.ID]
     if not found:
         raise p11.NoSuchKey(f"no token key with CKA_ID {object_id!r}")
     if len(found) > 1:
@@ -210,6 +238,15 @@ class TokenSession:
         """What to encrypt, decrypt and wrap with: the token key's session copy if it has one."""
         self.last_key = object_id
         return self.handles.working(object_id, self.session)
+
+    def private_key(self, object_id: bytes) -> Any:
+        """The token private key (of a key pair) with ``CKA_ID == object_id``, cached."""
+        self.last_key = object_id
+        return self.handles.private(object_id, self.session)
+
+    def remember_private(self, object_id: bytes, private_key: Any) -> None:
+        """Cache a private key just made through this session."""
+        self.handles.add_private(object_id, private_key)
 
     def forget(self, object_id: bytes) -> None:
         """Drop a key from the cache."""
