@@ -14,6 +14,7 @@ from scenarios import (
     BASE_F,
     BASE_G,
     BASE_R,
+    DEC_OAEP,
     ENC_HSM,
     ENC_SW,
     GDKH_HSM,
@@ -397,10 +398,15 @@ def asymmetric_lines(results: Results, raw: dict[str, Any] | None) -> list[str]:
                 f"  {name:<30}{timing['ops_per_s']:>9,.0f} ops/s {timing['us_per_op']:>7.1f} us"
                 f"  ({copy_text})  {row['mechanism']} on a {row['input']}"
             )
+        decode = raw["rows"].get(DEC_OAEP, {}).get("host_decode_us")
+        decode_text = f" ({decode:.0f} us here, measured alone)" if decode is not None else ""
         lines.append(
             "  decrypt: the raw row times CKM_RSA_X_509 alone (SoftHSM2 2.6 has no OAEP-SHA256);"
         )
-        lines.append("  the service adds the EME-OAEP decoding on the host, not in the raw figure.")
+        lines.append(
+            f"  the service's agent then decodes EME-OAEP on the host{decode_text}: not in the "
+            "raw figure."
+        )
     else:
         lines.append("raw token: not measured")
     if not rows:
