@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py                 # full run, ~6-8 minutes on 2 cores
     .venv/bin/python bench/run.py --smoke         # ~15-20 s: what CI runs
+    .venv/bin/python bench/run.py --asymmetric    # only sign / OAEP decrypt vs the raw token
     .venv/bin/python bench/run.py --scale         # 10,000 + 10,000 keys; many minutes
     .venv/bin/python bench/run.py --memory        # worker RSS over 1,000,000 requests
 
@@ -95,6 +96,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--grpc-clients", type=int, default=2, help="gRPC client processes (2; 0: no gRPC)"
     )
     parser.add_argument("--smoke", action="store_true", help="~15 s: 1 worker, c16, 1 s each")
+    parser.add_argument(
+        "--asymmetric",
+        action="store_true",
+        help="only the sign / OAEP decrypt rows and the token's own rates (issue 17)",
+    )
     parser.add_argument("--scale", action="store_true", help="10,000 keys of each kind")
     parser.add_argument("--scale-keys", type=int, default=10_000, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -128,10 +134,17 @@ def config_from(args: argparse.Namespace) -> Config:
         workers=args.workers,
         wrk_threads=args.wrk_threads,
         hsm_seconds=2.0,
-        only=None if args.grpc_clients else _without_grpc(scenarios.ALL, 0),
+        only=_only(args),
         rounds=args.rounds,
         grpc_clients=args.grpc_clients,
     )
+
+
+def _only(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The scenarios of a default run: all, or the asymmetric ones; gRPC ones only with clients."""
+    if args.asymmetric:
+        return _without_grpc(scenarios.ASYMMETRIC, args.grpc_clients)
+    return None if args.grpc_clients else _without_grpc(scenarios.ALL, 0)
 
 
 def _without_grpc(names: tuple[str, ...], grpc_clients: int) -> tuple[str, ...]:
