@@ -27,6 +27,15 @@ Each row holds ``mechanism``, ``input`` and ``ops_per_s`` / ``us_per_op`` with t
 object (``token_object``) and with an in-memory session copy of it (``session_copy``;
 SoftHSM2 re-reads a token object's file on every use, see bench/README.md "HSM path"),
 or ``session_copy: null`` when the token refuses the copy.
+
+With ``--serve`` (how bench/run.py runs it) that object is printed as the first line and
+the process then keeps the pairs and the session and measures slices on request, so that
+the token's rate can be taken in turn with the service's rows (the machine's speed drifts
+over minutes): each stdin line ``ROW<TAB>SECONDS`` is answered by one line
+``{"row": ROW, "ops": N, "seconds": S, "cpu_seconds": C}`` (the token object, back to
+back; C is this process's CPU time over them, which other load on the machine does not
+inflate as it does S). At EOF it
+destroys the pairs and exits.
 """
 
 from __future__ import annotations
@@ -35,8 +44,9 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,8 +199,10 @@ def _make_rows(session: Any, prefix: bytes) -> list[Row]:
     ]
 
 
-def _loop(call: Callable[[Any], bytes], key: Any, seconds: float) -> dict[str, float]:
+def _count(call: Callable[[Any], bytes], key: Any, seconds: float) -> tuple[int, float, float]:
+    """Calls back to back for ``seconds``: (calls, seconds they took, CPU seconds)."""
     count = 0
+    cpu = time.process_time()
     started = time.perf_counter()
     deadline = started + seconds
     now = started
@@ -198,8 +210,16 @@ def _loop(call: Callable[[Any], bytes], key: Any, seconds: float) -> dict[str, f
         call(key)
         count += 1
         now = time.perf_counter()
-    elapsed = now - started
-    return {"ops_per_s": count / elapsed, "us_per_op": elapsed / count * 1e6}
+    return count, now - started, time.process_time() - cpu
+
+
+def _loop(call: Callable[[Any], bytes], key: Any, seconds: float) -> dict[str, float]:
+    count, elapsed, cpu = _count(call, key, seconds)
+    return {
+        "ops_per_s": count / elapsed,
+        "us_per_op": elapsed / count * 1e6,
+        "cpu_us_per_op": cpu / count * 1e6,
+    }
 
 
 def host_decode_us(em: bytes, seconds: float) -> float:
@@ -216,29 +236,47 @@ def _session_copy(key: Any) -> Any | None:
     return copy
 
 
-def measure_rows(ts: TokenSession, prefix: bytes, seconds: float) -> dict[str, Any]:
-    """Make the pairs, check each call once, time it on the token object and on a copy."""
+def _measure_row(row: Row, seconds: float) -> dict[str, Any]:
+    """Check the call once, time it on the token object and on a session copy."""
+    em = row.call(row.private_key)
+    row.check(em)
+    result: dict[str, Any] = {"mechanism": row.mechanism, "input": row.input}
+    if row.name == DECRYPT_OAEP:
+        result["host_decode_us"] = host_decode_us(em.rjust(256, b"\x00"), seconds)
+    result["token_object"] = _loop(row.call, row.private_key, seconds)
+    copy = _session_copy(row.private_key)
+    result["session_copy"] = None
+    if copy is not None:
+        try:
+            row.check(row.call(copy))
+            result["session_copy"] = _loop(row.call, copy, seconds)
+        finally:
+            copy.destroy()
+    return result
+
+
+def _emit(data: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(data) + "\n")
+    sys.stdout.flush()
+
+
+def measure_rows(
+    ts: TokenSession, prefix: bytes, seconds: float, requests: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """Make the pairs and measure every row; with ``requests``, print that and serve slices."""
     session = ts.session
     try:
         rows = _make_rows(session, prefix)
-        out: dict[str, Any] = {}
-        for row in rows:
-            em = row.call(row.private_key)
-            row.check(em)
-            result: dict[str, Any] = {"mechanism": row.mechanism, "input": row.input}
-            if row.name == DECRYPT_OAEP:
-                result["host_decode_us"] = host_decode_us(em.rjust(256, b"\x00"), seconds)
-            result["token_object"] = _loop(row.call, row.private_key, seconds)
-            copy = _session_copy(row.private_key)
-            result["session_copy"] = None
-            if copy is not None:
-                try:
-                    row.check(row.call(copy))
-                    result["session_copy"] = _loop(row.call, copy, seconds)
-                finally:
-                    copy.destroy()
-            out[row.name] = result
-        return out
+        result = {"seconds": seconds, "rows": {r.name: _measure_row(r, seconds) for r in rows}}
+        if requests is not None:
+            _emit(result)
+            by_name = {row.name: row for row in rows}
+            for line in requests:
+                name, _, slice_seconds = line.rstrip("\n").partition("\t")
+                row = by_name[name]
+                count, elapsed, cpu = _count(row.call, row.private_key, float(slice_seconds))
+                _emit({"row": name, "ops": count, "seconds": elapsed, "cpu_seconds": cpu})
+        return result
     finally:
         _destroy(session, prefix)
 
@@ -249,18 +287,18 @@ def _destroy(session: Any, prefix: bytes) -> None:
             obj.destroy()
 
 
-def measure(data_dir: Path, seconds: float) -> dict[str, Any]:
-    """Open the token like an HSM agent does and measure every row."""
+def measure(data_dir: Path, seconds: float, serve: bool = False) -> dict[str, Any]:
+    """Open the token like an HSM agent does and measure every row (then serve slices)."""
     module = os.environ.get("KMS_HSM_PKCS11_LIBRARY", DEFAULT_PKCS11_LIBRARY)
     pin = read_secret_file(data_dir / "user-pin", "user PIN file")
     sessions = SessionManager(module, "kms-hsm", pin)
     sessions.start()
     prefix = b"bench:asym:" + os.urandom(6).hex().encode()
     try:
-        rows = sessions.run(lambda ts: measure_rows(ts, prefix, seconds), writes=True)
+        requests = sys.stdin if serve else None
+        return sessions.run(lambda ts: measure_rows(ts, prefix, seconds, requests), writes=True)
     finally:
         sessions.close()
-    return {"seconds": seconds, "rows": rows}
 
 
 def main() -> None:
@@ -268,10 +306,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--serve", action="store_true", help="then measure slices from stdin")
     args = parser.parse_args()
     if "SOFTHSM2_CONF" not in os.environ:
         parser.error("set SOFTHSM2_CONF to DATA_DIR/softhsm2.conf")
-    print(json.dumps(measure(args.data_dir, args.seconds)))
+    result = measure(args.data_dir, args.seconds, args.serve)
+    if not args.serve:
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

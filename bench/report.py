@@ -321,9 +321,9 @@ def hsm_lines(hsm: dict[str, Any] | None, results: Results) -> list[str]:
     return lines
 
 
-# What the asymmetric rows are divided by: the raw rate with the token object, since the
-# service signs and decrypts with the private key's token object (asym_raw.py measures the
-# session copy too, printed beside it).
+# The raw rate of the start is that of the token object, since the service signs and
+# decrypts with the private key's token object (asym_raw.py measures the session copy
+# too, printed beside it); so are the slices taken in turn with the rows.
 RAW_BASIS = "token_object"
 
 
@@ -331,9 +331,12 @@ RAW_BASIS = "token_object"
 class AsymmetricRow:
     """One asymmetric service row beside the token's rate for the same mechanism.
 
-    ``x_raw``: the service's req/s over the raw ops/s (one session, one thread);
-    ``cpu_x_raw``: the server's CPU per request (its whole process tree, HSM agents
-    included) over the raw call's time.
+    ``raw_ops_per_s``, ``raw_cpu_us``: the token's rate and the CPU per call of the
+    process making the calls, in the slices taken in turn with the rows at this point
+    (``raw_in_turn``), else as measured at the start. ``x_raw``: the service's req/s over
+    that rate (one session, one thread); ``cpu_x_raw``: the server's CPU per request (its
+    whole process tree, HSM agents included) over the raw call's CPU: other load on the
+    machine slows both down, but inflates neither's CPU time much.
     """
 
     scenario: str
@@ -345,21 +348,35 @@ class AsymmetricRow:
     p99_ms: float
     server_us: float
     raw_ops_per_s: float | None
-    raw_us: float | None
+    raw_cpu_us: float | None
     x_raw: float | None
     cpu_x_raw: float | None
+    raw_in_turn: bool = False
 
 
-def asymmetric_rows(results: Results, raw: dict[str, Any] | None) -> list[AsymmetricRow]:
-    """Every measured asymmetric scenario with its raw rate and the two ratios."""
+def asymmetric_rows(
+    results: Results,
+    raw: dict[str, Any] | None,
+    in_turn: dict[tuple[int, int], dict[str, dict[str, float]]] | None = None,
+) -> list[AsymmetricRow]:
+    """Every measured asymmetric scenario with its raw rate and the two ratios.
+
+    ``in_turn``: (workers, concurrency) -> mechanism row -> ``ops_per_s`` and
+    ``cpu_us_per_op`` of the slices taken in turn with that point's rows; preferred to
+    the measurement of the start.
+    """
     rows = []
     raw_rows = (raw or {}).get("rows", {})
     for m in results.items:
         if m.scenario not in ASYMMETRIC:
             continue
-        timing = (raw_rows.get(RAW_ROW[m.scenario]) or {}).get(RAW_BASIS)
+        row_name = RAW_ROW[m.scenario]
+        timing = (in_turn or {}).get((m.workers, m.concurrency), {}).get(row_name)
+        turn = timing is not None
+        if timing is None:
+            timing = (raw_rows.get(row_name) or {}).get(RAW_BASIS)
         ops = timing["ops_per_s"] if timing else None
-        us = timing["us_per_op"] if timing else None
+        us = timing["cpu_us_per_op"] if timing else None
         rows.append(
             AsymmetricRow(
                 m.scenario,
@@ -374,21 +391,21 @@ def asymmetric_rows(results: Results, raw: dict[str, Any] | None) -> list[Asymme
                 us,
                 m.rps / ops if ops and not m.errors else None,
                 m.server_us / us if us and not m.errors else None,
+                turn,
             )
         )
     return rows
 
 
-def asymmetric_lines(results: Results, raw: dict[str, Any] | None) -> list[str]:
-    """The token's own rates, then each service row with its ratios to them."""
-    rows = asymmetric_rows(results, raw)
+def asymmetric_lines(rows: list[AsymmetricRow], raw: dict[str, Any] | None) -> list[str]:
+    """The token's own rates at the start, then each service row with its ratios."""
     if not raw and not rows:
         return ["not measured"]
     lines: list[str] = []
     if raw:
         lines.append(
-            f"raw token: python-pkcs11, 1 session logged in, 1 thread, back to back, "
-            f"{raw['seconds']:g} s each (token object; its session copy beside it)"
+            f"raw token at the start: python-pkcs11, 1 session logged in, 1 thread, back to "
+            f"back, {raw['seconds']:g} s each (token object; its session copy beside it)"
         )
         for name, row in raw["rows"].items():
             copy = row.get("session_copy")
@@ -396,7 +413,8 @@ def asymmetric_lines(results: Results, raw: dict[str, Any] | None) -> list[str]:
             timing = row[RAW_BASIS]
             lines.append(
                 f"  {name:<30}{timing['ops_per_s']:>9,.0f} ops/s {timing['us_per_op']:>7.1f} us"
-                f"  ({copy_text})  {row['mechanism']} on a {row['input']}"
+                f" ({timing['cpu_us_per_op']:.1f} us CPU)  ({copy_text})  {row['mechanism']}"
+                f" on a {row['input']}"
             )
         decode = raw["rows"].get(DEC_OAEP, {}).get("host_decode_us")
         decode_text = f" ({decode:.0f} us here, measured alone)" if decode is not None else ""
@@ -419,12 +437,17 @@ def asymmetric_lines(results: Results, raw: dict[str, Any] | None) -> list[str]:
     for r in rows:
         lines.append(
             f"{r.workers:>2} {r.concurrency:>4}  {r.scenario:<34}{r.rps:>8,.0f}{r.p50_ms:>8.2f}"
-            f"{r.p99_ms:>8.2f}{r.server_us:>8.0f}{_fmt(r.raw_ops_per_s, 0):>8}"
-            f"{_fmt(r.raw_us, 0):>8}{_fmt(r.x_raw):>7}{_fmt(r.cpu_x_raw):>8}"
+            f"{r.p99_ms:>8.2f}{r.server_us:>8.0f}"
+            f"{_fmt(r.raw_ops_per_s, 0) + ('' if r.raw_in_turn else '*'):>8}"
+            f"{_fmt(r.raw_cpu_us, 0):>8}{_fmt(r.x_raw):>7}{_fmt(r.cpu_x_raw):>8}"
         )
     lines.append(
-        "x raw: req/s over the raw ops/s; cpu/raw: server CPU per request (workers and HSM "
-        "agents) over the raw call's us."
+        "raw/s, raw us: the token object's rate and CPU per call in slices taken in turn with "
+        "the rows of the same point (*: at the start)."
+    )
+    lines.append(
+        "x raw: req/s over raw/s; cpu/raw: server CPU per request (workers and HSM "
+        "agents) over raw us."
     )
     lines.append(
         "The raw rate is one session in one process; with N workers the service has N HSM "

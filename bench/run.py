@@ -42,6 +42,7 @@ from apiclient import ApiClient, RequestFailed
 from grpc_client import describe
 from grpc_load import GrpcLoad, probe, run_grpc_load, wait_serving
 from loadgen import Load, LoadError, LoadResult, combine, ensure_wrk, run_wrk, slice_seconds
+from raw_token import RawToken, RawTokenError
 from scenarios import Measurement, Scenario
 from servers import (
     BENCH_DIR,
@@ -75,6 +76,9 @@ class Config:
     rounds: int = 1
     # Client processes of the gRPC load (0: no gRPC scenarios).
     grpc_clients: int = 2
+    # Seconds of each slice of the token's own sign/decrypt rate, taken in turn with the
+    # asymmetric rows (one per mechanism per round, just before them).
+    raw_slice: float = 1.0
 
 
 def _int_list(text: str) -> list[int]:
@@ -126,6 +130,7 @@ def config_from(args: argparse.Namespace) -> Config:
             only=_without_grpc(scenarios.SMOKE, args.grpc_clients),
             stack_check=False,
             grpc_clients=args.grpc_clients,
+            raw_slice=0.2,
         )
     return Config(
         seconds=args.duration,
@@ -186,14 +191,13 @@ def _grpc_baseline_probe(server: Server) -> Callable[[], bool]:
     return lambda: wait_serving(load, 0.5) is None
 
 
-def measure_hsm_raw(data_dir: Path, seconds: float, script: str = "hsm_raw.py") -> dict[str, Any]:
-    """bench/hsm_raw.py (or ``script``) in a subprocess, so that SOFTHSM2_CONF is set before
-    the module loads."""
+def measure_hsm_raw(data_dir: Path, seconds: float) -> dict[str, Any]:
+    """bench/hsm_raw.py in a subprocess, so that SOFTHSM2_CONF is set before the module loads."""
     env = dict(os.environ, SOFTHSM2_CONF=str(data_dir / "softhsm2.conf"))
-    argv = [sys.executable, str(BENCH_DIR / script), str(data_dir), "--seconds", str(seconds)]
+    argv = [sys.executable, str(BENCH_DIR / "hsm_raw.py"), str(data_dir), "--seconds", str(seconds)]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=120)
     if done.returncode != 0:
-        raise RuntimeError(f"{script} exited with {done.returncode}: {done.stderr.strip()}")
+        raise RuntimeError(f"hsm_raw.py exited with {done.returncode}: {done.stderr.strip()}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
@@ -213,6 +217,13 @@ class BenchRun:
         self.failures: list[str] = []
         self.memory: list[dict[str, Any]] = []
         self.hsm_raw: dict[str, Any] | None = None
+        # The token's own sign / raw-RSA rates (asym_raw.py): measured once at the start
+        # (``asym_raw``), then in slices in turn with the asymmetric rows (``raw_slices``:
+        # (workers, concurrency) -> mechanism -> [calls, seconds, CPU seconds]), what the
+        # rows are divided by.
+        self.raw_token: RawToken | None = None
+        self.asym_raw: dict[str, Any] | None = None
+        self.raw_slices: dict[tuple[int, int], dict[str, list[float]]] = {}
         # The token's own sign / raw-RSA rates (bench/asym_raw.py), for the asymmetric rows.
         self.asym_raw: dict[str, Any] | None = None
         self.stack_p50_ms: dict[int, float] = {}
@@ -225,17 +236,21 @@ class BenchRun:
         """Start the servers for each worker count and measure everything."""
         plan: list[Scenario] | None = None
         grpc = self.config.grpc_clients > 0
-        for workers in self.config.workers:
-            with running_servers(self.data_dir, workers, self.log_dir, grpc) as servers:
-                clients = self._clients(servers)
-                try:
-                    if plan is None:
-                        plan = self._prepare(clients["kms"])
-                    broken = self._wait_grpc(servers["kms"], plan)
-                    self._measure_all(servers, clients, plan, workers, broken)
-                finally:
-                    for client in clients.values():
-                        client.close()
+        try:
+            for workers in self.config.workers:
+                with running_servers(self.data_dir, workers, self.log_dir, grpc) as servers:
+                    clients = self._clients(servers)
+                    try:
+                        if plan is None:
+                            plan = self._prepare(clients["kms"])
+                        broken = self._wait_grpc(servers["kms"], plan)
+                        self._measure_all(servers, clients, plan, workers, broken)
+                    finally:
+                        for client in clients.values():
+                            client.close()
+        finally:
+            if self.raw_token is not None:
+                self.raw_token.close()
 
     def _clients(self, servers: dict[str, Server]) -> dict[str, ApiClient]:
         token = self._token = read_token(self.data_dir)
@@ -260,10 +275,10 @@ class BenchRun:
             self.failures.append(f"raw PKCS#11 measurement: {exc}")
         if any(self.config.only is None or n in self.config.only for n in scenarios.ASYMMETRIC):
             try:
-                self.asym_raw = measure_hsm_raw(
-                    self.data_dir, self.config.hsm_seconds, "asym_raw.py"
-                )
-            except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+                log_path = self.log_dir / "asym_raw.log"
+                self.raw_token = RawToken(self.data_dir, self.config.hsm_seconds, log_path)
+                self.asym_raw = self.raw_token.summary
+            except (RawTokenError, OSError) as exc:
                 self.failures.append(f"raw PKCS#11 sign/decrypt measurement: {exc}")
         return scenarios.build(kms, sw_key, hsm_key, self.config.only) + asymmetric
 
@@ -311,9 +326,13 @@ class BenchRun:
             failed = set(broken)
             for round_index, seconds in enumerate(slices_of):
                 self._warmup = self.config.warmup if index == 0 and round_index == 0 else 0
+                raw_taken = False
                 for scenario in plan:
                     if scenario.name in failed or not self._alive(servers[scenario.server]):
                         continue
+                    if scenario.name in scenarios.ASYMMETRIC and not raw_taken:
+                        raw_taken = True
+                        self._raw_slices(plan, workers, concurrency)
                     point = f"{scenario.name} (w{workers} c{concurrency})"
                     server = servers[scenario.server]
                     if scenario.is_grpc:
@@ -338,6 +357,24 @@ class BenchRun:
                         combine(slices[scenario.name]),
                     )
         self._sample_memory(servers["kms"])
+
+    def _raw_slices(self, plan: list[Scenario], workers: int, concurrency: int) -> None:
+        """One slice of the token's own rate for each mechanism of the asymmetric rows."""
+        if self.raw_token is None:
+            return
+        point = self.raw_slices.setdefault((workers, concurrency), {})
+        mechanisms = [scenarios.RAW_ROW[s.name] for s in plan if s.name in scenarios.RAW_ROW]
+        for row in dict.fromkeys(mechanisms):
+            try:
+                taken = self.raw_token.measure(row, self.config.raw_slice)
+            except RawTokenError as exc:
+                self.failures.append(f"raw PKCS#11 {row} (w{workers} c{concurrency}): {exc}")
+                self.raw_token.close()
+                self.raw_token = None
+                return
+            totals = point.setdefault(row, [0.0, 0.0, 0.0])
+            for i, value in enumerate(taken):
+                totals[i] += value
 
     def _alive(self, server: Server) -> bool:
         """False (and one failure recorded) once a server has exited under the run."""
@@ -505,11 +542,30 @@ class BenchRun:
             "targets": [asdict(t) for t in self.targets(results)],
             "hsm_raw": self.hsm_raw,
             "asym_raw": self.asym_raw,
-            "asymmetric": [asdict(r) for r in report.asymmetric_rows(results, self.asym_raw)],
+            "asym_raw_in_turn": [
+                {"workers": w, "concurrency": c, "row": row, **rate}
+                for (w, c), rows in sorted(self._raw_in_turn().items())
+                for row, rate in rows.items()
+            ],
+            "asymmetric": [asdict(r) for r in self._asymmetric_rows(results)],
             "memory": self.memory,
             "stack_p50_ms": self.stack_p50_ms,
             "failures": self.failures,
         }
+
+    def _raw_in_turn(self) -> dict[tuple[int, int], dict[str, dict[str, float]]]:
+        """(workers, concurrency) -> mechanism -> ops/s and CPU us per op of its slices."""
+        return {
+            point: {
+                row: {"ops_per_s": calls / seconds, "cpu_us_per_op": cpu / calls * 1e6}
+                for row, (calls, seconds, cpu) in rows.items()
+                if calls and seconds
+            }
+            for point, rows in self.raw_slices.items()
+        }
+
+    def _asymmetric_rows(self, results: report.Results) -> list[report.AsymmetricRow]:
+        return report.asymmetric_rows(results, self.asym_raw, self._raw_in_turn())
 
     def targets(self, results: report.Results) -> list[report.Target]:
         """Issue 6's targets: measured ones, then the ones only --scale measures."""
@@ -530,7 +586,7 @@ class BenchRun:
         _section("HSM")
         _print_lines(report.hsm_lines(self.hsm_raw, results))
         _section("Asymmetric keys: service / raw token, same mechanism, same run (issue 17)")
-        _print_lines(report.asymmetric_lines(results, self.asym_raw))
+        _print_lines(report.asymmetric_lines(self._asymmetric_rows(results), self.asym_raw))
         _section("Memory (kms-hsm RSS per worker)")
         _print_lines(memory_lines(self.memory))
         _section("Targets (issue 6; one run, the issue asks for the median of 3)")
