@@ -296,7 +296,10 @@ def measure(data_dir: Path, seconds: float, serve: bool = False) -> dict[str, An
     prefix = b"bench:asym:" + os.urandom(6).hex().encode()
     try:
         requests = sys.stdin if serve else None
-        return sessions.run(lambda ts: measure_rows(ts, prefix, seconds, requests), writes=True)
+        result: dict[str, Any] = sessions.run(
+            lambda ts: measure_rows(ts, prefix, seconds, requests), writes=True
+        )
+        return result
     finally:
         sessions.close()
 

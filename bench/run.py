@@ -224,8 +224,6 @@ class BenchRun:
         self.raw_token: RawToken | None = None
         self.asym_raw: dict[str, Any] | None = None
         self.raw_slices: dict[tuple[int, int], dict[str, list[float]]] = {}
-        # The token's own sign / raw-RSA rates (bench/asym_raw.py), for the asymmetric rows.
-        self.asym_raw: dict[str, Any] | None = None
         self.stack_p50_ms: dict[int, float] = {}
         self._kms_requests = 0
         self._token: str | None = None
