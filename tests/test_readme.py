@@ -24,16 +24,16 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert test_command in (REPO / ".ci" / "run").read_text().splitlines()
 
 
-def test_walkthrough_runs_against_a_real_server(tmp_path: Path) -> None:
+def _run_against_a_real_server(tmp_path: Path, start: str, end: str) -> str:
+    """Run README's bash block between the markers against ``kms-hsm serve``; its stdout."""
     port = free_port()
     data_dir = tmp_path / ".kms-hsm"
     env = serve_env(data_dir, port)
     proc = subprocess.Popen([KMS_HSM, "serve"], env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
     try:
         wait_until_serving(proc, f"http://127.0.0.1:{port}")
-        script = _block("<!-- walkthrough:start -->", "<!-- walkthrough:end -->")
         result = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script],
+            ["bash", "-euo", "pipefail", "-c", _block(start, end)],
             env={**env, "KMS": f"http://127.0.0.1:{port}"},
             cwd=tmp_path,
             capture_output=True,
@@ -41,9 +41,25 @@ def test_walkthrough_runs_against_a_real_server(tmp_path: Path) -> None:
             timeout=60,
         )
         assert result.returncode == 0, result.stderr
-        assert "data key round trip OK" in result.stdout
+        return result.stdout
     finally:
         stop(proc)
+
+
+def test_walkthrough_runs_against_a_real_server(tmp_path: Path) -> None:
+    out = _run_against_a_real_server(
+        tmp_path, "<!-- walkthrough:start -->", "<!-- walkthrough:end -->"
+    )
+    assert "data key round trip OK" in out
+
+
+def test_asymmetric_walkthrough_signs_and_decrypts(tmp_path: Path) -> None:
+    """OpenSSL verifies the HSM's ECDSA signature and makes the ciphertext the HSM opens."""
+    out = _run_against_a_real_server(
+        tmp_path, "<!-- asymmetric:start -->", "<!-- asymmetric:end -->"
+    )
+    assert "Verified OK" in out
+    assert out.rstrip().endswith("db password")
 
 
 def test_every_setting_is_documented() -> None:

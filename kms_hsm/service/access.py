@@ -49,6 +49,7 @@ from sqlalchemy.orm import Session
 
 from kms_hsm.audit.store import AuditLog
 from kms_hsm.domain import validation
+from kms_hsm.domain.asymmetric import KeyFamily
 from kms_hsm.errors import InvalidArgument, NotFound, PermissionDenied
 from kms_hsm.service.cache import MissCache, StateCache
 from kms_hsm.service.context import CallContext, as_context
@@ -303,7 +304,7 @@ class AccessService:
             check_binding(b)
         now = self._clock()
         with self._db.write() as session:
-            self._lock(session, resource)
+            service = self._lock(session, resource)
             session.execute(
                 delete(AccessBindingRow).where(
                     AccessBindingRow.resource_type == resource.type,
@@ -312,7 +313,7 @@ class AccessService:
             )
             for b in dict.fromkeys(bindings):
                 session.add(_row(resource, b, now))
-            return self._record(session, resource, "SetAccessBindings", by, now)
+            return self._record(session, resource, service, "SetAccessBindings", by, now)
 
     def update_bindings(
         self, resource: Resource, deltas: list[tuple[str, Binding]], by: str | CallContext
@@ -327,7 +328,7 @@ class AccessService:
             check_binding(b)
         now = self._clock()
         with self._db.write() as session:
-            self._lock(session, resource)
+            service = self._lock(session, resource)
             existing = {
                 Binding(r.role_id, r.subject_type, r.subject_id): r
                 for r in session.scalars(
@@ -345,18 +346,29 @@ class AccessService:
                 elif action == "REMOVE" and b in existing:
                     session.delete(existing.pop(b))
                     session.flush()
-            return self._record(session, resource, "UpdateAccessBindings", by, now)
+            return self._record(session, resource, service, "UpdateAccessBindings", by, now)
 
-    def _lock(self, session: Session, resource: Resource) -> None:
+    def _lock(self, session: Session, resource: Resource) -> str:
+        """Bump the state (and lock the key); the API service of the resource."""
         bump_state(session)
         # Key bindings change under the key's lock, like every other change to the key.
         if resource.type == "key":
-            repository.get_key_row(session, resource.id, for_update=not self._db.is_sqlite)
+            # Any family: the handler checked that the key is of the path's family.
+            row = repository.get_key_row(
+                session, resource.id, for_update=not self._db.is_sqlite, family=None
+            )
+            return KeyFamily(row.family).service
+        return "Folder"
 
     def _record(
-        self, session: Session, resource: Resource, rpc: str, by: str | CallContext, now: datetime
+        self,
+        session: Session,
+        resource: Resource,
+        service: str,
+        rpc: str,
+        by: str | CallContext,
+        now: datetime,
     ) -> StoredOperation:
-        service = "SymmetricKey" if resource.type == "key" else "Folder"
         caller = as_context(by, f"{service}.{rpc}")
         operation = finished_operation(
             key_id=resource.id if resource.type == "key" else None,

@@ -292,28 +292,22 @@ async def delete_key(call: Call, r: KeyPairRequest) -> StoredOperation:
     return _mutation(call, await call.rt.key_pairs.delete(r.family.family, r.key_id, call.context))
 
 
-# Access bindings: the symmetric handlers' rules, after a check that the key is of the
-# family whose path was called (``Resource("key", id)`` is shared by every family).
+# Access bindings: the symmetric handlers' rules and their family check, with this family
+# (``Resource("key", id)`` is shared by every family).
 
 
 async def list_access_bindings(call: Call, family: Family, r: ListBindingsRequest) -> BindingsPage:
     """ListAccessBindings of a key of ``family``."""
-    call.authorize_key(r.resource.id)
-    call.rt.key_pairs.check_family(family.family, r.resource.id)
-    return await handlers.list_access_bindings(call, r)
+    return await handlers.list_access_bindings(call, r, family.family)
 
 
 async def set_access_bindings(call: Call, family: Family, r: SetBindingsRequest) -> StoredOperation:
     """SetAccessBindings of a key of ``family``."""
-    call.authorize_key(r.resource.id)
-    call.rt.key_pairs.check_family(family.family, r.resource.id)
-    return await handlers.set_access_bindings(call, r)
+    return await handlers.set_access_bindings(call, r, family.family)
 
 
 async def update_access_bindings(
     call: Call, family: Family, r: UpdateBindingsRequest
 ) -> StoredOperation:
     """UpdateAccessBindings of a key of ``family``."""
-    call.authorize_key(r.resource.id)
-    call.rt.key_pairs.check_family(family.family, r.resource.id)
-    return await handlers.update_access_bindings(call, r)
+    return await handlers.update_access_bindings(call, r, family.family)

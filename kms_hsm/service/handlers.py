@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from kms_hsm.domain.asymmetric import KeyFamily
 from kms_hsm.domain.fields import (
     FieldError,
     check_identifier,
@@ -385,18 +386,22 @@ def check_binding_fields(name: str, b: Binding) -> Binding:
     return b
 
 
-def _authorize(call: Call, resource: Resource) -> None:
+def _authorize(call: Call, resource: Resource, family: KeyFamily) -> None:
     if resource.type == "key":
         call.authorize_key(resource.id)
+        # Every key service's bindings name a "key": each keeps to its own family's keys.
+        call.rt.key_pairs.check_family(family, resource.id)
     else:
         call.authorize_folder(resource.id)
 
 
-async def list_access_bindings(call: Call, r: ListBindingsRequest) -> BindingsPage:
-    """ListAccessBindings: offset pages of the resource's bindings."""
+async def list_access_bindings(
+    call: Call, r: ListBindingsRequest, family: KeyFamily = KeyFamily.SYMMETRIC
+) -> BindingsPage:
+    """ListAccessBindings: offset pages of the resource's bindings (a key: of ``family``)."""
     size = check_page_size(r.page_size)
     check_text("pageToken", r.page_token, MAX_BINDINGS_TOKEN)
-    _authorize(call, r.resource)
+    _authorize(call, r.resource, family)
     offset = 0
     if r.page_token:
         if not r.page_token.isdigit():
@@ -407,23 +412,27 @@ async def list_access_bindings(call: Call, r: ListBindingsRequest) -> BindingsPa
     return BindingsPage(bindings[offset : offset + size], str(offset + size) if more else "")
 
 
-async def set_access_bindings(call: Call, r: SetBindingsRequest) -> StoredOperation:
-    """SetAccessBindings."""
+async def set_access_bindings(
+    call: Call, r: SetBindingsRequest, family: KeyFamily = KeyFamily.SYMMETRIC
+) -> StoredOperation:
+    """SetAccessBindings (a key: of ``family``)."""
     for i, b in enumerate(r.bindings):
         check_binding_fields(f"accessBindings[{i}]", b)
-    _authorize(call, r.resource)
+    _authorize(call, r.resource, family)
     return _mutation(call, call.rt.access.set_bindings(r.resource, r.bindings, call.context))
 
 
-async def update_access_bindings(call: Call, r: UpdateBindingsRequest) -> StoredOperation:
-    """UpdateAccessBindings."""
+async def update_access_bindings(
+    call: Call, r: UpdateBindingsRequest, family: KeyFamily = KeyFamily.SYMMETRIC
+) -> StoredOperation:
+    """UpdateAccessBindings (a key: of ``family``)."""
     if not r.deltas:
         raise FieldError("accessBindingDeltas", "is required")
     for i, (action, b) in enumerate(r.deltas):
         if action not in ("ADD", "REMOVE"):
             raise FieldError(f"accessBindingDeltas[{i}].action", "must be ADD or REMOVE")
         check_binding_fields(f"accessBindingDeltas[{i}].accessBinding", b)
-    _authorize(call, r.resource)
+    _authorize(call, r.resource, family)
     return _mutation(call, call.rt.access.update_bindings(r.resource, r.deltas, call.context))
 
 

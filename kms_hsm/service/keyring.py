@@ -165,7 +165,7 @@ class Keyring:
     ) -> NewMaterial:
         """Make material for a new version; HSM keys are born in the token."""
         if algorithm.hosted_by_hsm:
-            await self._token.generate_key(version_id.encode(), self._object_label(version_id))
+            await self._token.generate_key(version_id.encode(), self.object_label(version_id))
             return NewMaterial(None, None)
         material = self._rng(algorithm.key_bytes)
         nonce = self._rng(env.NONCE_BYTES)
@@ -174,18 +174,21 @@ class Keyring:
         )
         return NewMaterial(nonce + sealed, self._root_key_id)
 
-    def _object_label(self, version_id: str) -> str:
+    def object_label(self, object_id: str) -> str:
+        """The ``CKA_LABEL`` of a token object made for a version or a key pair."""
         # The label names this deployment (its root key), so that reconciliation never
         # touches objects of another deployment that happens to share the token.
-        return f"{self._label_prefix()}{version_id}"
+        return f"{self._label_prefix()}{object_id}"
 
     def _label_prefix(self) -> str:
         return f"kms-hsm/{self._root_key_id}/"
 
     async def orphan_objects(self) -> set[bytes]:
-        """This deployment's version objects that no live database row accounts for.
+        """This deployment's token objects that no live database row accounts for.
 
-        Versions marked DESTROYED whose object is still there count as orphans too.
+        Version keys (``CKA_ID`` = version id) and key pairs (``CKA_ID`` = key id) alike.
+        Versions marked DESTROYED, and pairs of deleted keys, whose objects are still there
+        count as orphans too.
         """
         ours = set(await self._token.find_key_ids(self._label_prefix()))
         if not ours:
@@ -200,6 +203,7 @@ class Keyring:
                     )
                 )
             }
+            live |= {k.encode() for k in repository.live_key_pair_ids(session)}
         return ours - live
 
     async def destroy_objects(self, object_ids: set[bytes]) -> int:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from kms_hsm.audit.chain import AuditEvent
 from kms_hsm.audit.store import AuditLog
 from kms_hsm.domain import validation
+from kms_hsm.domain.asymmetric import KeyFamily
 from kms_hsm.domain.ids import KEY_PREFIX, new_id
 from kms_hsm.domain.model import Algorithm, Key, KeyStatus, KeyVersion, VersionStatus
 from kms_hsm.domain.records import key_record, version_record
@@ -253,7 +254,7 @@ class KeyService:
         def query(session: Session, cursor: Cursor | None, limit: int) -> list[Any]:
             return repository.list_keys(session, folder_id, cursor, limit)
 
-        return self._list(f"keys|{folder_id}", MAX_LIST_TOKEN, page_size, page_token, query)
+        return self.page(f"keys|{folder_id}", MAX_LIST_TOKEN, page_size, page_token, query)
 
     def list_versions(self, key_id: str, page_size: int, page_token: str) -> Page:
         """Versions of a live key, oldest first."""
@@ -264,7 +265,7 @@ class KeyService:
             rows = repository.list_version_rows(session, key_id, cursor, limit)
             return [_version_row(r, primary_id) for r in rows]
 
-        return self._list(f"versions|{key_id}", MAX_SUB_LIST_TOKEN, page_size, page_token, query)
+        return self.page(f"versions|{key_id}", MAX_SUB_LIST_TOKEN, page_size, page_token, query)
 
     def list_operations(self, key_id: str, page_size: int, page_token: str) -> Page:
         """Operations on a live key, oldest first."""
@@ -274,9 +275,9 @@ class KeyService:
             repository.get_key_row(session, key_id)
             return repository.list_operations(session, key_id, cursor, limit)
 
-        return self._list(f"operations|{key_id}", MAX_SUB_LIST_TOKEN, page_size, page_token, query)
+        return self.page(f"operations|{key_id}", MAX_SUB_LIST_TOKEN, page_size, page_token, query)
 
-    def _list(
+    def page(
         self,
         scope: str,
         max_token: int,
@@ -605,7 +606,11 @@ class KeyService:
                 select(
                     KeyRow.id, KeyRow.rotated_at, KeyRow.created_at, KeyRow.rotation_period_seconds
                 )
-                .where(KeyRow.deleted_at.is_(None), KeyRow.rotation_period_seconds.is_not(None))
+                .where(
+                    KeyRow.deleted_at.is_(None),
+                    KeyRow.family == int(KeyFamily.SYMMETRIC),  # key pairs never rotate
+                    KeyRow.rotation_period_seconds.is_not(None),
+                )
                 .order_by(KeyRow.rotated_at)
             ).all()
         due = []

@@ -191,6 +191,7 @@ class Runtime:
                 session_cache_size=settings.session_cache_size,
             ),
             settings.call_timeout,
+            keygen_timeout=settings.keygen_timeout,
         )
         token = AgentToken(agents)
         keyring = Keyring(
@@ -218,7 +219,7 @@ class Runtime:
             engine=engine,
             keyring=keyring,
             keys=keys,
-            key_pairs=KeyPairService(),
+            key_pairs=KeyPairService(db, token, keyring, keys, audit, watch),
             crypto=CryptoService(db, keyring, watch),
             auth=AuthService(
                 db,

@@ -9,6 +9,14 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from kms_hsm.domain.asymmetric import (
+    AsymmetricAlgorithm,
+    AsymmetricKey,
+    AsymmetricKeyStatus,
+    EncryptionAlgorithm,
+    KeyFamily,
+    SignatureAlgorithm,
+)
 from kms_hsm.domain.model import Algorithm, Key, KeyStatus, KeyVersion, VersionStatus
 from kms_hsm.errors import NotFound
 from kms_hsm.store.tables import (
@@ -81,9 +89,21 @@ def key_from_rows(row: KeyRow, primary: KeyVersionRow | None) -> Key:
     )
 
 
-def get_key_row(session: Session, key_id: str, *, for_update: bool = False) -> KeyRow:
-    """The live (not deleted) key row, or ``NotFound``."""
+def get_key_row(
+    session: Session,
+    key_id: str,
+    *,
+    for_update: bool = False,
+    family: KeyFamily | None = KeyFamily.SYMMETRIC,
+) -> KeyRow:
+    """The live (not deleted) key row of ``family`` (None: any family), or ``NotFound``.
+
+    Symmetric by default: a key of another family is NotFound on the symmetric paths, with
+    the same message as a key that does not exist.
+    """
     stmt = select(KeyRow).where(KeyRow.id == key_id, KeyRow.deleted_at.is_(None))
+    if family is not None:
+        stmt = stmt.where(KeyRow.family == int(family))
     if for_update:
         stmt = stmt.with_for_update()
     row = session.scalars(stmt).first()
@@ -200,14 +220,58 @@ def _after(stmt: Any, table: Any, cursor: Cursor | None, limit: int) -> Any:
 
 def list_keys(session: Session, folder_id: str, cursor: Cursor | None, limit: int) -> list[Key]:
     """Live keys of a folder in (created_at, id) order, after ``cursor``."""
-    stmt = select(KeyRow).where(KeyRow.folder_id == folder_id, KeyRow.deleted_at.is_(None))
-    rows = list(session.scalars(_after(stmt, KeyRow, cursor, limit)))
+    rows = list_key_rows(session, folder_id, KeyFamily.SYMMETRIC, cursor, limit)
     primary_ids = [r.primary_version_id for r in rows if r.primary_version_id]
     versions = {
         v.id: v
         for v in session.scalars(select(KeyVersionRow).where(KeyVersionRow.id.in_(primary_ids)))
     }
     return [key_from_rows(r, versions.get(r.primary_version_id or "")) for r in rows]
+
+
+def list_key_rows(
+    session: Session, folder_id: str, family: KeyFamily, cursor: Cursor | None, limit: int
+) -> list[KeyRow]:
+    """Live key rows of one family in a folder, in (created_at, id) order, after ``cursor``."""
+    stmt = select(KeyRow).where(
+        KeyRow.folder_id == folder_id,
+        KeyRow.family == int(family),
+        KeyRow.deleted_at.is_(None),
+    )
+    return list(session.scalars(_after(stmt, KeyRow, cursor, limit)))
+
+
+def key_pair_from_row(row: KeyRow) -> AsymmetricKey:
+    """Domain asymmetric key from its row (family 1 or 2)."""
+    family = KeyFamily(row.family)
+    algorithm: AsymmetricAlgorithm
+    if family is KeyFamily.ASYMMETRIC_SIGNATURE:
+        algorithm = SignatureAlgorithm(row.default_algorithm)
+    elif family is KeyFamily.ASYMMETRIC_ENCRYPTION:
+        algorithm = EncryptionAlgorithm(row.default_algorithm)
+    else:
+        raise ValueError(f"key {row.id} is symmetric")
+    return AsymmetricKey(
+        id=row.id,
+        family=family,
+        folder_id=row.folder_id,
+        created_at=row.created_at,
+        name=row.name,
+        description=row.description,
+        labels=dict(row.labels or {}),
+        status=AsymmetricKeyStatus(row.status),
+        algorithm=algorithm,
+        deletion_protection=row.deletion_protection,
+        public_key_der=row.public_key or b"",
+    )
+
+
+def live_key_pair_ids(session: Session) -> set[str]:
+    """Ids of every live asymmetric key (their pairs are token objects with these ids)."""
+    stmt = select(KeyRow.id).where(
+        KeyRow.family != int(KeyFamily.SYMMETRIC), KeyRow.deleted_at.is_(None)
+    )
+    return set(session.scalars(stmt))
 
 
 def list_version_rows(

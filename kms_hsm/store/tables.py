@@ -51,7 +51,13 @@ class Base(DeclarativeBase):
 
 
 class KeyRow(Base):
-    """A symmetric key; ``deleted_at`` hides it from Get/List at once on Delete."""
+    """A key of any family; ``deleted_at`` hides it from Get/List at once on Delete.
+
+    ``family`` (``KeyFamily``): 0 symmetric (versions, ``primary_version_id``), 1 asymmetric
+    signature, 2 asymmetric encryption (one key pair in the token with ``CKA_ID`` = ``id``,
+    ``default_algorithm`` = the family's algorithm, ``public_key`` = its DER
+    SubjectPublicKeyInfo, no versions).
+    """
 
     __tablename__ = "keys"
 
@@ -69,6 +75,8 @@ class KeyRow(Base):
     rotated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     primary_version_id: Mapped[str | None] = mapped_column(String(50), nullable=True)
     deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    family: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    public_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class KeyVersionRow(Base):

@@ -263,12 +263,25 @@ class AgentClient:
 
 
 class AgentPool:
-    """One agent per event loop (uvicorn runs one loop per worker process)."""
+    """One data-plane agent per event loop (uvicorn runs one loop per worker process), and
+    one key-generation agent per loop, started by its first key pair only.
 
-    def __init__(self, config: AgentConfig, timeout: float) -> None:
+    Why two: an agent answers one call at a time, and an RSA-4096 key generation takes
+    seconds (1.4-2.5 s on SoftHSM2, longer on real HSMs), so in the data-plane agent it
+    would queue every encrypt behind it and their call deadline would kill the agent. The
+    key-generation agent has the deadline ``keygen_timeout`` (``KMS_HSM_KEYGEN_TIMEOUT``);
+    it logs in to the token the first time a loop makes a key pair, not before, so a
+    worker that never makes one logs in once.
+    """
+
+    def __init__(
+        self, config: AgentConfig, timeout: float, keygen_timeout: float | None = None
+    ) -> None:
         self._config = config
         self._timeout = timeout
+        self._keygen_timeout = keygen_timeout if keygen_timeout is not None else timeout
         self._clients: dict[asyncio.AbstractEventLoop, AgentClient] = {}
+        self._keygen_clients: dict[asyncio.AbstractEventLoop, AgentClient] = {}
 
     def client(self) -> AgentClient:
         """The running loop's client (its agent starts with its first call)."""
@@ -278,17 +291,28 @@ class AgentPool:
             client = self._clients[loop] = AgentClient(self._config, self._timeout)
         return client
 
+    def keygen_client(self) -> AgentClient:
+        """The running loop's key-generation client (its agent starts with its first call)."""
+        loop = asyncio.get_running_loop()
+        client = self._keygen_clients.get(loop)
+        if client is None:
+            client = self._keygen_clients[loop] = AgentClient(self._config, self._keygen_timeout)
+        return client
+
     def close_current(self) -> None:
-        """Stop the running loop's agent (before that loop ends)."""
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            client.close()
+        """Stop the running loop's agents (before that loop ends)."""
+        loop = asyncio.get_running_loop()
+        for clients in (self._clients, self._keygen_clients):
+            client = clients.pop(loop, None)
+            if client is not None:
+                client.close()
 
     def close(self) -> None:
         """Stop every agent."""
-        for client in self._clients.values():
-            client.close()
-        self._clients.clear()
+        for clients in (self._clients, self._keygen_clients):
+            for client in clients.values():
+                client.close()
+            clients.clear()
 
 
 class AgentToken:
@@ -362,8 +386,8 @@ class AgentToken:
         await self.agents.client().call("write_data", label, value)
 
     async def generate_key_pair(self, object_id: bytes, label: str, spec: PairSpec) -> bytes:
-        """See ``Token.generate_key_pair``."""
-        result = await self.agents.client().call("generate_key_pair", object_id, label, spec)
+        """See ``Token.generate_key_pair``: runs in the loop's key-generation agent."""
+        result = await self.agents.keygen_client().call("generate_key_pair", object_id, label, spec)
         return cast(bytes, result)
 
     async def public_key(self, object_id: bytes) -> bytes:

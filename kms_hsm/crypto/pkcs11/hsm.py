@@ -8,10 +8,16 @@ Token objects made here:
 * the root key (``CKA_ID`` = ``ROOT_KEY_PREFIX`` + its id), with the same attributes, that
   encrypts software key material;
 * small private data objects (``CKO_DATA``, by label) such as the audit chain's
-  checkpoint (``write_data``): readable only after login, i.e. with the PIN.
+  checkpoint (``write_data``): readable only after login, i.e. with the PIN;
+* one key pair per asymmetric key (``CKA_ID`` = the key id), made by C_GenerateKeyPair:
+  the private key private, sensitive, never extractable, able to sign *or* decrypt and
+  nothing else; the public key public, able to verify or encrypt. Signing and RSA
+  decryption run in the token; for RSA-OAEP see ``decrypt_oaep`` (SoftHSM2 2.6 does
+  OAEP with SHA-1 only, so the token does raw RSA and the host decodes EME-OAEP).
 
-Both are used through in-memory session copies where the token allows (``working_key``;
-see ``KeyHandles`` in sessions.py), which is why they are ``CKA_MODIFIABLE``.
+The AES keys (not the pairs) are used through in-memory session copies where the token
+allows (``working_key``; see ``KeyHandles`` in sessions.py), which is why they are
+``CKA_MODIFIABLE``.
 
 Data keys with spec ``AES_256_HSM`` on an HSM version are born by ``C_GenerateKey`` as
 session objects and wrapped by ``C_WrapKey`` (CKM_AES_KEY_WRAP_PAD) under the version key.
