@@ -302,7 +302,7 @@ def test_sign_and_sign_hash_verify_with_the_public_key(runtime, wait, ecdsa_key,
 
 @pytest.mark.parametrize("length", [0, 31, 33, 48, 64])
 def test_sign_hash_wants_exactly_the_digest_length(runtime, wait, ecdsa_key, length) -> None:
-    with pytest.raises(InvalidArgument, match=r"^hash must be 32 bytes"):
+    with pytest.raises(InvalidArgument, match=r"^hash: must be 32 bytes"):
         wait(runtime.key_pairs.sign_hash(ecdsa_key, bytes(length)))
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 
 from kms_hsm.api.app import create_app
 from kms_hsm.api.openapi import COMMITTED, bindings, message_models, render
+from kms_hsm.domain.asymmetric import AsymmetricKeyStatus, EncryptionAlgorithm, SignatureAlgorithm
+from kms_hsm.service.access import ROLE_PERMISSIONS
 from kms_hsm.service.methods import METHODS
 
 
@@ -63,3 +66,62 @@ def test_yandex_field_names_and_types() -> None:
         "destroyAt",
         "hostedByHsm",
     }
+
+
+def _enum(schema: dict[str, Any]) -> set[str]:
+    """The names of a Literal field's schema (directly, or its non-null ``anyOf`` branch)."""
+    for branch in schema.get("anyOf", [schema]):
+        if "enum" in branch:
+            return set(branch["enum"])
+    raise AssertionError(schema)
+
+
+def test_asymmetric_paths_fields_and_enums() -> None:
+    doc = json.loads(COMMITTED.read_text())
+    paths = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    for base in ("/kms/v1/asymmetricSignatureKeys", "/kms/v1/asymmetricEncryptionKeys"):
+        assert {
+            ("post", base),
+            ("get", base),
+            ("get", base + "/{keyId}"),
+            ("patch", base + "/{keyId}"),
+            ("delete", base + "/{keyId}"),
+            ("get", base + "/{keyId}/operations"),
+            ("get", base + "/{keyId}/publicKey"),
+            ("get", base + "/{resourceId}:listAccessBindings"),
+            ("post", base + "/{resourceId}:setAccessBindings"),
+            ("post", base + "/{resourceId}:updateAccessBindings"),
+        } <= paths
+    assert {
+        ("post", "/kms/v1/asymmetricSignatureKeys/{keyId}:sign"),
+        ("post", "/kms/v1/asymmetricSignatureKeys/{keyId}:signHash"),
+        ("post", "/kms/v1/asymmetricEncryptionKeys/{keyId}:decrypt"),
+    } <= paths
+    schemas = doc["components"]["schemas"]
+    common = {"id", "folderId", "createdAt", "name", "description", "labels", "status"}
+    signature_key = schemas["AsymmetricSignatureKey"]["properties"]
+    encryption_key = schemas["AsymmetricEncryptionKey"]["properties"]
+    assert set(signature_key) == common | {"signatureAlgorithm", "deletionProtection"}
+    assert set(encryption_key) == common | {"encryptionAlgorithm", "deletionProtection"}
+    assert _enum(signature_key["signatureAlgorithm"]) == {a.name for a in SignatureAlgorithm}
+    assert _enum(encryption_key["encryptionAlgorithm"]) == {a.name for a in EncryptionAlgorithm}
+    assert _enum(signature_key["status"]) == {s.name for s in AsymmetricKeyStatus}
+    for message, field in (
+        ("AsymmetricSignRequest", "message"),
+        ("AsymmetricSignHashRequest", "hash"),
+        ("AsymmetricDecryptRequest", "ciphertext"),
+    ):
+        properties = schemas[message]["properties"]
+        assert set(properties) == {field}
+        assert properties[field]["format"] == "byte"
+    assert set(schemas["AsymmetricGetPublicKeyResponse"]["properties"]) == {"keyId", "publicKey"}
+    assert set(schemas["UpdateAsymmetricEncryptionKeyRequest"]["properties"]) == {
+        "updateMask",
+        "name",
+        "description",
+        "status",
+        "labels",
+        "deletionProtection",
+    }
+    role_ids = _enum(schemas["AccessBinding"]["properties"]["roleId"])
+    assert role_ids == set(ROLE_PERMISSIONS)

@@ -19,7 +19,7 @@ from kms_hsm.api.deps import BODY_KEY, HEADERS_KEY, MAX_BODY_BYTES, read_body
 from kms_hsm.api.errors import error_response, install_error_handlers, kms_error_response
 from kms_hsm.api.openapi import bindings, install_openapi
 from kms_hsm.api.rest import verb_guard
-from kms_hsm.api.routes import access, crypto, health, iam, keys
+from kms_hsm.api.routes import access, asymmetric, health, iam, keys
 from kms_hsm.config import Settings
 from kms_hsm.errors import KmsError
 from kms_hsm.service.request_ids import request_ids
@@ -87,28 +87,35 @@ async def _admit(
     return headers, rid
 
 
-_KEYS_PREFIX = "/kms/v1/keys/"
 # The data plane's handlers: the path's key id and the request in, the answer's message out.
 Handler = Callable[[str, Request], Awaitable[dict[str, Any]]]
 
 
-def _fast_verbs() -> dict[str, Handler]:
-    """``POST /kms/v1/keys/{keyId}:<verb>`` -> handler, from the SymmetricCrypto bindings."""
-    verbs: dict[str, Handler] = {}
-    for binding in crypto.routes.bindings:
+def _fast_verbs() -> dict[str, dict[str, Handler]]:
+    """``POST <collection>/{keyId}:<verb>``: collection -> verb -> handler.
+
+    From the bindings FastAPI does not serve: the SymmetricCrypto verbs, Sign, SignHash and
+    the asymmetric Decrypt.
+    """
+    verbs: dict[str, dict[str, Handler]] = {}
+    for binding in bindings():
+        if binding.served:
+            continue
         prefix, _, verb = binding.path.rpartition(":")
-        assert binding.verb == "post" and prefix == _KEYS_PREFIX + "{keyId}", binding.path
-        verbs[verb] = binding.endpoint
+        collection, _, parameter = prefix.rpartition("/")
+        assert binding.verb == "post" and parameter == "{keyId}", binding.path
+        verbs.setdefault(collection, {})[verb] = binding.endpoint
     return verbs
 
 
 class KmsApp:
     """The served ASGI app: the data plane in front, the FastAPI control plane behind it.
 
-    The SymmetricCrypto verbs skip FastAPI's middleware stack, router and dependency
-    machinery: their handlers parse their own bodies and raise KmsError, rendered exactly
-    as the control plane's handlers would, and the answer goes out as two ASGI messages
-    built here. Every other request (and the lifespan) goes to ``control_plane``.
+    The data plane's verbs (SymmetricCrypto's, Sign, SignHash, the asymmetric Decrypt)
+    skip FastAPI's middleware stack, router and dependency machinery: their handlers parse
+    their own bodies and raise KmsError, rendered exactly as the control plane's handlers
+    would, and the answer goes out as two ASGI messages built here. Every other request
+    (and the lifespan) goes to ``control_plane``.
     """
 
     def __init__(self, control_plane: FastAPI) -> None:
@@ -120,10 +127,12 @@ class KmsApp:
         if scope["type"] != "http" or scope["method"] != "POST":
             return None
         path: str = scope["path"]
-        if not path.startswith(_KEYS_PREFIX):
+        collection, slash, last = path.rpartition("/")
+        verbs = self._verbs.get(collection) if slash else None
+        if verbs is None:
             return None
-        key_id, sep, verb = path[len(_KEYS_PREFIX) :].rpartition(":")
-        handler = self._verbs.get(verb) if sep and "/" not in key_id else None
+        key_id, sep, verb = last.rpartition(":")
+        handler = verbs.get(verb) if sep else None
         return (handler, key_id) if handler is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -229,7 +238,9 @@ def create_app(
     app = FastAPI(
         title="kms-hsm",
         version=__version__,
-        description="Yandex Cloud KMS v1 (symmetric keys) on premises, keys in a PKCS#11 HSM",
+        description=(
+            "Yandex Cloud KMS v1 (symmetric and asymmetric keys) on premises, keys in a PKCS#11 HSM"
+        ),
         lifespan=lifespan,
     )
     install_error_handlers(app)
@@ -242,6 +253,8 @@ def create_app(
     app.include_router(verb_guard(bindings()))
     app.include_router(access.routes.router)
     app.include_router(keys.routes.router)
+    for routes in asymmetric.ROUTES:
+        app.include_router(routes.router)
     app.include_router(iam.routes.router)
     app.include_router(health.router)
     install_openapi(app)

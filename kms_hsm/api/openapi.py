@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from kms_hsm.api import schemas
 from kms_hsm.api.rest import Binding, Routes
-from kms_hsm.api.routes import access, crypto, iam, keys
+from kms_hsm.api.routes import access, asymmetric, crypto, iam, keys
 from kms_hsm.api.schemas import ID_PATTERN
 
 if TYPE_CHECKING:
@@ -28,7 +28,13 @@ if TYPE_CHECKING:
 COMMITTED = Path(__file__).with_name("openapi.json")
 
 # Every route module's bindings, in the order the document lists them.
-ROUTES: tuple[Routes, ...] = (crypto.routes, keys.routes, access.routes, iam.routes)
+ROUTES: tuple[Routes, ...] = (
+    crypto.routes,
+    keys.routes,
+    access.routes,
+    *asymmetric.ROUTES,
+    iam.routes,
+)
 
 
 def bindings() -> list[Binding]:

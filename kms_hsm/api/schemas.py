@@ -20,6 +20,29 @@ Algorithm = Literal[
     "GOST_R_3412_2015_K",
 ]
 KeyStatus = Literal["STATUS_UNSPECIFIED", "CREATING", "ACTIVE", "INACTIVE"]
+AsymmetricKeyStatus = Literal["STATUS_UNSPECIFIED", "CREATING", "ACTIVE", "INACTIVE"]
+SignatureAlgorithm = Literal[
+    "ASYMMETRIC_SIGNATURE_ALGORITHM_UNSPECIFIED",
+    "RSA_2048_SIGN_PSS_SHA_256",
+    "RSA_2048_SIGN_PSS_SHA_384",
+    "RSA_2048_SIGN_PSS_SHA_512",
+    "RSA_3072_SIGN_PSS_SHA_256",
+    "RSA_3072_SIGN_PSS_SHA_384",
+    "RSA_3072_SIGN_PSS_SHA_512",
+    "RSA_4096_SIGN_PSS_SHA_256",
+    "RSA_4096_SIGN_PSS_SHA_384",
+    "RSA_4096_SIGN_PSS_SHA_512",
+    "ECDSA_NIST_P256_SHA_256",
+    "ECDSA_NIST_P384_SHA_384",
+    "ECDSA_NIST_P521_SHA_512",
+    "ECDSA_SECP256_K1_SHA_256",
+]
+EncryptionAlgorithm = Literal[
+    "ASYMMETRIC_ENCRYPTION_ALGORITHM_UNSPECIFIED",
+    "RSA_2048_ENC_OAEP_SHA_256",
+    "RSA_3072_ENC_OAEP_SHA_256",
+    "RSA_4096_ENC_OAEP_SHA_256",
+]
 VersionStatus = Literal["STATUS_UNSPECIFIED", "ACTIVE", "SCHEDULED_FOR_DESTRUCTION", "DESTROYED"]
 
 
@@ -268,6 +291,10 @@ class AccessBinding(Message):
         "kms.keys.encrypterDecrypter",
         "kms.keys.encrypter",
         "kms.keys.decrypter",
+        "kms.asymmetricSignatureKeys.signer",
+        "kms.asymmetricSignatureKeys.publicKeyViewer",
+        "kms.asymmetricEncryptionKeys.decrypter",
+        "kms.asymmetricEncryptionKeys.publicKeyViewer",
     ]
     subject: Subject
 
@@ -296,6 +323,164 @@ class UpdateAccessBindingsRequest(Message):
     """Body of :updateAccessBindings."""
 
     accessBindingDeltas: list[AccessBindingDelta] = Field(min_length=1, max_length=1000)
+
+
+# --- Asymmetric keys (yandex.cloud.kms.v1.asymmetricsignature / asymmetricencryption) ---
+
+
+class AsymmetricSignRequest(Message):
+    """Body of :sign: the message, hashed as the key's algorithm says."""
+
+    message: str = Field(
+        min_length=1,
+        description="The message, 1..32768 bytes",
+        json_schema_extra={"format": "byte", "x-max-bytes": 32768},
+    )
+
+
+class AsymmetricSignResponse(Message):
+    """Response of :sign (RSA-PSS per RFC 8017; ECDSA DER as X9.62 says)."""
+
+    keyId: str
+    signature: str = Field(json_schema_extra={"format": "byte"})
+
+
+class AsymmetricSignHashRequest(Message):
+    """Body of :signHash: a digest of exactly the algorithm's hash length."""
+
+    hash: str = Field(
+        min_length=1,
+        description="The digest: 32, 48 or 64 bytes as the key's algorithm says",
+        json_schema_extra={"format": "byte", "x-max-bytes": 4096},
+    )
+
+
+class AsymmetricSignHashResponse(Message):
+    """Response of :signHash."""
+
+    keyId: str
+    signature: str = Field(json_schema_extra={"format": "byte"})
+
+
+class AsymmetricGetPublicKeyResponse(Message):
+    """Response of GET .../publicKey (both families)."""
+
+    keyId: str
+    publicKey: str = Field(description="PEM SubjectPublicKeyInfo")
+
+
+class AsymmetricDecryptRequest(Message):
+    """Body of :decrypt: an RSA-OAEP (SHA-256, MGF1-SHA-256) ciphertext."""
+
+    ciphertext: str = Field(
+        min_length=1,
+        description="The ciphertext, as long as the modulus",
+        json_schema_extra={"format": "byte", "x-max-bytes": 32768},
+    )
+
+
+class AsymmetricDecryptResponse(Message):
+    """Response of :decrypt."""
+
+    keyId: str
+    plaintext: str | None = _bytes("Decrypted plaintext")
+
+
+class AsymmetricSignatureKey(Message):
+    """``yandex.cloud.kms.v1.asymmetricsignature.AsymmetricSignatureKey``."""
+
+    id: str
+    folderId: str
+    createdAt: str = Field(json_schema_extra={"format": "date-time"})
+    name: str | None = None
+    description: str | None = None
+    labels: dict[str, str] | None = None
+    status: AsymmetricKeyStatus
+    signatureAlgorithm: SignatureAlgorithm
+    deletionProtection: bool | None = None
+
+
+class AsymmetricEncryptionKey(Message):
+    """``yandex.cloud.kms.v1.asymmetricencryption.AsymmetricEncryptionKey``."""
+
+    id: str
+    folderId: str
+    createdAt: str = Field(json_schema_extra={"format": "date-time"})
+    name: str | None = None
+    description: str | None = None
+    labels: dict[str, str] | None = None
+    status: AsymmetricKeyStatus
+    encryptionAlgorithm: EncryptionAlgorithm
+    deletionProtection: bool | None = None
+
+
+class CreateAsymmetricSignatureKeyRequest(Message):
+    """Body of Create (signature keys)."""
+
+    folderId: str = Field(min_length=1, max_length=50, pattern=ID_PATTERN)
+    name: str | None = Field(default=None, max_length=100)
+    description: str | None = Field(default=None, max_length=1024)
+    labels: dict[str, str] | None = Field(default=None, max_length=64)
+    signatureAlgorithm: SignatureAlgorithm
+    deletionProtection: bool | None = None
+
+
+class CreateAsymmetricEncryptionKeyRequest(Message):
+    """Body of Create (encryption keys)."""
+
+    folderId: str = Field(min_length=1, max_length=50, pattern=ID_PATTERN)
+    name: str | None = Field(default=None, max_length=100)
+    description: str | None = Field(default=None, max_length=1024)
+    labels: dict[str, str] | None = Field(default=None, max_length=64)
+    encryptionAlgorithm: EncryptionAlgorithm
+    deletionProtection: bool | None = None
+
+
+class _UpdateAsymmetricKeyRequest(Message):
+    """Body of Update; ``updateMask`` is a comma-separated list of camelCase paths."""
+
+    updateMask: str = Field(min_length=1, json_schema_extra={"example": "name,status"})
+    name: str | None = Field(default=None, max_length=100)
+    description: str | None = Field(default=None, max_length=1024)
+    status: AsymmetricKeyStatus | None = None
+    labels: dict[str, str] | None = Field(default=None, max_length=64)
+    deletionProtection: bool | None = None
+
+
+class UpdateAsymmetricSignatureKeyRequest(_UpdateAsymmetricKeyRequest):
+    """Body of Update (signature keys); ``updateMask`` names the fields that change."""
+
+
+class UpdateAsymmetricEncryptionKeyRequest(_UpdateAsymmetricKeyRequest):
+    """Body of Update (encryption keys); ``updateMask`` names the fields that change."""
+
+
+class ListAsymmetricSignatureKeysResponse(Message):
+    """Response of List (signature keys)."""
+
+    keys: list[AsymmetricSignatureKey] | None = None
+    nextPageToken: str | None = None
+
+
+class ListAsymmetricEncryptionKeysResponse(Message):
+    """Response of List (encryption keys)."""
+
+    keys: list[AsymmetricEncryptionKey] | None = None
+    nextPageToken: str | None = None
+
+
+class ListAsymmetricSignatureKeyOperationsResponse(Message):
+    """Response of ListOperations (signature keys)."""
+
+    operations: list[Operation] | None = None
+    nextPageToken: str | None = None
+
+
+class ListAsymmetricEncryptionKeyOperationsResponse(Message):
+    """Response of ListOperations (encryption keys)."""
+
+    operations: list[Operation] | None = None
+    nextPageToken: str | None = None
 
 
 class CreateIamTokenRequest(Message):

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import orjson
 
 from kms_hsm.domain import validation
+from kms_hsm.domain.asymmetric import AsymmetricKey, KeyFamily
 from kms_hsm.domain.fields import FieldError, check_identifier, check_text
 from kms_hsm.domain.model import Key, KeyVersion
 from kms_hsm.errors import InvalidArgument
@@ -377,6 +378,28 @@ def key_json(key: Key) -> dict[str, Any]:
             "defaultAlgorithm": key.default_algorithm.name,
             "rotatedAt": timestamp(key.rotated_at) if key.rotated_at else None,
             "rotationPeriod": duration(key.rotation_period) if key.rotation_period else None,
+            "deletionProtection": key.deletion_protection,
+        }
+    )
+
+
+def key_pair_json(key: AsymmetricKey) -> dict[str, Any]:
+    """``AsymmetricSignatureKey`` or ``AsymmetricEncryptionKey``: the algorithm field by family."""
+    algorithm_field = (
+        "signatureAlgorithm"
+        if key.family is KeyFamily.ASYMMETRIC_SIGNATURE
+        else "encryptionAlgorithm"
+    )
+    return compact(
+        {
+            "id": key.id,
+            "folderId": key.folder_id,
+            "createdAt": timestamp(key.created_at),
+            "name": key.name,
+            "description": key.description,
+            "labels": key.labels,
+            "status": key.status.name,
+            algorithm_field: key.algorithm.name,
             "deletionProtection": key.deletion_protection,
         }
     )

@@ -37,6 +37,7 @@ from kms_hsm.domain.asymmetric import (
     KeyFamily,
     SignatureAlgorithm,
 )
+from kms_hsm.domain.fields import FieldError
 from kms_hsm.domain.ids import KEY_PREFIX, new_id
 from kms_hsm.domain.records import key_pair_record
 from kms_hsm.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
@@ -334,9 +335,10 @@ class KeyPairService:
         key = self._usable(KeyFamily.ASYMMETRIC_SIGNATURE, key_id)
         spec = key.algorithm.spec
         if len(digest) != spec.digest_size:
-            raise InvalidArgument(
-                f"hash must be {spec.digest_size} bytes (a {spec.hash.upper()} digest) for "
-                f"{key.algorithm.name}, not {len(digest)}"
+            raise FieldError(
+                "hash",
+                f"must be {spec.digest_size} bytes (a {spec.hash.upper()} digest) for "
+                f"{key.algorithm.name}, not {len(digest)}",
             )
         return await self._token.sign_digest(key_id.encode(), spec, digest)
 

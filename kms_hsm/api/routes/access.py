@@ -41,10 +41,8 @@ def _binding_json(b: Binding) -> dict[str, Any]:
     return {"roleId": b.role_id, "subject": {"id": b.subject_id, "type": b.subject_type}}
 
 
-async def _list(request: Request, call: Call, resource: Resource) -> dict[str, Any]:
-    q = wire.Query(request.query_params, _PAGING)
-    r = handlers.ListBindingsRequest(resource, q.integer("pageSize"), q.string("pageToken"))
-    page = await handlers.list_access_bindings(call, r)
+def render_bindings(page: handlers.BindingsPage) -> dict[str, Any]:
+    """``ListAccessBindingsResponse``."""
     return wire.compact(
         {
             "accessBindings": [_binding_json(b) for b in page.bindings],
@@ -53,16 +51,16 @@ async def _list(request: Request, call: Call, resource: Resource) -> dict[str, A
     )
 
 
-async def _set(request: Request, call: Call, resource: Resource) -> dict[str, Any]:
-    f = wire.Fields(await json_body(request), ("resourceId", "accessBindings"))
+def read_bindings(body: dict[str, Any]) -> list[Binding]:
+    """The bindings of a ``SetAccessBindingsRequest`` body."""
+    f = wire.Fields(body, ("resourceId", "accessBindings"))
     raw = f.list_("accessBindings")
-    bindings = [_binding(f"accessBindings[{i}]", b) for i, b in enumerate(raw)]
-    op = await handlers.set_access_bindings(call, handlers.SetBindingsRequest(resource, bindings))
-    return operation_json(op)
+    return [_binding(f"accessBindings[{i}]", b) for i, b in enumerate(raw)]
 
 
-async def _update(request: Request, call: Call, resource: Resource) -> dict[str, Any]:
-    f = wire.Fields(await json_body(request), ("resourceId", "accessBindingDeltas"))
+def read_deltas(body: dict[str, Any]) -> list[tuple[str, Binding]]:
+    """The (action, binding) deltas of an ``UpdateAccessBindingsRequest`` body."""
+    f = wire.Fields(body, ("resourceId", "accessBindingDeltas"))
     deltas = []
     for i, raw in enumerate(f.list_("accessBindingDeltas", required=True)):
         field = f"accessBindingDeltas[{i}]"
@@ -71,7 +69,22 @@ async def _update(request: Request, call: Call, resource: Resource) -> dict[str,
         d = wire.Fields(raw, ("action", "accessBinding"))
         action = d.string("action", required=True)
         deltas.append((action, _binding(f"{field}.accessBinding", raw.get("accessBinding"))))
-    r = handlers.UpdateBindingsRequest(resource, deltas)
+    return deltas
+
+
+async def _list(request: Request, call: Call, resource: Resource) -> dict[str, Any]:
+    q = wire.Query(request.query_params, _PAGING)
+    r = handlers.ListBindingsRequest(resource, q.integer("pageSize"), q.string("pageToken"))
+    return render_bindings(await handlers.list_access_bindings(call, r))
+
+
+async def _set(request: Request, call: Call, resource: Resource) -> dict[str, Any]:
+    r = handlers.SetBindingsRequest(resource, read_bindings(await json_body(request)))
+    return operation_json(await handlers.set_access_bindings(call, r))
+
+
+async def _update(request: Request, call: Call, resource: Resource) -> dict[str, Any]:
+    r = handlers.UpdateBindingsRequest(resource, read_deltas(await json_body(request)))
     return operation_json(await handlers.update_access_bindings(call, r))
 
 

@@ -13,7 +13,7 @@ from kms_hsm.api.calls import handle
 from kms_hsm.api.deps import json_body
 from kms_hsm.api.rest import Routes
 from kms_hsm.domain.model import Algorithm, KeyStatus
-from kms_hsm.domain.records import key_from_record, version_from_record
+from kms_hsm.domain.records import key_from_record, key_pair_from_record, version_from_record
 from kms_hsm.domain.validation import MAX_ID
 from kms_hsm.service import handlers, methods
 from kms_hsm.service.keys import KeyUpdate, Page
@@ -33,6 +33,10 @@ def _render_version(record: dict[str, Any]) -> dict[str, Any]:
     return wire.version_json(version_from_record(record))
 
 
+def _render_key_pair(record: dict[str, Any]) -> dict[str, Any]:
+    return wire.key_pair_json(key_pair_from_record(record))
+
+
 def _render_empty(record: dict[str, Any]) -> dict[str, Any]:
     return {}
 
@@ -40,6 +44,8 @@ def _render_empty(record: dict[str, Any]) -> dict[str, Any]:
 _RESOURCE_RENDERERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "yandex.cloud.kms.v1.SymmetricKey": _render_key,
     "yandex.cloud.kms.v1.SymmetricKeyVersion": _render_version,
+    "yandex.cloud.kms.v1.asymmetricsignature.AsymmetricSignatureKey": _render_key_pair,
+    "yandex.cloud.kms.v1.asymmetricencryption.AsymmetricEncryptionKey": _render_key_pair,
     "google.protobuf.Empty": _render_empty,
 }
 
