@@ -1,7 +1,7 @@
 """kms-hsm benchmark harness (issues 6, 16, 17): kms-hsm and three baselines, REST and gRPC.
 
     .venv/bin/python bench/run.py                 # full run, ~6-8 minutes on 2 cores
-    .venv/bin/python bench/run.py --smoke         # ~15-20 s: what CI runs
+    .venv/bin/python bench/run.py --smoke         # ~25 s: what CI runs
     .venv/bin/python bench/run.py --asymmetric    # only sign / OAEP decrypt vs the raw token
     .venv/bin/python bench/run.py --scale         # 10,000 + 10,000 keys; many minutes
     .venv/bin/python bench/run.py --memory        # worker RSS over 1,000,000 requests
