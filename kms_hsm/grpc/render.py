@@ -16,10 +16,19 @@ from google.protobuf import any_pb2, duration_pb2, empty_pb2, message, timestamp
 from google.rpc import status_pb2
 from yandex.cloud.access import access_pb2
 from yandex.cloud.kms.v1 import symmetric_key_pb2, symmetric_key_service_pb2
+from yandex.cloud.kms.v1.asymmetricencryption import (
+    asymmetric_encryption_key_pb2,
+    asymmetric_encryption_key_service_pb2,
+)
+from yandex.cloud.kms.v1.asymmetricsignature import (
+    asymmetric_signature_key_pb2,
+    asymmetric_signature_key_service_pb2,
+)
 from yandex.cloud.operation import operation_pb2
 
+from kms_hsm.domain.asymmetric import AsymmetricKey, KeyFamily
 from kms_hsm.domain.model import Key, KeyVersion
-from kms_hsm.domain.records import key_from_record, version_from_record
+from kms_hsm.domain.records import key_from_record, key_pair_from_record, version_from_record
 from kms_hsm.service import handlers
 from kms_hsm.service.access import Binding
 from kms_hsm.store.repository import StoredOperation
@@ -84,6 +93,45 @@ def key(k: Key) -> symmetric_key_pb2.SymmetricKey:
     return out
 
 
+def signature_key(k: AsymmetricKey) -> asymmetric_signature_key_pb2.AsymmetricSignatureKey:
+    """``AsymmetricSignatureKey``."""
+    return asymmetric_signature_key_pb2.AsymmetricSignatureKey(
+        id=k.id,
+        folder_id=k.folder_id,
+        created_at=timestamp(k.created_at),
+        name=k.name,
+        description=k.description,
+        labels=k.labels,
+        status=_number(k.status),
+        signature_algorithm=_number(k.algorithm),
+        deletion_protection=k.deletion_protection,
+    )
+
+
+def encryption_key(k: AsymmetricKey) -> asymmetric_encryption_key_pb2.AsymmetricEncryptionKey:
+    """``AsymmetricEncryptionKey``."""
+    return asymmetric_encryption_key_pb2.AsymmetricEncryptionKey(
+        id=k.id,
+        folder_id=k.folder_id,
+        created_at=timestamp(k.created_at),
+        name=k.name,
+        description=k.description,
+        labels=k.labels,
+        status=_number(k.status),
+        encryption_algorithm=_number(k.algorithm),
+        deletion_protection=k.deletion_protection,
+    )
+
+
+def key_pair(k: AsymmetricKey) -> message.Message:
+    """An asymmetric key as its family's message."""
+    if k.family is KeyFamily.ASYMMETRIC_SIGNATURE:
+        return signature_key(k)
+    if k.family is KeyFamily.ASYMMETRIC_ENCRYPTION:
+        return encryption_key(k)
+    raise ValueError(f"key {k.id}: not an asymmetric key")
+
+
 def binding(b: Binding) -> access_pb2.AccessBinding:
     """``AccessBinding``."""
     return access_pb2.AccessBinding(
@@ -105,6 +153,18 @@ _METADATA: dict[str, type[message.Message]] = {
             "CancelSymmetricKeyVersionDestructionMetadata",
         )
     },
+    # Asymmetric keys: the messages' full names carry their package (…asymmetricsignature.).
+    **{
+        cls.DESCRIPTOR.full_name: cls
+        for module, kind in (
+            (asymmetric_signature_key_service_pb2, "Signature"),
+            (asymmetric_encryption_key_service_pb2, "Encryption"),
+        )
+        for cls in (
+            getattr(module, f"{verb}Asymmetric{kind}KeyMetadata")
+            for verb in ("Create", "Update", "Delete")
+        )
+    },
     "yandex.cloud.access.SetAccessBindingsMetadata": access_pb2.SetAccessBindingsMetadata,
     "yandex.cloud.access.UpdateAccessBindingsMetadata": access_pb2.UpdateAccessBindingsMetadata,
 }
@@ -112,6 +172,12 @@ _METADATA: dict[str, type[message.Message]] = {
 _RESPONSES: dict[str, Callable[[dict[str, Any]], message.Message]] = {
     "yandex.cloud.kms.v1.SymmetricKey": lambda r: key(key_from_record(r)),
     "yandex.cloud.kms.v1.SymmetricKeyVersion": lambda r: version(version_from_record(r)),
+    asymmetric_signature_key_pb2.AsymmetricSignatureKey.DESCRIPTOR.full_name: lambda r: (
+        signature_key(key_pair_from_record(r))
+    ),
+    asymmetric_encryption_key_pb2.AsymmetricEncryptionKey.DESCRIPTOR.full_name: lambda r: (
+        encryption_key(key_pair_from_record(r))
+    ),
     "google.protobuf.Empty": lambda r: empty_pb2.Empty(),
 }
 

@@ -26,11 +26,29 @@ import grpc
 from yandex.cloud.endpoint import api_endpoint_service_pb2_grpc
 from yandex.cloud.iam.v1 import iam_token_service_pb2_grpc
 from yandex.cloud.kms.v1 import symmetric_crypto_service_pb2_grpc, symmetric_key_service_pb2_grpc
+from yandex.cloud.kms.v1.asymmetricencryption import (
+    asymmetric_encryption_crypto_service_pb2_grpc as enc_crypto_grpc,
+)
+from yandex.cloud.kms.v1.asymmetricencryption import (
+    asymmetric_encryption_key_service_pb2_grpc as enc_keys_grpc,
+)
+from yandex.cloud.kms.v1.asymmetricsignature import (
+    asymmetric_signature_crypto_service_pb2_grpc as sig_crypto_grpc,
+)
+from yandex.cloud.kms.v1.asymmetricsignature import (
+    asymmetric_signature_key_service_pb2_grpc as sig_keys_grpc,
+)
 from yandex.cloud.operation import operation_service_pb2_grpc
 
 from kms_hsm.config import Settings, read_secret_file
 from kms_hsm.domain.validation import MAX_MESSAGE_BYTES
 from kms_hsm.errors import BackendUnavailable, InvalidArgument
+from kms_hsm.grpc.asymmetric import (
+    AsymmetricEncryptionCryptoServicer,
+    AsymmetricEncryptionKeyServicer,
+    AsymmetricSignatureCryptoServicer,
+    AsymmetricSignatureKeyServicer,
+)
 from kms_hsm.grpc.iam import IamTokenServicer
 from kms_hsm.grpc.servicers import (
     ApiEndpointServicer,
@@ -136,6 +154,18 @@ async def serving(rt: Runtime, settings: Settings, *, reuse_port: bool) -> Async
     )
     symmetric_key_service_pb2_grpc.add_SymmetricKeyServiceServicer_to_server(
         SymmetricKeyServicer(rt), server
+    )
+    sig_crypto_grpc.add_AsymmetricSignatureCryptoServiceServicer_to_server(
+        AsymmetricSignatureCryptoServicer(rt), server
+    )
+    sig_keys_grpc.add_AsymmetricSignatureKeyServiceServicer_to_server(
+        AsymmetricSignatureKeyServicer(rt), server
+    )
+    enc_crypto_grpc.add_AsymmetricEncryptionCryptoServiceServicer_to_server(
+        AsymmetricEncryptionCryptoServicer(rt), server
+    )
+    enc_keys_grpc.add_AsymmetricEncryptionKeyServiceServicer_to_server(
+        AsymmetricEncryptionKeyServicer(rt), server
     )
     operation_service_pb2_grpc.add_OperationServiceServicer_to_server(OperationServicer(rt), server)
     iam_token_service_pb2_grpc.add_IamTokenServiceServicer_to_server(IamTokenServicer(rt), server)

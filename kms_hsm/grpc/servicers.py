@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Any, TypeAlias, TypeVar
 
@@ -93,7 +93,7 @@ class Calls:
         return result
 
 
-def _enum(field: str, enum_type: type[E], value: int) -> E:
+def enum_value(field: str, enum_type: type[E], value: int) -> E:
     """A proto enum value the domain knows; else REST's message for an unknown name."""
     try:
         return enum_type(value)
@@ -180,7 +180,7 @@ class SymmetricCryptoServicer(crypto_grpc.SymmetricCryptoServiceServicer, Calls)
                 request.key_id,
                 request.version_id,
                 request.aad_context,
-                _enum("dataKeySpec", Algorithm, request.data_key_spec),
+                enum_value("dataKeySpec", Algorithm, request.data_key_spec),
                 request.skip_plaintext,
             )
             result = await handlers.generate_data_key(call, r)
@@ -211,15 +211,34 @@ def _action(field: str, value: int) -> str:
         return str(value)  # the handler refuses it with REST's message
 
 
+def read_bindings(request: access_pb2.SetAccessBindingsRequest) -> list[Binding]:
+    """SetAccessBindings' bindings, as the handlers take them (every key service)."""
+    return [_binding(f"accessBindings[{i}]", b) for i, b in enumerate(request.access_bindings)]
+
+
+def read_deltas(request: access_pb2.UpdateAccessBindingsRequest) -> list[tuple[str, Binding]]:
+    """UpdateAccessBindings' deltas, as the handlers take them (every key service)."""
+    deltas = []
+    for i, d in enumerate(request.access_binding_deltas):
+        field = f"accessBindingDeltas[{i}]"
+        action = _action(f"{field}.action", d.action)
+        if not d.HasField("access_binding"):
+            raise FieldError(f"{field}.accessBinding", "is required")
+        deltas.append((action, _binding(f"{field}.accessBinding", d.access_binding)))
+    return deltas
+
+
+def snake_paths(camel_paths: Iterable[str]) -> dict[str, str]:
+    """proto FieldMask paths (snake_case) -> the handlers' camelCase update paths."""
+    return {"".join("_" + c.lower() if c.isupper() else c for c in n): n for n in camel_paths}
+
+
 def _update_path(path: str) -> str:
     """A FieldMask path as the handlers name it (camelCase): proto paths are snake_case."""
     return _SNAKE_PATHS.get(path, path)
 
 
-_SNAKE_PATHS = {
-    "".join("_" + c.lower() if c.isupper() else c for c in name): name
-    for name in handlers.UPDATE_PATHS
-}
+_SNAKE_PATHS = snake_paths(handlers.UPDATE_PATHS)
 
 
 class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, Calls):
@@ -236,7 +255,9 @@ class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, Calls):
                 name=request.name,
                 description=request.description,
                 labels=dict(request.labels),
-                default_algorithm=_enum("defaultAlgorithm", Algorithm, request.default_algorithm),
+                default_algorithm=enum_value(
+                    "defaultAlgorithm", Algorithm, request.default_algorithm
+                ),
                 rotation_period=_duration(
                     "rotationPeriod",
                     request.rotation_period,
@@ -313,9 +334,11 @@ class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, Calls):
             values = KeyUpdate(
                 name=request.name,
                 description=request.description,
-                status=_enum("status", KeyStatus, request.status),
+                status=enum_value("status", KeyStatus, request.status),
                 labels=dict(request.labels),
-                default_algorithm=_enum("defaultAlgorithm", Algorithm, request.default_algorithm),
+                default_algorithm=enum_value(
+                    "defaultAlgorithm", Algorithm, request.default_algorithm
+                ),
                 rotation_period=_duration(
                     "rotationPeriod",
                     request.rotation_period,
@@ -424,10 +447,7 @@ class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, Calls):
 
         async def work(call: Call) -> operation_pb2.Operation:
             resource: Resource = handlers.key_resource(request.resource_id)
-            bindings = [
-                _binding(f"accessBindings[{i}]", b) for i, b in enumerate(request.access_bindings)
-            ]
-            r = handlers.SetBindingsRequest(resource, bindings)
+            r = handlers.SetBindingsRequest(resource, read_bindings(request))
             return render.operation(await handlers.set_access_bindings(call, r))
 
         return await self.run(
@@ -444,14 +464,7 @@ class SymmetricKeyServicer(keys_grpc.SymmetricKeyServiceServicer, Calls):
 
         async def work(call: Call) -> operation_pb2.Operation:
             resource = handlers.key_resource(request.resource_id)
-            deltas = []
-            for i, d in enumerate(request.access_binding_deltas):
-                field = f"accessBindingDeltas[{i}]"
-                action = _action(f"{field}.action", d.action)
-                if not d.HasField("access_binding"):
-                    raise FieldError(f"{field}.accessBinding", "is required")
-                deltas.append((action, _binding(f"{field}.accessBinding", d.access_binding)))
-            r = handlers.UpdateBindingsRequest(resource, deltas)
+            r = handlers.UpdateBindingsRequest(resource, read_deltas(request))
             return render.operation(await handlers.update_access_bindings(call, r))
 
         return await self.run(
@@ -489,7 +502,8 @@ class OperationServicer(operation_service_pb2_grpc.OperationServiceServicer, Cal
 
 
 # The ids the SDKs route KMS to: the Python SDK sends every kms module but symmetric crypto
-# to "kms", the Go SDK sends crypto to "kms-crypto"; IamTokenService is "iam".
+# to "kms" (the asymmetric crypto services too), the Go SDK sends the crypto services
+# (asymmetric ones included) to "kms-crypto"; IamTokenService is "iam". One address serves all.
 ENDPOINT_IDS = ("kms", "kms-crypto", "operation", "iam", "endpoint")
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
 
