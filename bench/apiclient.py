@@ -51,6 +51,18 @@ class ApiClient:
         answer: dict[str, Any] = response.json()
         return answer
 
+    def get(self, path: str) -> dict[str, Any]:
+        """GET and return the JSON answer; anything but 2xx raises ``RequestFailed``."""
+        url = self.base_url + path
+        try:
+            response = self._http.get(path)
+        except httpx.HTTPError as exc:
+            raise RequestFailed("GET", url, b"", None, repr(exc)) from None
+        if not response.is_success:
+            raise RequestFailed("GET", url, b"", response.status_code, response.text)
+        answer: dict[str, Any] = response.json()
+        return answer
+
     def responds(self, path: str = "/") -> bool:
         """True when anything answers HTTP at ``path`` (any status)."""
         try:
@@ -63,6 +75,13 @@ class ApiClient:
         """Create a key in folder ``b1g``; returns its id."""
         body = f'{{"folderId":"b1g","name":"{name}","defaultAlgorithm":"{algorithm}"}}'
         operation = self.post("/kms/v1/keys", body.encode())
+        key_id: str = operation["response"]["id"]
+        return key_id
+
+    def create_key_pair(self, collection: str, name: str, field: str, algorithm: str) -> str:
+        """Create an asymmetric key (``collection``: its REST path) in folder ``b1g``; its id."""
+        body = f'{{"folderId":"b1g","name":"{name}","{field}":"{algorithm}"}}'
+        operation = self.post(collection, body.encode())
         key_id: str = operation["response"]["id"]
         return key_id
 

@@ -1,7 +1,10 @@
 """One gRPC load client process (started by ``grpc_load.run_grpc_load``; see there).
 
 Imports only grpcio, uvloop and the generated KMS modules, so that starting a few of these
-costs little. It opens a few plaintext channels, makes one Encrypt on each, prints
+costs little. ``--method`` is the call (``CALLS``): SymmetricCryptoService Encrypt (the
+default), AsymmetricSignatureCryptoService Sign or AsymmetricEncryptionCryptoService
+Decrypt, with ``--payload-hex`` as its plaintext, message or ciphertext. It opens a few
+plaintext channels, makes one call on each, prints
 ``BENCH_GRPC_READY``, waits for ``go`` on stdin, keeps ``--concurrency`` calls in flight
 for ``--warmup`` + ``--seconds`` and prints one ``BENCH_GRPC_RESULT {json}`` line: the
 calls completed in the measured seconds, their latency histogram, errors by status code,
@@ -20,11 +23,25 @@ import resource
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import uvloop
 from yandex.cloud.kms.v1 import symmetric_crypto_service_pb2 as crypto_pb2
 from yandex.cloud.kms.v1 import symmetric_crypto_service_pb2_grpc as crypto_grpc
+from yandex.cloud.kms.v1.asymmetricencryption import (
+    asymmetric_encryption_crypto_service_pb2 as decrypt_pb2,
+)
+from yandex.cloud.kms.v1.asymmetricencryption import (
+    asymmetric_encryption_crypto_service_pb2_grpc as decrypt_grpc,
+)
+from yandex.cloud.kms.v1.asymmetricsignature import (
+    asymmetric_signature_crypto_service_pb2 as sign_pb2,
+)
+from yandex.cloud.kms.v1.asymmetricsignature import (
+    asymmetric_signature_crypto_service_pb2_grpc as sign_grpc,
+)
 
 TOKEN_ENV = "BENCH_GRPC_TOKEN"
 READY = "BENCH_GRPC_READY"
@@ -35,6 +52,35 @@ CHANNELS_PER_PROCESS = 4
 # Histogram buckets per factor e: neighbouring bucket bounds differ by 1 %.
 BUCKETS_PER_E = 100
 CALL_TIMEOUT = 10.0
+# method -> (stub class, RPC name, request from key id and payload bytes)
+CALLS: dict[str, tuple[Any, str, Callable[[str, bytes], Any]]] = {
+    "encrypt": (
+        crypto_grpc.SymmetricCryptoServiceStub,
+        "Encrypt",
+        lambda key, data: crypto_pb2.SymmetricEncryptRequest(key_id=key, plaintext=data),
+    ),
+    "sign": (
+        sign_grpc.AsymmetricSignatureCryptoServiceStub,
+        "Sign",
+        lambda key, data: sign_pb2.AsymmetricSignRequest(key_id=key, message=data),
+    ),
+    "decrypt": (
+        decrypt_grpc.AsymmetricEncryptionCryptoServiceStub,
+        "Decrypt",
+        lambda key, data: decrypt_pb2.AsymmetricDecryptRequest(key_id=key, ciphertext=data),
+    ),
+}
+
+
+def rpc(method: str, channel: Any) -> Any:
+    """The bound RPC ``method`` (a key of ``CALLS``) on ``channel``, sync or aio alike."""
+    stub_class, name, _ = CALLS[method]
+    return getattr(stub_class(channel), name)
+
+
+def make_request(method: str, key_id: str, payload: bytes) -> Any:
+    """The request message of ``method`` for ``key_id`` with ``payload``."""
+    return CALLS[method][2](key_id, payload)
 
 
 def channel_options() -> list[tuple[str, int]]:
@@ -96,8 +142,8 @@ class Window:
 
 
 async def _slot(
-    stub: crypto_grpc.SymmetricCryptoServiceStub,
-    request: crypto_pb2.SymmetricEncryptRequest,
+    call: Any,
+    request: Any,
     metadata: tuple[tuple[str, str], ...],
     window: Window,
 ) -> None:
@@ -108,7 +154,7 @@ async def _slot(
             return
         error: grpc.RpcError | None = None
         try:
-            await stub.Encrypt(request, metadata=metadata, timeout=CALL_TIMEOUT)
+            await call(request, metadata=metadata, timeout=CALL_TIMEOUT)
         except grpc.RpcError as exc:
             error = exc
         window.record(started, clock(), error)
@@ -122,18 +168,16 @@ def _cpu_seconds() -> float:
 async def run_client(args: argparse.Namespace) -> dict[str, object]:
     """Connect, report ready, wait for go, load, and return the result."""
     metadata = bearer(os.environ.get(TOKEN_ENV))
-    request = crypto_pb2.SymmetricEncryptRequest(
-        key_id=args.key_id, plaintext=bytes.fromhex(args.plaintext_hex)
-    )
+    request = make_request(args.method, args.key_id, bytes.fromhex(args.payload_hex))
     count = min(CHANNELS_PER_PROCESS, args.concurrency)
     channels = [
         grpc.aio.insecure_channel(args.target, options=channel_options()) for _ in range(count)
     ]
     try:
-        stubs = [crypto_grpc.SymmetricCryptoServiceStub(channel) for channel in channels]
+        calls = [rpc(args.method, channel) for channel in channels]
         # Every connection is open and has served a call before the clock starts.
         await asyncio.gather(
-            *(s.Encrypt(request, metadata=metadata, timeout=CALL_TIMEOUT) for s in stubs)
+            *(call(request, metadata=metadata, timeout=CALL_TIMEOUT) for call in calls)
         )
         print(READY, flush=True)
         go = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -142,7 +186,7 @@ async def run_client(args: argparse.Namespace) -> dict[str, object]:
         window = Window(time.perf_counter() + args.warmup, args.seconds)
         cpu_before = _cpu_seconds()
         await asyncio.gather(
-            *(_slot(stubs[i % count], request, metadata, window) for i in range(args.concurrency))
+            *(_slot(calls[i % count], request, metadata, window) for i in range(args.concurrency))
         )
         cpu = (_cpu_seconds() - cpu_before) * args.seconds / (args.seconds + args.warmup)
     finally:
@@ -164,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="one gRPC load client process")
     parser.add_argument("--target", required=True)
     parser.add_argument("--key-id", required=True)
-    parser.add_argument("--plaintext-hex", required=True)
+    parser.add_argument("--method", choices=sorted(CALLS), default="encrypt")
+    parser.add_argument("--payload-hex", required=True)
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--warmup", type=float, default=0.0)

@@ -1,11 +1,12 @@
-"""The gRPC load generator: several client processes making Encrypt calls, their results summed.
+"""The gRPC load generator: several client processes making one kind of call, results summed.
 
 wrk speaks only HTTP/1.1, so gRPC load comes from Python: ``processes`` client processes
 (``bench/grpc_client.py``), each with its share of the ``concurrency`` calls in flight on
-``grpc.aio`` (uvloop) over a few plaintext channels of the generated
-``SymmetricCryptoServiceStub``. The bench measures the server, not the SDK: no discovery,
-no IAM token exchange, the bearer token as ``authorization`` metadata. A closed loop like
-wrk's: each in-flight slot sends its next call when the previous answer is complete.
+``grpc.aio`` (uvloop) over a few plaintext channels of the generated stub
+(``SymmetricCryptoServiceStub`` Encrypt, or the asymmetric Sign / Decrypt). The bench
+measures the server, not the SDK: no discovery, no IAM token exchange, the bearer token
+as ``authorization`` metadata. A closed loop like wrk's: each in-flight slot sends its
+next call when the previous answer is complete.
 
 The processes connect, make one call, report ready, and start together when the harness
 writes ``go``. Each counts the calls that started and completed in its measured window and
@@ -30,22 +31,33 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_client import READY, RESULT, TOKEN_ENV, bearer, bucket_upper_us, describe
+from grpc_client import (
+    READY,
+    RESULT,
+    TOKEN_ENV,
+    bearer,
+    bucket_upper_us,
+    describe,
+    make_request,
+    rpc,
+)
 from loadgen import LoadError, LoadResult
-from yandex.cloud.kms.v1 import symmetric_crypto_service_pb2 as crypto_pb2
-from yandex.cloud.kms.v1 import symmetric_crypto_service_pb2_grpc as crypto_grpc
 
 CLIENT_SCRIPT = Path(__file__).resolve().with_name("grpc_client.py")
 
 
 @dataclass(frozen=True)
 class GrpcLoad:
-    """What to send: Encrypt of ``plaintext`` under ``key_id`` at ``target`` (host:port)."""
+    """What to send: ``method`` (grpc_client.CALLS) with ``payload`` under ``key_id`` at ``target``.
+
+    ``payload`` is Encrypt's plaintext, Sign's message or Decrypt's ciphertext.
+    """
 
     target: str
     key_id: str
-    plaintext: bytes
+    payload: bytes
     token: str | None = None
+    method: str = "encrypt"
 
 
 @dataclass
@@ -56,19 +68,15 @@ class GrpcLoadResult:
     error_examples: list[str] = field(default_factory=list)
 
 
-def probe(load: GrpcLoad, timeout: float = 10.0) -> crypto_pb2.SymmetricEncryptResponse:
-    """One Encrypt with the sync stub; grpc.RpcError propagates."""
+def probe(load: GrpcLoad, timeout: float = 10.0) -> Any:
+    """One call with the sync stub; returns the response; grpc.RpcError propagates."""
     with grpc.insecure_channel(load.target) as channel:
-        stub = crypto_grpc.SymmetricCryptoServiceStub(channel)
-        request = crypto_pb2.SymmetricEncryptRequest(key_id=load.key_id, plaintext=load.plaintext)
-        response: crypto_pb2.SymmetricEncryptResponse = stub.Encrypt(
-            request, metadata=bearer(load.token), timeout=timeout
-        )
-        return response
+        request = make_request(load.method, load.key_id, load.payload)
+        return rpc(load.method, channel)(request, metadata=bearer(load.token), timeout=timeout)
 
 
 def wait_serving(load: GrpcLoad, timeout: float) -> str | None:
-    """Probe until an Encrypt succeeds; None, or the last error after ``timeout`` seconds."""
+    """Probe until a call succeeds; None, or the last error after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last = "no attempt"
     while time.monotonic() < deadline:
@@ -114,8 +122,10 @@ def run_grpc_load(
                 load.target,
                 "--key-id",
                 load.key_id,
-                "--plaintext-hex",
-                load.plaintext.hex(),
+                "--method",
+                load.method,
+                "--payload-hex",
+                load.payload.hex(),
                 "--concurrency",
                 str(share),
                 "--seconds",

@@ -1,4 +1,5 @@
-"""Ratios against the baselines of the same run, issue 6's targets, and the printed table."""
+"""Ratios against the baselines of the same run, issue 6's targets, the asymmetric rows
+against the token's own rate (issue 17), and the printed tables."""
 
 from __future__ import annotations
 
@@ -8,15 +9,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from scenarios import (
+    ASYMMETRIC,
+    ASYMMETRIC_GRPC,
     BASE_F,
     BASE_G,
     BASE_R,
+    DEC_OAEP,
     ENC_HSM,
     ENC_SW,
     GDKH_HSM,
     GDKH_SW,
     GRPC_HSM,
     GRPC_SW,
+    RAW_ROW,
     Measurement,
 )
 
@@ -313,6 +318,141 @@ def hsm_lines(hsm: dict[str, Any] | None, results: Results) -> list[str]:
                 f"best HSM-key encrypt over {over} (w{best.workers} c{best.concurrency}): "
                 f"{best.rps / raw['ops_per_s']:.2f} x the raw token rate"
             )
+    return lines
+
+
+# The raw rate of the start is that of the token object, since the service signs and
+# decrypts with the private key's token object (asym_raw.py measures the session copy
+# too, printed beside it); so are the slices taken in turn with the rows.
+RAW_BASIS = "token_object"
+
+
+@dataclass
+class AsymmetricRow:
+    """One asymmetric service row beside the token's rate for the same mechanism.
+
+    ``raw_ops_per_s``, ``raw_cpu_us``: the token's rate and the CPU per call of the
+    process making the calls, in the slices taken in turn with the rows at this point
+    (``raw_in_turn``), else as measured at the start. ``x_raw``: the service's req/s over
+    that rate (one session, one thread); ``cpu_x_raw``: the server's CPU per request (its
+    whole process tree, HSM agents included) over the raw call's CPU: other load on the
+    machine slows both down, but inflates neither's CPU time much.
+    """
+
+    scenario: str
+    transport: str
+    workers: int
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    server_us: float
+    raw_ops_per_s: float | None
+    raw_cpu_us: float | None
+    x_raw: float | None
+    cpu_x_raw: float | None
+    raw_in_turn: bool = False
+
+
+def asymmetric_rows(
+    results: Results,
+    raw: dict[str, Any] | None,
+    in_turn: dict[tuple[int, int], dict[str, dict[str, float]]] | None = None,
+) -> list[AsymmetricRow]:
+    """Every measured asymmetric scenario with its raw rate and the two ratios.
+
+    ``in_turn``: (workers, concurrency) -> mechanism row -> ``ops_per_s`` and
+    ``cpu_us_per_op`` of the slices taken in turn with that point's rows; preferred to
+    the measurement of the start.
+    """
+    rows = []
+    raw_rows = (raw or {}).get("rows", {})
+    for m in results.items:
+        if m.scenario not in ASYMMETRIC:
+            continue
+        row_name = RAW_ROW[m.scenario]
+        timing = (in_turn or {}).get((m.workers, m.concurrency), {}).get(row_name)
+        turn = timing is not None
+        if timing is None:
+            timing = (raw_rows.get(row_name) or {}).get(RAW_BASIS)
+        ops = timing["ops_per_s"] if timing else None
+        us = timing["cpu_us_per_op"] if timing else None
+        rows.append(
+            AsymmetricRow(
+                m.scenario,
+                "gRPC" if m.scenario in ASYMMETRIC_GRPC else "REST",
+                m.workers,
+                m.concurrency,
+                m.rps,
+                m.p50_ms,
+                m.p99_ms,
+                m.server_us,
+                ops,
+                us,
+                m.rps / ops if ops and not m.errors else None,
+                m.server_us / us if us and not m.errors else None,
+                turn,
+            )
+        )
+    return rows
+
+
+def asymmetric_lines(rows: list[AsymmetricRow], raw: dict[str, Any] | None) -> list[str]:
+    """The token's own rates at the start, then each service row with its ratios."""
+    if not raw and not rows:
+        return ["not measured"]
+    lines: list[str] = []
+    if raw:
+        lines.append(
+            f"raw token at the start: python-pkcs11, 1 session logged in, 1 thread, back to "
+            f"back, {raw['seconds']:g} s each (token object; its session copy beside it)"
+        )
+        for name, row in raw["rows"].items():
+            copy = row.get("session_copy")
+            copy_text = f"copy {copy['ops_per_s']:>7,.0f}" if copy else "no copy"
+            timing = row[RAW_BASIS]
+            lines.append(
+                f"  {name:<30}{timing['ops_per_s']:>9,.0f} ops/s {timing['us_per_op']:>7.1f} us"
+                f" ({timing['cpu_us_per_op']:.1f} us CPU)  ({copy_text})  {row['mechanism']}"
+                f" on a {row['input']}"
+            )
+        decode = raw["rows"].get(DEC_OAEP, {}).get("host_decode_us")
+        decode_text = f" ({decode:.0f} us here, measured alone)" if decode is not None else ""
+        lines.append(
+            "  decrypt: the raw row times CKM_RSA_X_509 alone (SoftHSM2 2.6 has no OAEP-SHA256);"
+        )
+        lines.append(
+            f"  the service's agent then decodes EME-OAEP on the host{decode_text}: not in the "
+            "raw figure."
+        )
+    else:
+        lines.append("raw token: not measured")
+    if not rows:
+        return [*lines, "service rows: not measured"]
+    head = (
+        f"{'w':>2} {'conc':>4}  {'scenario':<34}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'srv us':>8}{'raw/s':>8}{'raw us':>8}{'x raw':>7}{'cpu/raw':>8}"
+    )
+    lines += ["", head]
+    for r in rows:
+        lines.append(
+            f"{r.workers:>2} {r.concurrency:>4}  {r.scenario:<34}{r.rps:>8,.0f}{r.p50_ms:>8.2f}"
+            f"{r.p99_ms:>8.2f}{r.server_us:>8.0f}"
+            f"{_fmt(r.raw_ops_per_s, 0) + ('' if r.raw_in_turn else '*'):>8}"
+            f"{_fmt(r.raw_cpu_us, 0):>8}{_fmt(r.x_raw):>7}{_fmt(r.cpu_x_raw):>8}"
+        )
+    lines.append(
+        "raw/s, raw us: the token object's rate and CPU per call in slices taken in turn with "
+        "the rows of the same point (*: at the start)."
+    )
+    lines.append(
+        "x raw: req/s over raw/s; cpu/raw: server CPU per request (workers and HSM "
+        "agents) over raw us."
+    )
+    lines.append(
+        "The raw rate is one session in one process; with N workers the service has N HSM "
+        "agents, each with its own session, so x raw can pass 1."
+    )
     return lines
 
 

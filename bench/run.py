@@ -1,13 +1,15 @@
-"""kms-hsm benchmark harness (issues 6, 16): kms-hsm and three baselines, REST and gRPC, one run.
+"""kms-hsm benchmark harness (issues 6, 16, 17): kms-hsm and three baselines, REST and gRPC.
 
     .venv/bin/python bench/run.py                 # full run, ~6-8 minutes on 2 cores
-    .venv/bin/python bench/run.py --smoke         # ~15-20 s: what CI runs
+    .venv/bin/python bench/run.py --smoke         # ~25 s: what CI runs
+    .venv/bin/python bench/run.py --asymmetric    # only sign / OAEP decrypt vs the raw token
     .venv/bin/python bench/run.py --scale         # 10,000 + 10,000 keys; many minutes
     .venv/bin/python bench/run.py --memory        # worker RSS over 1,000,000 requests
 
 REST load comes from wrk, gRPC load from several Python client processes (grpc_load.py).
 Prints a table with every measurement, the ratios against the baselines measured in the
-same run and issue 6's targets; writes everything as JSON (bench/results/latest.json).
+same run, issue 6's targets and the asymmetric rows (sign, OAEP decrypt) against the
+token's own rate for the same mechanism; writes everything as JSON (bench/results/latest.json).
 Exits 1 when any request failed or any scenario could not be measured. See bench/README.md.
 """
 
@@ -40,6 +42,7 @@ from apiclient import ApiClient, RequestFailed
 from grpc_client import describe
 from grpc_load import GrpcLoad, probe, run_grpc_load, wait_serving
 from loadgen import Load, LoadError, LoadResult, combine, ensure_wrk, run_wrk, slice_seconds
+from raw_token import RawToken, RawTokenError
 from scenarios import Measurement, Scenario
 from servers import (
     BENCH_DIR,
@@ -73,6 +76,9 @@ class Config:
     rounds: int = 1
     # Client processes of the gRPC load (0: no gRPC scenarios).
     grpc_clients: int = 2
+    # Seconds of each slice of the token's own sign/decrypt rate, taken in turn with the
+    # asymmetric rows (one per mechanism per round, just before them).
+    raw_slice: float = 1.0
 
 
 def _int_list(text: str) -> list[int]:
@@ -94,6 +100,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--grpc-clients", type=int, default=2, help="gRPC client processes (2; 0: no gRPC)"
     )
     parser.add_argument("--smoke", action="store_true", help="~15 s: 1 worker, c16, 1 s each")
+    parser.add_argument(
+        "--asymmetric",
+        action="store_true",
+        help="only the sign / OAEP decrypt rows and the token's own rates (issue 17)",
+    )
     parser.add_argument("--scale", action="store_true", help="10,000 keys of each kind")
     parser.add_argument("--scale-keys", type=int, default=10_000, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -119,6 +130,7 @@ def config_from(args: argparse.Namespace) -> Config:
             only=_without_grpc(scenarios.SMOKE, args.grpc_clients),
             stack_check=False,
             grpc_clients=args.grpc_clients,
+            raw_slice=0.2,
         )
     return Config(
         seconds=args.duration,
@@ -127,10 +139,17 @@ def config_from(args: argparse.Namespace) -> Config:
         workers=args.workers,
         wrk_threads=args.wrk_threads,
         hsm_seconds=2.0,
-        only=None if args.grpc_clients else _without_grpc(scenarios.ALL, 0),
+        only=_only(args),
         rounds=args.rounds,
         grpc_clients=args.grpc_clients,
     )
+
+
+def _only(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The scenarios of a default run: all, or the asymmetric ones; gRPC ones only with clients."""
+    if args.asymmetric:
+        return _without_grpc(scenarios.ASYMMETRIC, args.grpc_clients)
+    return None if args.grpc_clients else _without_grpc(scenarios.ALL, 0)
 
 
 def _without_grpc(names: tuple[str, ...], grpc_clients: int) -> tuple[str, ...]:
@@ -198,6 +217,13 @@ class BenchRun:
         self.failures: list[str] = []
         self.memory: list[dict[str, Any]] = []
         self.hsm_raw: dict[str, Any] | None = None
+        # The token's own sign / raw-RSA rates (asym_raw.py): measured once at the start
+        # (``asym_raw``), then in slices in turn with the asymmetric rows (``raw_slices``:
+        # (workers, concurrency) -> mechanism -> [calls, seconds, CPU seconds]), what the
+        # rows are divided by.
+        self.raw_token: RawToken | None = None
+        self.asym_raw: dict[str, Any] | None = None
+        self.raw_slices: dict[tuple[int, int], dict[str, list[float]]] = {}
         self.stack_p50_ms: dict[int, float] = {}
         self._kms_requests = 0
         self._token: str | None = None
@@ -208,17 +234,21 @@ class BenchRun:
         """Start the servers for each worker count and measure everything."""
         plan: list[Scenario] | None = None
         grpc = self.config.grpc_clients > 0
-        for workers in self.config.workers:
-            with running_servers(self.data_dir, workers, self.log_dir, grpc) as servers:
-                clients = self._clients(servers)
-                try:
-                    if plan is None:
-                        plan = self._prepare(clients["kms"])
-                    broken = self._wait_grpc(servers["kms"], plan)
-                    self._measure_all(servers, clients, plan, workers, broken)
-                finally:
-                    for client in clients.values():
-                        client.close()
+        try:
+            for workers in self.config.workers:
+                with running_servers(self.data_dir, workers, self.log_dir, grpc) as servers:
+                    clients = self._clients(servers)
+                    try:
+                        if plan is None:
+                            plan = self._prepare(clients["kms"])
+                        broken = self._wait_grpc(servers["kms"], plan)
+                        self._measure_all(servers, clients, plan, workers, broken)
+                    finally:
+                        for client in clients.values():
+                            client.close()
+        finally:
+            if self.raw_token is not None:
+                self.raw_token.close()
 
     def _clients(self, servers: dict[str, Server]) -> dict[str, ApiClient]:
         token = self._token = read_token(self.data_dir)
@@ -228,17 +258,31 @@ class BenchRun:
         }
 
     def _prepare(self, kms: ApiClient) -> list[Scenario]:
-        """Create the two keys, measure the idle token, build the request bodies."""
+        """Create the keys, measure the idle token, build the request bodies."""
         sw_key = kms.create_key("bench-sw", "AES_256")
         hsm_key = kms.create_key("bench-hsm", "AES_256_HSM")
+        try:
+            asymmetric = scenarios.build_asymmetric(kms, self.config.only)
+        except (RequestFailed, KeyError, TypeError, ValueError) as exc:
+            # The symmetric rows still run; the failure fails the run.
+            self.failures.append(f"asymmetric keys could not be set up: {exc}")
+            asymmetric = []
         try:
             self.hsm_raw = measure_hsm_raw(self.data_dir, self.config.hsm_seconds)
         except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
             self.failures.append(f"raw PKCS#11 measurement: {exc}")
-        return scenarios.build(kms, sw_key, hsm_key, self.config.only)
+        if any(self.config.only is None or n in self.config.only for n in scenarios.ASYMMETRIC):
+            try:
+                log_path = self.log_dir / "asym_raw.log"
+                self.raw_token = RawToken(self.data_dir, self.config.hsm_seconds, log_path)
+                self.asym_raw = self.raw_token.summary
+            except (RawTokenError, OSError) as exc:
+                self.failures.append(f"raw PKCS#11 sign/decrypt measurement: {exc}")
+        return scenarios.build(kms, sw_key, hsm_key, self.config.only) + asymmetric
 
     def _wait_grpc(self, kms: Server, plan: list[Scenario]) -> set[str]:
-        """Wait for kms-hsm's gRPC Encrypt; the gRPC scenarios not to run when it never answers."""
+        """Wait for kms-hsm's gRPC port (the first gRPC scenario's call); the gRPC scenarios
+        not to run when it never answers."""
         grpc_scenarios = [s for s in plan if s.is_grpc and s.server == "kms"]
         if not grpc_scenarios:
             return set()
@@ -246,7 +290,8 @@ class BenchRun:
         if error is None:
             return set()
         self.failures.append(
-            f"kms-hsm (w{kms.workers}) gRPC {kms.grpc_target}: Encrypt never succeeded "
+            f"kms-hsm (w{kms.workers}) gRPC {kms.grpc_target}: {grpc_scenarios[0].name} never "
+            "succeeded "
             f"in 30 s, last answer {error}; its log ends:\n{kms.log_tail()}"
         )
         return {s.name for s in grpc_scenarios}
@@ -254,7 +299,13 @@ class BenchRun:
     def _grpc_load(self, server: Server, scenario: Scenario) -> GrpcLoad:
         assert scenario.grpc_key is not None
         token = self._token if scenario.server == "kms" else None
-        return GrpcLoad(server.grpc_target, scenario.grpc_key, scenarios.PLAINTEXT, token)
+        return GrpcLoad(
+            server.grpc_target,
+            scenario.grpc_key,
+            scenario.grpc_payload,
+            token,
+            scenario.grpc_method,
+        )
 
     def _measure_all(
         self,
@@ -273,9 +324,13 @@ class BenchRun:
             failed = set(broken)
             for round_index, seconds in enumerate(slices_of):
                 self._warmup = self.config.warmup if index == 0 and round_index == 0 else 0
+                raw_taken = False
                 for scenario in plan:
                     if scenario.name in failed or not self._alive(servers[scenario.server]):
                         continue
+                    if scenario.name in scenarios.ASYMMETRIC and not raw_taken:
+                        raw_taken = True
+                        self._raw_slices(plan, workers, concurrency)
                     point = f"{scenario.name} (w{workers} c{concurrency})"
                     server = servers[scenario.server]
                     if scenario.is_grpc:
@@ -300,6 +355,24 @@ class BenchRun:
                         combine(slices[scenario.name]),
                     )
         self._sample_memory(servers["kms"])
+
+    def _raw_slices(self, plan: list[Scenario], workers: int, concurrency: int) -> None:
+        """One slice of the token's own rate for each mechanism of the asymmetric rows."""
+        if self.raw_token is None:
+            return
+        point = self.raw_slices.setdefault((workers, concurrency), {})
+        mechanisms = [scenarios.RAW_ROW[s.name] for s in plan if s.name in scenarios.RAW_ROW]
+        for row in dict.fromkeys(mechanisms):
+            try:
+                taken = self.raw_token.measure(row, self.config.raw_slice)
+            except RawTokenError as exc:
+                self.failures.append(f"raw PKCS#11 {row} (w{workers} c{concurrency}): {exc}")
+                self.raw_token.close()
+                self.raw_token = None
+                return
+            totals = point.setdefault(row, [0.0, 0.0, 0.0])
+            for i, value in enumerate(taken):
+                totals[i] += value
 
     def _alive(self, server: Server) -> bool:
         """False (and one failure recorded) once a server has exited under the run."""
@@ -352,7 +425,9 @@ class BenchRun:
         try:
             probe(load)
         except grpc.RpcError as exc:
-            self.failures.append(f"{point}: probe Encrypt to {load.target} failed: {describe(exc)}")
+            self.failures.append(
+                f"{point}: probe {load.method} to {load.target} failed: {describe(exc)}"
+            )
             print(f"FAILED {point}: {describe(exc)}", flush=True)
             return None
         try:
@@ -464,10 +539,31 @@ class BenchRun:
             "ratios": [asdict(r) for r in report.ratios(results)] if self.measurements else [],
             "targets": [asdict(t) for t in self.targets(results)],
             "hsm_raw": self.hsm_raw,
+            "asym_raw": self.asym_raw,
+            "asym_raw_in_turn": [
+                {"workers": w, "concurrency": c, "row": row, **rate}
+                for (w, c), rows in sorted(self._raw_in_turn().items())
+                for row, rate in rows.items()
+            ],
+            "asymmetric": [asdict(r) for r in self._asymmetric_rows(results)],
             "memory": self.memory,
             "stack_p50_ms": self.stack_p50_ms,
             "failures": self.failures,
         }
+
+    def _raw_in_turn(self) -> dict[tuple[int, int], dict[str, dict[str, float]]]:
+        """(workers, concurrency) -> mechanism -> ops/s and CPU us per op of its slices."""
+        return {
+            point: {
+                row: {"ops_per_s": calls / seconds, "cpu_us_per_op": cpu / calls * 1e6}
+                for row, (calls, seconds, cpu) in rows.items()
+                if calls and seconds
+            }
+            for point, rows in self.raw_slices.items()
+        }
+
+    def _asymmetric_rows(self, results: report.Results) -> list[report.AsymmetricRow]:
+        return report.asymmetric_rows(results, self.asym_raw, self._raw_in_turn())
 
     def targets(self, results: report.Results) -> list[report.Target]:
         """Issue 6's targets: measured ones, then the ones only --scale measures."""
@@ -487,6 +583,8 @@ class BenchRun:
         _print_lines(report.stack_lines(self.stack_p50_ms))
         _section("HSM")
         _print_lines(report.hsm_lines(self.hsm_raw, results))
+        _section("Asymmetric keys: service / raw token, same mechanism, same run (issue 17)")
+        _print_lines(report.asymmetric_lines(self._asymmetric_rows(results), self.asym_raw))
         _section("Memory (kms-hsm RSS per worker)")
         _print_lines(memory_lines(self.memory))
         _section("Targets (issue 6; one run, the issue asks for the median of 3)")
