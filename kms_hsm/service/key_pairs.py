@@ -44,7 +44,14 @@ from kms_hsm.errors import FailedPrecondition, Internal, InvalidArgument, NotFou
 from kms_hsm.service.cache import MissCache, StateCache
 from kms_hsm.service.context import as_context
 from kms_hsm.service.keyring import Keyring
-from kms_hsm.service.keys import MAX_LIST_TOKEN, MAX_SUB_LIST_TOKEN, Caller, KeyService, Page
+from kms_hsm.service.keys import (
+    MAX_LIST_TOKEN,
+    MAX_SUB_LIST_TOKEN,
+    Caller,
+    KeyService,
+    Page,
+    check_update,
+)
 from kms_hsm.service.operations import finished_operation, persist_with_audit
 from kms_hsm.store import repository
 from kms_hsm.store.engine import Database
@@ -267,16 +274,8 @@ class KeyPairService:
         """Apply the fields in ``mask`` (``UPDATABLE_FIELDS``); status only ACTIVE/INACTIVE."""
         _kind(family)
         validation.check_id("keyId", key_id)
-        if not mask:
-            raise InvalidArgument("updateMask is required")
-        unknown = mask - UPDATABLE_FIELDS
-        if unknown:
-            raise InvalidArgument(f"updateMask: unknown or immutable path(s) {sorted(unknown)}")
-        labels = values.labels or {}
-        validation.check_key_fields(
-            values.name if "name" in mask else "",
-            values.description if "description" in mask else "",
-            labels if "labels" in mask else {},
+        labels = check_update(
+            mask, UPDATABLE_FIELDS, values.name, values.description, values.labels
         )
         settable = (AsymmetricKeyStatus.ACTIVE, AsymmetricKeyStatus.INACTIVE)
         if "status" in mask and values.status not in settable:

@@ -312,16 +312,8 @@ class KeyService:
     ) -> StoredOperation:
         """Apply the fields named in ``mask``; a named field absent from the body resets."""
         validation.check_id("keyId", key_id)
-        if not mask:
-            raise InvalidArgument("updateMask is required")
-        unknown = mask - UPDATABLE_FIELDS
-        if unknown:
-            raise InvalidArgument(f"updateMask: unknown or immutable path(s) {sorted(unknown)}")
-        labels = values.labels or {}
-        validation.check_key_fields(
-            values.name if "name" in mask else "",
-            values.description if "description" in mask else "",
-            labels if "labels" in mask else {},
+        labels = check_update(
+            mask, UPDATABLE_FIELDS, values.name, values.description, values.labels
         )
         if "status" in mask and values.status not in (KeyStatus.ACTIVE, KeyStatus.INACTIVE):
             raise InvalidArgument("status: only ACTIVE or INACTIVE can be set")
@@ -754,6 +746,29 @@ class KeyService:
             response=response,
         )
         return persist_with_audit(session, operation, self._audit, caller, str(version_id))
+
+
+def check_update(
+    mask: frozenset[str],
+    updatable: frozenset[str],
+    name: str,
+    description: str,
+    labels: dict[str, str] | None,
+) -> dict[str, str]:
+    """The Update rules of every key family: a mask of known paths, and the fields it names
+    valid; the labels to set (none given: none)."""
+    if not mask:
+        raise InvalidArgument("updateMask is required")
+    unknown = mask - updatable
+    if unknown:
+        raise InvalidArgument(f"updateMask: unknown or immutable path(s) {sorted(unknown)}")
+    labels = labels or {}
+    validation.check_key_fields(
+        name if "name" in mask else "",
+        description if "description" in mask else "",
+        labels if "labels" in mask else {},
+    )
+    return labels
 
 
 def _new_version_row(version: KeyVersion, material: NewMaterial) -> KeyVersionRow:
