@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib.metadata
 import json
 import sqlite3
 import subprocess
@@ -378,6 +379,38 @@ def test_cli_refuses_a_binding_to_an_unknown_principal(service) -> None:
     with sqlite3.connect(_db_path(home)) as conn:
         rows = conn.execute("SELECT count(*) FROM access_bindings WHERE subject_id = 'ajenone'")
         assert rows.fetchone() == (0,)
+
+
+def test_cli_says_when_a_binding_to_remove_is_not_there(service) -> None:
+    """Issue 18 §7: `bindings remove` of a missing binding exited 0 and printed "removeed"."""
+    _runtime, _api, home = service
+    url = _url(_db_path(home))
+    args = ("--folder", "b1gy", "--role", "kms.viewer", "--subject-type", "system")
+    args += ("--subject", "allAuthenticatedUsers")
+    missing = cli(url, "bindings", "remove", *args)
+    assert missing.returncode == 1, missing.stdout + missing.stderr
+    assert missing.stdout == ""
+    assert missing.stderr.strip().splitlines() == [
+        "kms-hsm: no binding kms.viewer for system:allAuthenticatedUsers on folder b1gy: "
+        "nothing removed"
+    ]
+    added = cli(url, "bindings", "add", *args)
+    assert (added.returncode, added.stdout.strip()) == (
+        0,
+        "added kms.viewer for system:allAuthenticatedUsers",
+    )
+    removed = cli(url, "bindings", "remove", *args)
+    assert (removed.returncode, removed.stdout.strip()) == (
+        0,
+        "removed kms.viewer for system:allAuthenticatedUsers",
+    )
+
+
+def test_cli_prints_its_version() -> None:
+    """Issue 18 §7: no --version."""
+    result = subprocess.run([KMS_HSM, "--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"kms-hsm {importlib.metadata.version('kms-hsm')}"
 
 
 def test_scheduled_rotation_and_destruction_are_audited(api, runtime, clock, wait) -> None:

@@ -25,7 +25,7 @@ from kms_hsm.audit.chain import Checkpoint
 from kms_hsm.audit.checkpoints import file_checkpoints, worth_checking
 from kms_hsm.audit.store import AuditLog
 from kms_hsm.config import Settings, write_secret_file
-from kms_hsm.errors import InvalidArgument
+from kms_hsm.errors import InvalidArgument, NotFound
 from kms_hsm.service.access import AccessService, Binding, Resource
 from kms_hsm.service.auth import AuthService
 from kms_hsm.service.context import CallContext
@@ -215,8 +215,17 @@ def bindings_change(args: argparse.Namespace) -> int:
                 )
             if known[args.subject].revoked:
                 raise InvalidArgument(f"principal {args.subject} is revoked")
-        rt.access.update_bindings(_resource(args), [(action, binding)], _caller(""))
-    print(f"{action.lower()}ed {args.role} for {args.subject_type}:{args.subject}")
+        resource = _resource(args)
+        if action == "REMOVE" and binding not in rt.access.list_bindings(resource):
+            # The API's UpdateAccessBindings takes a missing one as done; an operator who
+            # typed a role or subject wrong must hear that nothing was removed.
+            raise NotFound(
+                f"no binding {args.role} for {args.subject_type}:{args.subject} on "
+                f"{resource.type} {resource.id}: nothing removed"
+            )
+        rt.access.update_bindings(resource, [(action, binding)], _caller(""))
+    done = "added" if action == "ADD" else "removed"
+    print(f"{done} {args.role} for {args.subject_type}:{args.subject}")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import re
@@ -144,6 +145,9 @@ def _openapi(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs test)."""
     parser = argparse.ArgumentParser(prog="kms-hsm", description=__doc__)
+    parser.add_argument(
+        "--version", action="version", version=f"kms-hsm {importlib.metadata.version('kms-hsm')}"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="initialise what is missing and serve the REST API")
     serve.add_argument("--host")
