@@ -99,6 +99,18 @@ def copy(tmp_path: Path) -> tuple[Path, dict[str, str]]:
             "pkcs11-only-in-agent",
             "kms_hsm.crypto -> kms_hsm.crypto.pkcs11.errors",
         ),
+        (
+            "client/__init__.py",
+            "import kms_hsm.service.context",
+            "clients-stand-alone",
+            "kms_hsm.client -> kms_hsm.service.context",
+        ),
+        (
+            "metrics.py",
+            "import kms_hsm.service.context",
+            "layers",
+            "kms_hsm.metrics -> kms_hsm.service.context",
+        ),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(

@@ -1,0 +1,1 @@
+"""Prometheus metrics of kms-hsm (prometheus-client, multi-process mode); see issue 18 §5."""

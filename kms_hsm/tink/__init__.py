@@ -1,0 +1,1 @@
+"""Tink integration: a ``tink.KmsClient`` for ``yc-kms://<keyId>`` URIs; see issue 18 §1."""
