@@ -176,44 +176,43 @@ def _seconds(value: timedelta | None) -> str | None:
 
 
 def _compact(d: Mapping[str, Any]) -> dict[str, Any]:
-    # proto3 JSON leaves absent fields out; so do we, so the shapes match the REST answers.
     return {k: v for k, v in d.items() if v is not None}
 
 
+# --json prints every field of a key or version, null when it has no value (the REST API's
+# proto3 JSON leaves such fields out): scripts can rely on each name being there.
+
+
 def version_json(v: SymmetricKeyVersion) -> dict[str, Any]:
-    """A version as the REST API prints it."""
-    return _compact(
-        {
-            "id": v.id,
-            "keyId": v.key_id,
-            "status": v.status,
-            "algorithm": v.algorithm,
-            "createdAt": _time(v.created_at),
-            "primary": v.primary,
-            "destroyAt": _time(v.destroy_at),
-            "hostedByHsm": v.hosted_by_hsm,
-        }
-    )
+    """A version with the REST API's field names."""
+    return {
+        "id": v.id,
+        "keyId": v.key_id,
+        "status": v.status,
+        "algorithm": v.algorithm,
+        "createdAt": _time(v.created_at),
+        "primary": v.primary,
+        "destroyAt": _time(v.destroy_at),
+        "hostedByHsm": v.hosted_by_hsm,
+    }
 
 
 def key_json(k: SymmetricKey) -> dict[str, Any]:
-    """A key as the REST API prints it."""
-    return _compact(
-        {
-            "id": k.id,
-            "folderId": k.folder_id,
-            "createdAt": _time(k.created_at),
-            "name": k.name,
-            "description": k.description,
-            "labels": dict(k.labels),
-            "status": k.status,
-            "defaultAlgorithm": k.default_algorithm,
-            "primaryVersion": version_json(k.primary_version) if k.primary_version else None,
-            "rotatedAt": _time(k.rotated_at),
-            "rotationPeriod": _seconds(k.rotation_period),
-            "deletionProtection": k.deletion_protection,
-        }
-    )
+    """A key with the REST API's field names."""
+    return {
+        "id": k.id,
+        "folderId": k.folder_id,
+        "createdAt": _time(k.created_at),
+        "name": k.name,
+        "description": k.description,
+        "labels": dict(k.labels),
+        "status": k.status,
+        "defaultAlgorithm": k.default_algorithm,
+        "primaryVersion": version_json(k.primary_version) if k.primary_version else None,
+        "rotatedAt": _time(k.rotated_at),
+        "rotationPeriod": _seconds(k.rotation_period),
+        "deletionProtection": k.deletion_protection,
+    }
 
 
 def _print_json(value: Any) -> None:
@@ -417,10 +416,7 @@ def _keys_cancel_destroy(args: argparse.Namespace) -> int:
 def _read_input(path: str, in_base64: bool) -> bytes:
     """The bytes of ``path`` (``-``: stdin), base64-decoded with ``in_base64``."""
     try:
-        if path == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            data = Path(path).read_bytes()
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not in_base64:
@@ -489,9 +485,7 @@ def _encrypt(args: argparse.Namespace) -> int:
     plaintext = _read_input(args.input, args.in_base64)
     aad = _aad(args)
     with _client(args) as client:
-        result = client.encrypt(
-            args.key_id, plaintext, aad_context=aad, version_id=args.version_id
-        )
+        result = client.encrypt(args.key_id, plaintext, aad_context=aad, version_id=args.version_id)
     if args.json:
         body = {
             "keyId": result.key_id,
@@ -536,31 +530,34 @@ def _datakey(args: argparse.Namespace) -> int:
         write_output(args.ciphertext_out, result.data_key_ciphertext, secret=False)
     if args.plaintext_out and result.data_key_plaintext is not None:
         write_output(args.plaintext_out, result.data_key_plaintext, secret=True)
-    body = _compact(
-        {
-            "keyId": result.key_id,
-            "versionId": result.version_id,
-            "dataKeyCiphertext": _b64(result.data_key_ciphertext),
-            # On stdout only when it goes nowhere else: never twice, never on a terminal log.
-            "dataKeyPlaintext": (
-                _b64(result.data_key_plaintext)
-                if result.data_key_plaintext is not None and not args.plaintext_out
-                else None
-            ),
-        }
-    )
+    body = {
+        "keyId": result.key_id,
+        "versionId": result.version_id,
+        "dataKeyCiphertext": _b64(result.data_key_ciphertext),
+        # Printed only when it is not written to --plaintext-out: one copy of a secret.
+        "dataKeyPlaintext": (
+            _b64(result.data_key_plaintext)
+            if result.data_key_plaintext is not None and not args.plaintext_out
+            else None
+        ),
+    }
     if args.json:
         _print_json(body)
     else:
+        if args.ciphertext_out:
+            cipher_text = f"written to {args.ciphertext_out}"
+        else:
+            cipher_text = str(body["dataKeyCiphertext"])
+        if args.plaintext_out:
+            plain_text = f"written to {args.plaintext_out}"
+        else:
+            plain_text = body["dataKeyPlaintext"] or "(not requested)"
         _fields(
             [
                 ("key", body["keyId"]),
                 ("version", body["versionId"]),
-                ("ciphertext (base64)", args.ciphertext_out or body["dataKeyCiphertext"]),
-                (
-                    "plaintext (base64)",
-                    args.plaintext_out or body.get("dataKeyPlaintext") or "(not requested)",
-                ),
+                ("ciphertext (base64)", cipher_text),
+                ("plaintext (base64)", plain_text),
             ]
         )
     return EXIT_OK
@@ -769,4 +766,3 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--plaintext-out", metavar="FILE", help="write the plaintext data key (raw, mode 0600)"
     )
     _aad_options(p)
-
