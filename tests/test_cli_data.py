@@ -296,10 +296,15 @@ def test_exit_codes(server: KmsServer, tmp_path: Path) -> None:
     bogus = cli_env(server, KMS_HSM_TOKEN="not-a-real-token-value")
     err = run(server, "keys", "get", key_id, env=bogus, expect=3).stderr
     assert b"not-a-real-token-value" not in err
-    _, token, _ = server.principal_with_token("cli-nobody")
-    nobody = cli_env(server, KMS_HSM_TOKEN=token)
-    run(server, "encrypt", key_id, env=nobody, stdin=b"secret plaintext", expect=3)
-    run(server, "keys", "list", "--folder-id", FOLDER, env=nobody, expect=3)
+    principal, token, _ = server.principal_with_token("cli-viewer")
+    viewer = cli_env(server, KMS_HSM_TOKEN=token)
+    # a key the caller may not see at all is "not found" (the server hides its existence)
+    run(server, "encrypt", key_id, env=viewer, stdin=b"secret plaintext", expect=4)
+    server.cli("bindings", "add", "--key", key_id, "--role", "kms.viewer", "--subject", principal)
+    assert key_id in run(server, "keys", "get", key_id, env=viewer).stdout.decode()
+    err = run(server, "encrypt", key_id, env=viewer, stdin=b"secret plaintext", expect=3)
+    assert b"secret plaintext" not in err.stderr
+    run(server, "keys", "rotate", key_id, env=viewer, expect=3)
     # 4: not found
     run(server, "keys", "get", "abcdefghij0123456789", expect=4)
     run(server, "keys", "set-primary", key_id, "abcdefghij0123456789", expect=4)
