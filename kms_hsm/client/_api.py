@@ -35,6 +35,13 @@ USER_AGENT = "kms-hsm-client"
 _SOCKET_OPTIONS = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
+def _ssl(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
+    """httpx's ``verify``: a CA bundle path becomes a context (httpx deprecates paths)."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return verify
+
+
 def _operation_result(call: Call[T], op: Operation) -> T:
     """The typed response of a done Operation, or its error raised."""
     if op.error is not None:
@@ -242,7 +249,7 @@ class Client(_Api):
         verify: bool | str | ssl.SSLContext = True,
     ) -> None:
         super().__init__(endpoint, token=token, timeout=timeout, retries=retries, verify=verify)
-        transport = httpx.HTTPTransport(verify=verify, socket_options=_SOCKET_OPTIONS)
+        transport = httpx.HTTPTransport(verify=_ssl(verify), socket_options=_SOCKET_OPTIONS)
         self._http = httpx.Client(
             base_url=self.endpoint, headers=self._headers, transport=transport, timeout=timeout
         )
@@ -325,7 +332,7 @@ class AsyncClient(_Api):
         verify: bool | str | ssl.SSLContext = True,
     ) -> None:
         super().__init__(endpoint, token=token, timeout=timeout, retries=retries, verify=verify)
-        transport = httpx.AsyncHTTPTransport(verify=verify, socket_options=_SOCKET_OPTIONS)
+        transport = httpx.AsyncHTTPTransport(verify=_ssl(verify), socket_options=_SOCKET_OPTIONS)
         self._http = httpx.AsyncClient(
             base_url=self.endpoint, headers=self._headers, transport=transport, timeout=timeout
         )

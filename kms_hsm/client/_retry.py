@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -128,6 +129,11 @@ class Attempts:
         if self.secret and self.secret in error.message:
             error.message = error.message.replace(self.secret, "***")
             error.args = (error.message,)
+        if _certificate_refused(exc):
+            # Not transient: another try meets the same certificate.
+            error.message = f"TLS certificate of {self.endpoint} not accepted: {exc}"
+            error.args = (error.message,)
+            raise error from exc
         # Nothing was sent: a refused or timed-out connect, no free pooled connection.
         unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
         if not unsent and not self.call.idempotent:
@@ -136,6 +142,16 @@ class Attempts:
             return self._backoff(error)
         except KmsError as final:
             raise final from exc
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """Whether a connect failed on certificate verification (or any TLS handshake error)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 
 def poll_delay(polls: int, deadline: float, operation_id: str, timeout: float) -> float:
