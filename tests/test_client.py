@@ -293,12 +293,12 @@ def test_retry_after_is_honoured(front: _Front, admin_token: str, client: Client
 
 
 @contextlib.contextmanager
-def _silent_server() -> Iterator[str]:
+def _silent_server(conns: list[socket.socket] | None = None) -> Iterator[str]:
     """A server that accepts connections and reads, and never answers."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(16)
-    conns: list[socket.socket] = []
+    conns = [] if conns is None else conns
     stop = threading.Event()
 
     def accept() -> None:
@@ -338,6 +338,26 @@ def test_deadline(admin_token: str) -> None:
                 return time.monotonic() - started
 
         assert 0.9 <= asyncio.run(scenario()) < 2.0
+
+
+def test_attempt_timeout_retries_only_safe_calls(admin_token: str) -> None:
+    conns: list[socket.socket] = []
+    with _silent_server(conns) as url:
+        c = Client(url, token=admin_token, timeout=1.2, attempt_timeout=0.3)
+        with c:
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceeded):
+                c.get_key("abjk")  # safe: a new attempt after each 0.3 s
+            assert 1.1 <= time.monotonic() - started < 2.0
+            time.sleep(0.2)  # the accept loop polls every 0.1 s
+            assert len(conns) >= 3
+            conns.clear()
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceeded, match="attempt timeout"):
+                c.create_key(FOLDER)  # not safe: one attempt, then the error
+            assert time.monotonic() - started < 0.8
+            time.sleep(0.2)
+            assert len(conns) == 1
 
 
 def test_connection_refused_is_retried_then_unavailable() -> None:
