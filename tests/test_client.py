@@ -6,18 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from kms_hsm.client import (
+    AccessBinding,
+    AccessBindingDelta,
     AsyncClient,
     BackendUnavailable,
     Client,
@@ -25,10 +31,16 @@ from kms_hsm.client import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Operation,
     ResourceExhausted,
+    Subject,
     SymmetricKey,
     Unauthenticated,
+    Unimplemented,
+    calls,
 )
+from kms_hsm.client._api import _Api, _Method, _operation_result, _Pages
+from kms_hsm.client.models import Status
 from kms_hsm.errors import StatusCode
 
 FOLDER = "b1gclientfolder"
@@ -142,6 +154,9 @@ def test_async_round_trip(base_url: str, admin_token: str) -> None:
 # --- real servers in front: retries, deadline, polling ------------------------------------
 
 
+_HOP_HEADERS = ("content-length", "content-encoding", "transfer-encoding", "connection", "date")
+
+
 class _Front:
     """A real HTTP server that answers per ``script`` and otherwise proxies to ``upstream``."""
 
@@ -149,6 +164,8 @@ class _Front:
         self.upstream = upstream
         self.hits: list[tuple[str, str]] = []
         self.script: list[Callable[[BaseHTTPRequestHandler], bool]] = []
+        # Applied to each proxied JSON answer: (method, path, body) -> body.
+        self.rewrite: Callable[[str, str, Any], Any] | None = None
         self.lock = threading.Lock()
         front = self
 
@@ -172,7 +189,11 @@ class _Front:
                 r = httpx.request(
                     self.command, front.upstream + self.path, headers=headers, content=body
                 )
-                front.send(self, r.status_code, r.content, dict(r.headers))
+                content = r.content
+                if front.rewrite is not None and r.status_code == 200:
+                    changed = front.rewrite(self.command, self.path, json.loads(content))
+                    content = json.dumps(changed).encode()
+                front.send(self, r.status_code, content, dict(r.headers))
 
             do_GET = do_POST = do_PATCH = do_DELETE = _handle
 
@@ -189,7 +210,7 @@ class _Front:
         """Answer ``status`` with ``body``."""
         h.send_response(status)
         for k, v in (headers or {}).items():
-            if k.lower() not in ("content-length", "transfer-encoding", "connection", "date"):
+            if k.lower() not in _HOP_HEADERS:
                 h.send_header(k, v)
         h.send_header("content-length", str(len(body)))
         h.end_headers()
@@ -272,12 +293,12 @@ def test_retry_after_is_honoured(front: _Front, admin_token: str, client: Client
 
 
 @contextlib.contextmanager
-def _silent_server() -> Iterator[str]:
+def _silent_server(conns: list[socket.socket] | None = None) -> Iterator[str]:
     """A server that accepts connections and reads, and never answers."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(16)
-    conns: list[socket.socket] = []
+    conns = [] if conns is None else conns
     stop = threading.Event()
 
     def accept() -> None:
@@ -319,6 +340,26 @@ def test_deadline(admin_token: str) -> None:
         assert 0.9 <= asyncio.run(scenario()) < 2.0
 
 
+def test_attempt_timeout_retries_only_safe_calls(admin_token: str) -> None:
+    conns: list[socket.socket] = []
+    with _silent_server(conns) as url:
+        c = Client(url, token=admin_token, timeout=1.2, attempt_timeout=0.3)
+        with c:
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceeded):
+                c.get_key("abjk")  # safe: a new attempt after each 0.3 s
+            assert 1.1 <= time.monotonic() - started < 2.0
+            time.sleep(0.2)  # the accept loop polls every 0.1 s
+            assert len(conns) >= 3
+            conns.clear()
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceeded, match="attempt timeout"):
+                c.create_key(FOLDER)  # not safe: one attempt, then the error
+            assert time.monotonic() - started < 0.8
+            time.sleep(0.2)
+            assert len(conns) == 1
+
+
 def test_connection_refused_is_retried_then_unavailable() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -329,3 +370,225 @@ def test_connection_refused_is_retried_then_unavailable() -> None:
     ):
         c.get_key("k")
     assert "cannot reach" in err.value.message and "4 attempt" in err.value.message
+
+
+def test_unfinished_operation_is_polled(front: _Front, admin_token: str) -> None:
+    def undone(method: str, path: str, body: Any) -> Any:
+        if method == "POST" and path == "/kms/v1/keys":
+            return {k: v for k, v in body.items() if k not in ("done", "response")}
+        return body
+
+    front.rewrite = undone
+    with Client(front.url, token=admin_token) as c:
+        key = c.create_key(FOLDER, name="polled")
+    assert key.name == "polled"
+    assert [m for m, _ in front.hits] == ["POST", "GET"]
+    assert front.hits[1][1].startswith("/operations/")
+
+    # An Operation that never finishes: DeadlineExceeded at the deadline, not later.
+    front.hits.clear()
+    front.rewrite = lambda method, path, body: {
+        k: v for k, v in body.items() if k not in ("done", "response")
+    }
+    with Client(front.url, token=admin_token, timeout=1.5) as c:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="not done"):
+            c.create_key(FOLDER)
+        assert time.monotonic() - started < 2.0
+    assert len(front.hits) > 2
+
+
+def test_read_reset_retried_only_when_safe(front: _Front, admin_token: str, client: Client) -> None:
+    key = client.create_key(FOLDER)
+
+    def reset(h: BaseHTTPRequestHandler) -> bool:
+        # Close without an answer: the client sees the connection dropped mid-request.
+        h.close_connection = True
+        h.connection.shutdown(socket.SHUT_RDWR)
+        return True
+
+    front.script = [reset]
+    with Client(front.url, token=admin_token) as c:
+        assert c.encrypt(key.id, b"x").key_id == key.id  # safe: sent again
+    front.script = [reset]
+    with Client(front.url, token=admin_token) as c, pytest.raises(BackendUnavailable):
+        c.rotate_key(key.id)  # not safe to repeat: raised
+    assert len(client.list_versions(key.id).versions) == 1
+
+
+def test_operation_error_is_raised() -> None:
+    call = calls.create_key(FOLDER)
+    failed = Operation(id="op1", done=True, error=Status(9, "key is not active"))
+    with pytest.raises(FailedPrecondition, match="key is not active"):
+        _operation_result(call, failed)
+    with pytest.raises(Unimplemented):
+        _operation_result(call, Operation(id="op2", done=True, error=Status(12, "nope")))
+
+
+def test_arguments_are_checked() -> None:
+    with pytest.raises(ValueError):
+        Client("localhost:8443")
+    with pytest.raises(ValueError):
+        Client("http://localhost:1", timeout=0)
+
+
+# --- every method, sync and async ---------------------------------------------------------
+
+API_METHODS = {name for name, value in vars(_Api).items() if isinstance(value, _Method | _Pages)}
+
+
+class _Caller:
+    """Calls a client's methods by name and records which were called; async via a Runner."""
+
+    def __init__(self, client: Client | AsyncClient, runner: asyncio.Runner | None) -> None:
+        self.client = client
+        self.runner = runner
+        self.called: set[str] = set()
+
+    def __call__(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        self.called.add(method)
+        result = getattr(self.client, method)(*args, **kwargs)
+        if self.runner is None:
+            return list(result) if method.startswith("iter_") else result
+        if method.startswith("iter_"):
+
+            async def collect() -> list[Any]:
+                return [item async for item in result]
+
+            return self.runner.run(collect())
+        return self.runner.run(result)
+
+
+def _exercise(c: _Caller, admin_token: str) -> None:
+    folder = _folder()
+    # Symmetric keys.
+    key = c("create_key", folder, name="every", description="d", labels={"a": "b"},
+            default_algorithm="AES_192", rotation_period=timedelta(days=30),
+            deletion_protection=True)  # fmt: skip
+    assert key.rotation_period == timedelta(days=30) and key.deletion_protection
+    assert key.default_algorithm == "AES_192" and key.description == "d"
+    op = c("create_key_operation", folder, name="raw")
+    assert isinstance(op, Operation) and op.done and op.response_type.endswith("SymmetricKey")
+    other = SymmetricKey.from_json(op.response or {})
+    got = c("get_operation", op.id)
+    assert got.id == op.id and got.done
+    assert c("get_key", key.id).id == key.id
+    page = c("list_keys", folder, page_size=1)
+    assert len(page.keys) == 1 and page.next_page_token
+    assert {k.id for k in c("iter_keys", folder, page_size=1)} == {key.id, other.id}
+    updated = c("update_key", key.id, name="renamed", labels={})
+    assert updated.name == "renamed" and updated.labels == {} and updated.description == "d"
+    op = c("update_key_operation", key.id, description="raw update")
+    assert op.done and op.response and op.response["description"] == "raw update"
+    first = key.primary_version
+    assert first is not None
+    second = c("rotate_key", key.id)
+    assert second.primary and second.id != first.id
+    op = c("rotate_key_operation", key.id)
+    assert op.done and op.response_type == "yandex.cloud.kms.v1.SymmetricKey"
+    assert c("set_primary_version", key.id, first.id).primary_version.id == first.id
+    versions = c("list_versions", key.id, page_size=2)
+    assert len(versions.versions) == 2 and versions.next_page_token
+    assert len(c("iter_versions", key.id, page_size=2)) == 3
+    scheduled = c("schedule_version_destruction", key.id, second.id,
+                  pending_period=timedelta(days=2))  # fmt: skip
+    assert scheduled.status == "SCHEDULED_FOR_DESTRUCTION" and scheduled.destroy_at is not None
+    assert c("cancel_version_destruction", key.id, second.id).status == "ACTIVE"
+    enc = c("encrypt", key.id, b"data", aad_context=b"a1")
+    re = c("re_encrypt", other.id, enc.ciphertext, source_key_id=key.id, source_aad_context=b"a1",
+           aad_context=b"a2")  # fmt: skip
+    assert re.key_id == other.id and re.source_key_id == key.id
+    assert re.source_version_id == first.id
+    assert c("decrypt", other.id, re.ciphertext, aad_context=b"a2").plaintext == b"data"
+    dk = c("generate_data_key", key.id, data_key_spec="AES_128")
+    assert dk.data_key_plaintext is not None and len(dk.data_key_plaintext) == 16
+    ops = c("list_key_operations", key.id, page_size=2)
+    assert len(ops.operations) == 2 and ops.next_page_token
+    assert len(c("iter_key_operations", key.id)) >= 7
+    with pytest.raises(FailedPrecondition):
+        c("delete_key", key.id)  # deletion protection
+    c("update_key", key.id, deletion_protection=False)
+    assert c("delete_key", key.id).id == key.id
+    op = c("delete_key_operation", other.id)
+    assert op.done
+    with pytest.raises(NotFound):
+        c("get_key", other.id)
+
+    # Access bindings.
+    sa = Subject("ajeclient" + uuid.uuid4().hex[:8], "serviceAccount")
+    encrypter = AccessBinding("kms.keys.encrypter", sa)
+    viewer = AccessBinding("kms.viewer", sa)
+    kept = c("create_key", folder)
+    assert c("set_key_access_bindings", kept.id, [encrypter]) is None
+    assert c("list_key_access_bindings", kept.id).access_bindings == [encrypter]
+    c("update_key_access_bindings", kept.id, [AccessBindingDelta("ADD", viewer)])
+    assert set(c("iter_key_access_bindings", kept.id, page_size=1)) == {encrypter, viewer}
+    c("update_key_access_bindings", kept.id, [AccessBindingDelta("REMOVE", viewer)])
+    assert c("list_key_access_bindings", kept.id).access_bindings == [encrypter]
+    c("set_folder_access_bindings", folder, [viewer])
+    c("update_folder_access_bindings", folder, [AccessBindingDelta("ADD", encrypter)])
+    assert set(c("list_folder_access_bindings", folder).access_bindings) == {viewer, encrypter}
+    assert set(c("iter_folder_access_bindings", folder)) == {viewer, encrypter}
+
+    # Asymmetric signature keys.
+    sig = c("create_signature_key", folder, name="sig", labels={"x": "y"})
+    assert sig.signature_algorithm == "ECDSA_NIST_P256_SHA_256" and sig.status == "ACTIVE"
+    assert c("get_signature_key", sig.id) == sig
+    assert [k.id for k in c("list_signature_keys", folder).keys] == [sig.id]
+    assert [k.id for k in c("iter_signature_keys", folder)] == [sig.id]
+    assert c("update_signature_key", sig.id, description="signer").description == "signer"
+    pem = c("get_signature_public_key", sig.id)
+    public = serialization.load_pem_public_key(pem.public_key.encode())
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    signed = c("sign", sig.id, b"message")
+    public.verify(signed.signature, b"message", ec.ECDSA(hashes.SHA256()))
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(b"other")
+    hashed = c("sign_hash", sig.id, digest.finalize())
+    public.verify(hashed.signature, b"other", ec.ECDSA(hashes.SHA256()))
+    c("set_signature_key_access_bindings", sig.id, [viewer])
+    c("update_signature_key_access_bindings", sig.id, [AccessBindingDelta("ADD", encrypter)])
+    bound = c("list_signature_key_access_bindings", sig.id).access_bindings
+    assert set(bound) == {viewer, encrypter}
+    assert len(c("list_signature_key_operations", sig.id).operations) >= 2
+    assert c("delete_signature_key", sig.id).id == sig.id
+
+    # Asymmetric encryption keys.
+    enc_key = c("create_encryption_key", folder, name="rsa")
+    assert enc_key.encryption_algorithm == "RSA_2048_ENC_OAEP_SHA_256"
+    assert c("get_encryption_key", enc_key.id) == enc_key
+    assert [k.id for k in c("list_encryption_keys", folder).keys] == [enc_key.id]
+    assert [k.id for k in c("iter_encryption_keys", folder)] == [enc_key.id]
+    assert c("update_encryption_key", enc_key.id, name="rsa2").name == "rsa2"
+    pem = c("get_encryption_public_key", enc_key.id)
+    rsa_public = serialization.load_pem_public_key(pem.public_key.encode())
+    assert isinstance(rsa_public, rsa.RSAPublicKey)
+    oaep = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
+    sealed = rsa_public.encrypt(b"for the hsm", oaep)
+    assert c("asymmetric_decrypt", enc_key.id, sealed).plaintext == b"for the hsm"
+    c("set_encryption_key_access_bindings", enc_key.id, [viewer])
+    c("update_encryption_key_access_bindings", enc_key.id, [AccessBindingDelta("REMOVE", viewer)])
+    assert c("list_encryption_key_access_bindings", enc_key.id).access_bindings == []
+    assert len(c("list_encryption_key_operations", enc_key.id).operations) >= 2
+    assert c("delete_encryption_key", enc_key.id).id == enc_key.id
+
+    # IAM: the admin's bearer token exchanged for a short-lived IAM token.
+    iam = c("create_iam_token", yandex_passport_oauth_token=admin_token)
+    assert iam.iam_token and iam.iam_token not in repr(iam)
+
+
+def test_every_method_sync(client: Client, admin_token: str) -> None:
+    caller = _Caller(client, None)
+    _exercise(caller, admin_token)
+    assert caller.called == API_METHODS
+
+
+def test_every_method_async(base_url: str, admin_token: str) -> None:
+    with asyncio.Runner() as runner:
+        aclient = AsyncClient(base_url, token=admin_token)
+        caller = _Caller(aclient, runner)
+        try:
+            _exercise(caller, admin_token)
+        finally:
+            runner.run(aclient.aclose())
+    assert caller.called == API_METHODS

@@ -35,6 +35,13 @@ USER_AGENT = "kms-hsm-client"
 _SOCKET_OPTIONS = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
+def _ssl(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
+    """httpx's ``verify``: a CA bundle path becomes a context (httpx deprecates paths)."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return verify
+
+
 def _operation_result(call: Call[T], op: Operation) -> T:
     """The typed response of a done Operation, or its error raised."""
     if op.error is not None:
@@ -179,6 +186,7 @@ class _Api:
         timeout: float = 10.0,
         retries: int = 4,
         verify: bool | str | ssl.SSLContext = True,
+        attempt_timeout: float | None = None,
     ) -> None:
         if not endpoint.startswith(("http://", "https://")):
             raise ValueError('endpoint must be "http(s)://host:port"')
@@ -186,6 +194,9 @@ class _Api:
             raise ValueError("timeout must be positive")
         if retries < 0:
             raise ValueError("retries must be 0 or more")
+        if attempt_timeout is not None and attempt_timeout <= 0:
+            raise ValueError("attempt_timeout must be positive")
+        self.attempt_timeout = attempt_timeout
         self.endpoint = endpoint.rstrip("/")
         self.timeout = float(timeout)
         self.retries = retries
@@ -207,6 +218,7 @@ class _Api:
             deadline=deadline,
             timeout=self.timeout,
             retries=self.retries,
+            attempt_timeout=self.attempt_timeout,
             secret=self._token,
             rng=self._rng,
         )
@@ -228,8 +240,11 @@ class Client(_Api):
 
     ``endpoint`` is the REST base URL (``https://kms.example:8443``); ``token`` goes as
     ``Authorization: Bearer``; ``timeout`` is each call's whole deadline, retries and
-    Operation polls included; ``verify`` is httpx's (False, a CA bundle path or an
-    ``ssl.SSLContext``).
+    Operation polls included; ``retries`` is how many times a failed attempt may be sent
+    again; ``verify`` is False, True (the system's CAs), a CA bundle path, or an
+    ``ssl.SSLContext`` (which may hold a client certificate for mutual TLS);
+    ``attempt_timeout`` caps one attempt, so that a hung attempt of a call that is safe to
+    repeat is sent again within the deadline. Thread-safe: share one per process.
     """
 
     def __init__(
@@ -240,9 +255,17 @@ class Client(_Api):
         timeout: float = 10.0,
         retries: int = 4,
         verify: bool | str | ssl.SSLContext = True,
+        attempt_timeout: float | None = None,
     ) -> None:
-        super().__init__(endpoint, token=token, timeout=timeout, retries=retries, verify=verify)
-        transport = httpx.HTTPTransport(verify=verify, socket_options=_SOCKET_OPTIONS)
+        super().__init__(
+            endpoint,
+            token=token,
+            timeout=timeout,
+            retries=retries,
+            verify=verify,
+            attempt_timeout=attempt_timeout,
+        )
+        transport = httpx.HTTPTransport(verify=_ssl(verify), socket_options=_SOCKET_OPTIONS)
         self._http = httpx.Client(
             base_url=self.endpoint, headers=self._headers, transport=transport, timeout=timeout
         )
@@ -323,9 +346,17 @@ class AsyncClient(_Api):
         timeout: float = 10.0,
         retries: int = 4,
         verify: bool | str | ssl.SSLContext = True,
+        attempt_timeout: float | None = None,
     ) -> None:
-        super().__init__(endpoint, token=token, timeout=timeout, retries=retries, verify=verify)
-        transport = httpx.AsyncHTTPTransport(verify=verify, socket_options=_SOCKET_OPTIONS)
+        super().__init__(
+            endpoint,
+            token=token,
+            timeout=timeout,
+            retries=retries,
+            verify=verify,
+            attempt_timeout=attempt_timeout,
+        )
+        transport = httpx.AsyncHTTPTransport(verify=_ssl(verify), socket_options=_SOCKET_OPTIONS)
         self._http = httpx.AsyncClient(
             base_url=self.endpoint, headers=self._headers, transport=transport, timeout=timeout
         )

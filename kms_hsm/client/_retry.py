@@ -1,23 +1,28 @@
 """The retry and deadline rules, shared by the sync and the async client.
 
 A call has one deadline (the client's ``timeout``), which covers every attempt, every
-backoff sleep and every Operation poll. ``Attempts`` decides after each attempt: return the
-answer, raise, or sleep this long and send again. The clients only do the I/O.
+backoff sleep and every Operation poll. Each attempt may use what is left of it, or at most
+``attempt_timeout`` when the client has one. ``Attempts`` decides after each attempt: return
+the answer, raise, or sleep this long and send again. The clients only do the I/O.
 
 What is retried:
 - 503 (UNAVAILABLE), every method: the server did not do the work;
 - 429 (RESOURCE_EXHAUSTED) when the server sent ``Retry-After``, every method;
 - connect failures (refused, connect timeout, no route), every method: nothing was sent;
-- a connection reset or a broken answer, 502 and 504, only for calls that are safe to repeat
-  (GETs and the crypto methods), as the server may have done the work already.
-Sleeps are exponential with full jitter, at least ``Retry-After``, and never past the
-deadline: when the next sleep would end past it, the last error is raised at once.
+- a connection reset or a broken answer, an attempt timeout, 502 and 504, only for calls
+  that are safe to repeat (GETs and the crypto methods): the server may have done the work.
+Not retried: a TLS handshake failure (the same certificate fails again) and every other
+error. Sleeps are exponential with full jitter (0.05 s doubling, at most 2 s), at least
+``Retry-After``, and never past the deadline: when the next sleep would end past it, the
+last error is raised at once. Running out of time raises ``DeadlineExceeded`` (a
+``BackendUnavailable``); giving up on an unreachable server raises ``BackendUnavailable``.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +55,7 @@ class Attempts:
         deadline: float,
         timeout: float,
         retries: int,
+        attempt_timeout: float | None,
         secret: str | None,
         rng: random.Random,
     ) -> None:
@@ -58,6 +64,7 @@ class Attempts:
         self.deadline = deadline
         self.timeout = timeout
         self.retries = retries
+        self.attempt_timeout = attempt_timeout
         self.secret = secret
         self.rng = rng
         self.attempt = 0
@@ -67,10 +74,13 @@ class Attempts:
         return self.deadline - time.monotonic()
 
     def http_timeout(self) -> httpx.Timeout:
-        """This attempt's httpx timeout: what is left of the deadline."""
+        """This attempt's httpx timeout: what is left of the deadline, at most
+        ``attempt_timeout``."""
         left = self.remaining()
         if left <= 0:
             raise self.deadline_exceeded()
+        if self.attempt_timeout is not None:
+            left = min(left, self.attempt_timeout)
         return httpx.Timeout(left)
 
     def deadline_exceeded(self) -> DeadlineExceeded:
@@ -118,24 +128,47 @@ class Attempts:
 
     def on_transport_error(self, exc: httpx.TransportError) -> Retry:
         """A ``Retry`` after a network failure, or the failure raised as a ``KmsError``."""
-        if isinstance(exc, httpx.TimeoutException) and self.remaining() <= 0.001:
-            raise self.deadline_exceeded() from exc
-        error = BackendUnavailable(
-            f"cannot reach the KMS at {self.endpoint}: {type(exc).__name__}"
-            + (f": {exc}" if str(exc) else "")
-            + f" ({self.call.method} {self.call.path}, {self.attempt + 1} attempt(s))"
-        )
-        if self.secret and self.secret in error.message:
-            error.message = error.message.replace(self.secret, "***")
-            error.args = (error.message,)
+        where = f"{self.call.method} {self.call.path}, {self.attempt + 1} attempt(s)"
+        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+            if self.remaining() <= 0.001:
+                raise self.deadline_exceeded() from exc
+            # An attempt timed out before the deadline (``attempt_timeout``).
+            error: KmsError = DeadlineExceeded(
+                f"no answer from the KMS at {self.endpoint} within the {self.attempt_timeout:g} s"
+                f" attempt timeout ({where})"
+            )
+        elif _certificate_refused(exc):
+            # Not transient: another try meets the same certificate.
+            raise BackendUnavailable(
+                f"the TLS handshake with {self.endpoint} failed: {self._text(exc)}"
+            ) from exc
+        else:
+            error = BackendUnavailable(
+                f"cannot reach the KMS at {self.endpoint}: {self._text(exc)} ({where})"
+            )
         # Nothing was sent: a refused or timed-out connect, no free pooled connection.
         unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
         if not unsent and not self.call.idempotent:
+            # The server may have done it: sending it again could do it twice.
             raise error from exc
         try:
             return self._backoff(error)
         except KmsError as final:
             raise final from exc
+
+    def _text(self, exc: BaseException) -> str:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return text.replace(self.secret, "***") if self.secret else text
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """Whether a connect failed on certificate verification (or any TLS handshake error)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 
 def poll_delay(polls: int, deadline: float, operation_id: str, timeout: float) -> float:

@@ -280,11 +280,19 @@ def delete_key(key_id: str) -> Call[SymmetricKey]:
     return Call("DELETE", f"{KEYS}/{_seg(key_id)}", SymmetricKey.from_json, operation=True)
 
 
+def _new_primary(j: Json) -> SymmetricKeyVersion:
+    # Rotate's Operation answers with the SymmetricKey (as Yandex's does); the new
+    # version is its primary.
+    version = SymmetricKey.from_json(j).primary_version
+    if version is None:
+        raise ValueError("the rotated key has no primary version")
+    return version
+
+
 def rotate_key(key_id: str) -> Call[SymmetricKeyVersion]:
-    """SymmetricKeyService.Rotate; returns the new primary version."""
-    return Call(
-        "POST", f"{KEYS}/{_seg(key_id)}:rotate", SymmetricKeyVersion.from_json, {}, operation=True
-    )
+    """SymmetricKeyService.Rotate; returns the new primary version (the raw Operation's
+    response is the SymmetricKey)."""
+    return Call("POST", f"{KEYS}/{_seg(key_id)}:rotate", _new_primary, {}, operation=True)
 
 
 def list_versions(
