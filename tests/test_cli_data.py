@@ -214,6 +214,9 @@ def test_files_base64_json_and_aad(server: KmsServer, tmp_path: Path) -> None:
         expect=1,
     )
     assert not (tmp_path / "none").exists()
+    # more than the server takes in one request: its message, exit 1
+    too_big = run(server, "encrypt", key_id, stdin=b"x" * 40000, expect=1)
+    assert b"plaintext" in too_big.stderr
     # garbage is refused the same way
     refused = run(server, "decrypt", key_id, stdin=b"not a ciphertext at all", expect=1)
     assert b"ciphertext is invalid" in refused.stderr
@@ -342,3 +345,20 @@ def test_help_lists_the_exit_codes(server: KmsServer) -> None:
     for command in (["encrypt"], ["decrypt"], ["datakey"], ["keys", "get"], ["keys"]):
         out = run(server, *command, "--help").stdout.decode()
         assert "exit codes:" in out and "5  unavailable" in out
+
+
+def test_docs_name_every_command_and_exit_code() -> None:
+    from kms_hsm.cli import data
+
+    docs = (REPO / "docs" / "cli.md").read_text()
+    for command in (
+        *("create", "get", "list", "update", "rotate", "versions", "set-primary"),
+        *("schedule-destroy", "cancel-destroy", "delete"),
+    ):
+        assert f"`keys {command}" in docs, command
+    for command in ("encrypt", "decrypt", "datakey"):
+        assert f"kms-hsm {command} KEY_ID" in docs, command
+    codes = (data.EXIT_OK, data.EXIT_REFUSED, data.EXIT_USAGE, data.EXIT_AUTH)
+    codes += (data.EXIT_NOT_FOUND, data.EXIT_UNAVAILABLE, data.EXIT_INTERRUPTED)
+    for code in codes:
+        assert f"\n| {code} | " in docs, code

@@ -36,6 +36,7 @@ EXIT_USAGE = 2
 EXIT_AUTH = 3
 EXIT_NOT_FOUND = 4
 EXIT_UNAVAILABLE = 5
+EXIT_INTERRUPTED = 130  # the shell's own code for SIGINT (128 + 2)
 
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}  success
@@ -46,6 +47,7 @@ EXIT_CODES = f"""exit codes:
   {EXIT_NOT_FOUND}  not found: the key or version does not exist (or is not visible to you)
   {EXIT_UNAVAILABLE}  unavailable: the server could not be reached or answered 503 after retries,
      or the deadline (--timeout) passed
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
 """
 
 _BY_CODE: Mapping[StatusCode, int] = {
@@ -591,6 +593,8 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
             request_id = getattr(exc, "request_id", None)
             suffix = f" (request id {request_id})" if request_id else ""
             return _fail(exc.message + suffix, exit_code(exc))
+        except KeyboardInterrupt:
+            return _fail("interrupted", EXIT_INTERRUPTED)
         except BrokenPipeError:
             # `kms-hsm encrypt … | head -c 10`: the reader left; not an error of ours.
             with contextlib.suppress(OSError):
