@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pty
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -187,6 +188,42 @@ def test_binary_round_trip_through_stdin_and_stdout(server: KmsServer) -> None:
     # an empty plaintext: the server's rule (as Yandex's), one line and exit 1
     refused = run(server, "encrypt", key_id, stdin=b"", expect=1)
     assert b"plaintext" in refused.stderr
+
+
+def test_binary_ciphertext_is_not_written_to_a_terminal(server: KmsServer) -> None:
+    key_id = new_key(server, "terminal")
+    controller, terminal = pty.openpty()
+    try:
+        result = subprocess.run(
+            [KMS_HSM, "encrypt", key_id],
+            input=b"to a terminal",
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+            env=cli_env(server),
+            timeout=120,
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert result.returncode == 2
+    assert result.stderr.startswith(b"kms-hsm: refusing to write binary ciphertext")
+    # base64 is fine on a terminal
+    controller, terminal = pty.openpty()
+    try:
+        result = subprocess.run(
+            [KMS_HSM, "encrypt", key_id, "--out-base64"],
+            input=b"to a terminal",
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+            env=cli_env(server),
+            timeout=120,
+        )
+        printed = os.read(controller, 4096)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert result.returncode == 0, result.stderr
+    assert base64.b64decode(printed.strip())
 
 
 def test_files_base64_json_and_aad(server: KmsServer, tmp_path: Path) -> None:

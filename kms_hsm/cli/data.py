@@ -484,6 +484,12 @@ def _json_bytes(value: Mapping[str, Any]) -> bytes:
 
 
 def _encrypt(args: argparse.Namespace) -> int:
+    if args.output == "-" and not (args.out_base64 or args.json) and sys.stdout.isatty():
+        # Raw ciphertext would garble the terminal and could not be copied back intact.
+        raise UsageError(
+            "refusing to write binary ciphertext to a terminal: "
+            "give --out FILE, --out-base64 or --json, or pipe the output"
+        )
     plaintext = _read_input(args.input, args.in_base64)
     aad = _aad(args)
     with _client(args) as client:
