@@ -399,3 +399,10 @@ def test_docs_name_every_command_and_exit_code() -> None:
     codes += (data.EXIT_NOT_FOUND, data.EXIT_UNAVAILABLE, data.EXIT_INTERRUPTED)
     for code in codes:
         assert f"\n| {code} | " in docs, code
+
+
+def test_a_server_certificate_of_an_unknown_ca_is_refused(server: KmsServer) -> None:
+    key_id = new_key(server, "unknown-ca")
+    env = cli_env(server, KMS_HSM_CA_FILE="")
+    err = run(server, "keys", "get", key_id, env=env, expect=5).stderr
+    assert b"CERTIFICATE_VERIFY_FAILED" in err
