@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import getpass
 import json
+import logging
 import os
 import re
 import sys
@@ -30,6 +31,7 @@ from kms_hsm.audit.checkpoints import file_checkpoints, worth_checking
 from kms_hsm.audit.store import AuditLog
 from kms_hsm.config import Settings, write_secret_file
 from kms_hsm.errors import BackendUnavailable, FailedPrecondition, InvalidArgument, NotFound
+from kms_hsm.logs import configure_logging
 from kms_hsm.service.access import AccessService, Binding, Resource
 from kms_hsm.service.auth import AuthService
 from kms_hsm.service.context import CallContext
@@ -54,9 +56,14 @@ def command_settings() -> Settings:
     """Settings for an admin command: the agent's start-up lines off, a short token wait."""
     settings = Settings()
     update: dict[str, Any] = {}
-    # The agent's start-up lines would only be noise on a command's stderr.
-    if "KMS_HSM_LOG_LEVEL" not in os.environ:
-        update["log_level"] = "WARNING"
+    if "KMS_HSM_LOG_LEVEL" in os.environ:
+        configure_logging(settings.log_level)
+    else:
+        # A command says what went wrong in one line of its own: the agent's retries and
+        # the service's log lines would only be noise on its stderr (and Python would
+        # print the service's warnings without a handler of ours).
+        update["log_level"] = "ERROR"
+        logging.getLogger("kms_hsm").addHandler(logging.NullHandler())
     if "KMS_HSM_HSM_STARTUP_TIMEOUT" not in os.environ:
         update["hsm_startup_timeout"] = min(settings.hsm_startup_timeout, CLI_HSM_WAIT)
     return settings.model_copy(update=update)
@@ -318,7 +325,10 @@ def keys_create(args: argparse.Namespace) -> int:
 
 def keys_list(args: argparse.Namespace) -> int:
     """One line per authorized key of a principal: id, created, state."""
-    for k in AuthService(_database()).list_authorized_keys(args.principal_id):
+    auth = AuthService(_database())
+    if args.principal_id not in {p.id for p in auth.list_principals()}:
+        raise NotFound(f"principal {args.principal_id} not found")
+    for k in auth.list_authorized_keys(args.principal_id):
         state = "revoked" if k.revoked else "active"
         print(f"{k.id}\t{k.algorithm}\t{k.created_at.isoformat()}\t{state}")
     return 0
@@ -369,7 +379,18 @@ def bindings_change(args: argparse.Namespace) -> int:
 
 def bindings_list(args: argparse.Namespace) -> int:
     """The bindings on one resource."""
-    for b in AccessService(_database()).list_bindings(_resource(args)):
+    db = _database()
+    resource = _resource(args)
+    if resource.type == "key":
+        # Folders are only names, but a key is a thing: a mistyped id must not read as
+        # "no bindings".
+        from kms_hsm.store.tables import KeyRow
+
+        with db.read() as session:
+            row = session.get(KeyRow, resource.id)
+        if row is None or row.deleted_at is not None:
+            raise NotFound(f"key {resource.id} not found")
+    for b in AccessService(db).list_bindings(resource):
         print(f"{b.role_id}\t{b.subject_type}:{b.subject_id}")
     return 0
 

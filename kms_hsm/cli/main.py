@@ -27,6 +27,7 @@ log = logging.getLogger("kms_hsm")
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
 
     from kms_hsm.api.app import create_app
     from kms_hsm.api.protocol import HTTP_PROTOCOL, LOOP, apply_limits, freeze_heap
@@ -62,6 +63,16 @@ def _serve(args: argparse.Namespace) -> int:
         runtime.preflight()
     except KmsError as exc:
         log.critical("cannot start: %s", exc.message)
+        return 1
+    except SQLAlchemyError as exc:  # the schema migration meets the database first
+        from kms_hsm.store.engine import redacted_url
+
+        orig = getattr(exc, "orig", None) or exc
+        log.critical(
+            "cannot start: the database %s: %s",
+            redacted_url(settings.effective_database_url()),
+            (str(orig).strip().splitlines() or [type(exc).__name__])[0],
+        )
         return 1
 
     def listening(port: int) -> str:
