@@ -194,6 +194,9 @@ def tokens_create(args: argparse.Namespace) -> int:
     expires = None
     if args.expires_in is not None:
         expires = datetime.now().astimezone() + timedelta(seconds=args.expires_in)
+    if args.output:
+        # Checked before the token is issued: one that could not be written would be lost.
+        _check_writable(Path(args.output))
     with _with_token() as (rt, _):
         token, token_id = rt.auth.issue_token(
             args.principal_id, expires, by=_caller("Token.Create")
@@ -205,6 +208,18 @@ def tokens_create(args: argparse.Namespace) -> int:
         print(f"# token id {token_id}; shown once", file=sys.stderr)
         print(token)
     return 0
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse an output file that cannot be written, in one line, before any change."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InvalidArgument(f"{path} is a directory")
+    target = path if path.exists() else parent
+    if not target.exists():
+        raise InvalidArgument(f"cannot write {path}: no directory {parent}")
+    if not os.access(target, os.W_OK):
+        raise InvalidArgument(f"cannot write {path}: permission denied")
 
 
 def tokens_revoke(args: argparse.Namespace) -> int:
@@ -219,7 +234,10 @@ def tokens_list(args: argparse.Namespace) -> int:
     """Every token's id, principal, times and state; never the token itself."""
     now = datetime.now(UTC)
     rows: list[dict[str, Any]] = []
-    for p in AuthService(_database()).list_principals():
+    principals = AuthService(_database()).list_principals()
+    if args.principal and args.principal not in {p.id for p in principals}:
+        raise NotFound(f"principal {args.principal} not found")
+    for p in principals:
         if args.principal and p.id != args.principal:
             continue
         for t in p.tokens:
@@ -543,23 +561,22 @@ def status(args: argparse.Namespace) -> int:
         "library": settings.pkcs11_library,
         "embedded": settings.embedded_token,
         "reachable": False,
+        "checked": False,
     }
     report["token"] = token
     try:
         engine = open_database(settings)
-    except BackendUnavailable as exc:
+    except (BackendUnavailable, FailedPrecondition, InvalidArgument) as exc:
         database["problem"] = exc.message
-        token["problem"] = "not checked: the root key's id is in the database"
-    except (FailedPrecondition, InvalidArgument) as exc:
-        database["problem"] = exc.message
-        token["problem"] = "not checked: the root key's id is in the database"
+        # The root key it would round-trip under is named in the database.
+        token.update(checked=False, problem="not checked: it needs the database")
     else:
         try:
             database.update(ok=True, schema=schema_state(engine).revision)
             report.update(_contents(Database(engine)))
         finally:
             engine.dispose()
-        token.update(_token_check(settings))
+        token.update(checked=True, **_token_check(settings))
     report["server"] = _server(settings)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -706,14 +723,15 @@ def _render_status(report: dict[str, Any]) -> str:
     if database["ok"]:
         lines.append(f"database        {database['url']}: ok, schema revision {database['schema']}")
     else:
-        lines.append(f"database        {database['url']}: {database['problem']}")
-    kind = "embedded SoftHSM2 token" if token["embedded"] else "token"
-    state = (
-        "reachable (login and an AES-GCM round-trip)"
-        if token["reachable"]
-        else (f"NOT reachable: {token['problem']}")
-    )
-    lines.append(f"{kind:<15} {token['label']!r} via {token['library']}: {state}")
+        lines.append(f"database        {database['problem']}")
+    kind = "embedded SoftHSM2 " if token["embedded"] else ""
+    if token["reachable"]:
+        state = "reachable (login and an AES-GCM round-trip)"
+    elif token["checked"]:
+        state = f"NOT reachable: {token['problem']}"
+    else:
+        state = token["problem"]
+    lines.append(f"token           {kind}{token['label']!r} via {token['library']}: {state}")
     if "keys" in report:
         families = [
             f"{family} " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))

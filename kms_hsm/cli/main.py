@@ -271,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as exc:
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"kms-hsm: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"kms-hsm: {where}{exc.strerror or exc}", file=sys.stderr)
         _debug_detail(exc)
         return 1
     except Exception as exc:
