@@ -24,7 +24,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from kms_hsm.audit.chain import Checkpoint
 from kms_hsm.audit.checkpoints import file_checkpoints, worth_checking
@@ -38,7 +38,9 @@ from kms_hsm.service.context import CallContext
 from kms_hsm.service.runtime import Runtime
 from kms_hsm.store.engine import (
     Database,
+    SchemaState,
     make_engine,
+    read_schema_state,
     redacted_url,
     schema_state,
     sqlite_file,
@@ -86,40 +88,46 @@ def open_database(settings: Settings) -> Engine:
     """
     url = settings.effective_database_url()
     shown = redacted_url(url)
+    state = _existing_schema(settings)
+    _refuse_other_schemas(state, shown, settings)
+    return make_engine(url, connect_timeout=CLI_DB_CONNECT_TIMEOUT)
+
+
+def _existing_schema(settings: Settings) -> SchemaState:
+    """The schema state of the configured database; one line if there is none to read."""
+    url = settings.effective_database_url()
+    shown = redacted_url(url)
     path = sqlite_file(url)
     if path is not None and not path.is_file():
         raise FailedPrecondition(
             f"no database at {path.resolve()} ({_where(settings)}); `kms-hsm serve` creates it"
         )
     try:
-        engine = make_engine(url, connect_timeout=CLI_DB_CONNECT_TIMEOUT)
-    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        return read_schema_state(url, connect_timeout=CLI_DB_CONNECT_TIMEOUT)
+    except (ArgumentError, ImportError) as exc:  # no such dialect or driver
         raise InvalidArgument(f"cannot use the database URL {shown}: {_first_line(exc)}") from None
-    try:
-        state = schema_state(engine)
     except SQLAlchemyError as exc:
-        engine.dispose()
         raise BackendUnavailable(f"cannot read the database {shown}: {_first_line(exc)}") from None
+
+
+def _refuse_other_schemas(state: SchemaState, shown: str, settings: Settings) -> None:
+    """One line for a database without this version's schema; nothing when it has it."""
     if state.revision is None:
-        engine.dispose()
         raise FailedPrecondition(
             f"the database {shown} holds no kms-hsm schema ({_where(settings)}); "
             "`kms-hsm serve` creates it"
         )
     if not state.known:
-        engine.dispose()
         raise FailedPrecondition(
             f"the database {shown} is at schema revision {state.revision}, which this "
             f"kms-hsm does not know (its newest is {state.head}): a newer kms-hsm wrote it"
         )
     if not state.current:
-        engine.dispose()
         raise FailedPrecondition(
             f"the database {shown} is at schema revision {state.revision}, this kms-hsm "
             f"needs {state.head}: run `kms-hsm db upgrade` (or `kms-hsm serve`, which "
             "migrates at start)"
         )
-    return engine
 
 
 def _first_line(exc: BaseException) -> str:
@@ -500,33 +508,15 @@ def db_upgrade(args: argparse.Namespace) -> int:
     settings = command_settings()
     url = settings.effective_database_url()
     shown = redacted_url(url)
-    path = sqlite_file(url)
-    if path is not None and not path.is_file():
-        raise FailedPrecondition(
-            f"no database at {path.resolve()} ({_where(settings)}); `kms-hsm serve` creates it"
-        )
+    before = _existing_schema(settings)
+    if before.revision is None or not before.known:
+        # Creating a schema is serve's: it also makes the first admin and its token.
+        _refuse_other_schemas(before, shown, settings)
+    if before.current:
+        print(f"schema already at revision {before.head}: nothing to do")
+        return 0
     engine = make_engine(url, connect_timeout=CLI_DB_CONNECT_TIMEOUT)
     try:
-        try:
-            before = schema_state(engine)
-        except SQLAlchemyError as exc:
-            raise BackendUnavailable(
-                f"cannot read the database {shown}: {_first_line(exc)}"
-            ) from None
-        if before.revision is None:
-            # Creating a schema is serve's: it also makes the first admin and its token.
-            raise FailedPrecondition(
-                f"the database {shown} holds no kms-hsm schema ({_where(settings)}); "
-                "`kms-hsm serve` creates it"
-            )
-        if not before.known:
-            raise FailedPrecondition(
-                f"the database {shown} is at schema revision {before.revision}, which this "
-                f"kms-hsm does not know (its newest is {before.head}): a newer kms-hsm wrote it"
-            )
-        if before.current:
-            print(f"schema already at revision {before.head}: nothing to do")
-            return 0
         upgrade_schema(engine)
         print(f"schema upgraded from revision {before.revision} to {schema_state(engine).revision}")
     finally:

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError, DataError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from kms_hsm.errors import BackendUnavailable, InvalidArgument
 
@@ -173,3 +174,19 @@ def serialize_with_migrations(session: Session) -> None:
     """Inside a write transaction: wait for (and exclude) a concurrent schema migration."""
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         session.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
+
+
+def read_schema_state(url: str, *, connect_timeout: int | None = None) -> SchemaState:
+    """``schema_state`` through a connection of its own that writes nothing.
+
+    Not ``make_engine``'s: its SQLite set-up switches the file to WAL, which writes even
+    to a file that is no kms-hsm database at all (SQLAlchemy errors propagate).
+    """
+    extra: dict[str, Any] = {}
+    if connect_timeout is not None and url.startswith("postgresql"):
+        extra["connect_args"] = {"connect_timeout": connect_timeout}
+    engine = create_engine(url, poolclass=NullPool, **extra)
+    try:
+        return schema_state(engine)
+    finally:
+        engine.dispose()
