@@ -708,7 +708,11 @@ def _render_status(report: dict[str, Any]) -> str:
     where = f" ({data_dir['setting']})" if data_dir["setting"] else ""
     lines.append(
         f"data directory  {data_dir['path']}{where}"
-        + ("" if data_dir["exists"] else ": does not exist")
+        + (
+            ""
+            if data_dir["exists"]
+            else (": not a directory" if Path(data_dir["path"]).exists() else ": does not exist")
+        )
     )
     if database["ok"]:
         lines.append(f"database        {database['url']}: ok, schema revision {database['schema']}")
