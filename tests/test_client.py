@@ -37,6 +37,7 @@ from kms_hsm.client import (
     SymmetricKey,
     Unauthenticated,
     Unimplemented,
+    Unknown,
     calls,
 )
 from kms_hsm.client._api import _Api, _Method, _operation_result, _Pages
@@ -592,3 +593,25 @@ def test_every_method_async(base_url: str, admin_token: str) -> None:
         finally:
             runner.run(aclient.aclose())
     assert caller.called == API_METHODS
+
+
+def test_ids_are_path_segments_and_odd_answers_are_errors(
+    client: Client, front: _Front, admin_token: str
+) -> None:
+    # An id with "/", "?" or "#" is sent percent-encoded, as one path segment: the server
+    # refuses it rather than serving another route. (The server decodes "%3A" before
+    # routing, so "abj:rotate" meets the :rotate route, which has no GET: 405.)
+    expected = {
+        "abj/../../iam/v1/tokens": NotFound,
+        "abj?folderId=x": InvalidArgument,
+        "abj#x": InvalidArgument,
+        "abj:rotate": Unimplemented,
+    }
+    for odd, error in expected.items():
+        with pytest.raises(error):
+            client.get_key(odd)
+    # A 200 of the wrong shape is an error, not a half-filled result.
+    key = client.create_key(FOLDER)
+    front.rewrite = lambda method, path, body: {"unexpected": True}
+    with Client(front.url, token=admin_token) as c, pytest.raises(Unknown, match="unexpected"):
+        c.get_key(key.id)

@@ -23,7 +23,7 @@ import httpx
 from kms_hsm.client import calls
 from kms_hsm.client._retry import Attempts, Retry, poll_delay
 from kms_hsm.client.calls import Call
-from kms_hsm.client.errors import error_for
+from kms_hsm.client.errors import Unknown, error_for
 from kms_hsm.client.models import Operation, Page
 
 P = ParamSpec("P")
@@ -42,11 +42,30 @@ def _ssl(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
     return verify
 
 
+def _parse(call: Call[T], data: Any) -> T:
+    """The typed result of an answer; an answer of the wrong shape is ``Unknown``."""
+    try:
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON object was expected, not {type(data).__name__}")
+        return call.parse(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise Unknown(
+            f"unexpected answer to {call.method} {call.path}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def _operation_result(call: Call[T], op: Operation) -> T:
     """The typed response of a done Operation, or its error raised."""
     if op.error is not None:
         raise error_for(op.error.code, op.error.message, details=op.error.details)
-    return call.parse(op.response or {})
+    return _parse(call, op.response or {})
+
+
+_AN_OPERATION = Call("GET", "/operations/{operationId}", Operation.from_json)
+
+
+def _operation(data: Any) -> Operation:
+    return _parse(_AN_OPERATION, data)
 
 
 def _raw(build: Callable[P, Call[Any]]) -> Callable[P, Call[Operation]]:
@@ -302,13 +321,13 @@ class Client(_Api):
         deadline = time.monotonic() + self.timeout
         data = self._send(call, deadline)
         if not call.operation:
-            return call.parse(data)
-        op = Operation.from_json(data)
+            return _parse(call, data)
+        op = _operation(data)
         polls = 0
         while not op.done:
             time.sleep(poll_delay(polls, deadline, op.id, self.timeout))
             polls += 1
-            op = Operation.from_json(self._send(calls.get_operation(op.id), deadline))
+            op = _operation(self._send(calls.get_operation(op.id), deadline))
         return _operation_result(call, op)
 
     def _bind(self, build: Callable[P, Call[T]], name: str) -> Callable[P, T]:
@@ -397,13 +416,13 @@ class AsyncClient(_Api):
         deadline = time.monotonic() + self.timeout
         data = await self._send(call, deadline)
         if not call.operation:
-            return call.parse(data)
-        op = Operation.from_json(data)
+            return _parse(call, data)
+        op = _operation(data)
         polls = 0
         while not op.done:
             await anyio.sleep(poll_delay(polls, deadline, op.id, self.timeout))
             polls += 1
-            op = Operation.from_json(await self._send(calls.get_operation(op.id), deadline))
+            op = _operation(await self._send(calls.get_operation(op.id), deadline))
         return _operation_result(call, op)
 
     def _bind(self, build: Callable[P, Call[T]], name: str) -> Callable[P, Awaitable[T]]:
