@@ -29,6 +29,7 @@ from kms_hsm.client import (
     Client,
     DeadlineExceeded,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
     Operation,
@@ -257,6 +258,16 @@ def test_retries_503_then_succeeds(front: _Front, admin_token: str, client: Clie
     with Client(front.url, token=admin_token) as c:
         assert c.create_key(FOLDER).status == "ACTIVE"
     assert len(front.hits) == 2
+
+
+def test_internal_retried_only_when_safe(front: _Front, admin_token: str, client: Client) -> None:
+    key = client.create_key(FOLDER)
+    front.script = [_status(13, 500, "internal error")]
+    with Client(front.url, token=admin_token) as c:
+        assert c.encrypt(key.id, b"x").key_id == key.id
+        front.script = [_status(13, 500, "internal error")]
+        with pytest.raises(Internal, match="internal error"):
+            c.rotate_key(key.id)
 
 
 def test_retry_gives_up_with_server_error(front: _Front, admin_token: str) -> None:
