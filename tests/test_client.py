@@ -5,13 +5,16 @@ Operation, for the retry, deadline and polling rules."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -129,6 +132,32 @@ def test_token_never_shown(base_url: str, admin_token: str) -> None:
         with pytest.raises(BackendUnavailable) as down:
             c.get_key("k")
         assert secret not in str(down.value) and secret not in repr(down.value)
+
+
+def test_token_and_plaintext_not_in_logs(
+    client: Client, admin_token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = client.create_key(FOLDER)
+    with caplog.at_level(logging.DEBUG):
+        sealed = client.encrypt(key.id, b"plaintext-marker-7731", aad_context=b"aad-marker-5521")
+        client.decrypt(key.id, sealed.ciphertext, aad_context=b"aad-marker-5521")
+    assert caplog.records  # httpx and httpcore did log, at DEBUG
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    for secret in (admin_token, "plaintext-marker-7731", "aad-marker-5521"):
+        assert secret not in text
+        assert base64.b64encode(secret.encode()).decode() not in text
+
+
+def test_one_client_many_threads(client: Client) -> None:
+    key = client.create_key(FOLDER)
+
+    def round_trip(i: int) -> bytes:
+        sealed = client.encrypt(key.id, i.to_bytes(4, "big"))
+        return client.decrypt(key.id, sealed.ciphertext).plaintext
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(round_trip, range(64)))
+    assert results == [i.to_bytes(4, "big") for i in range(64)]
 
 
 # --- async --------------------------------------------------------------------------------
