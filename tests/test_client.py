@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import inspect
 import json
 import logging
 import socket
@@ -655,3 +656,22 @@ def test_ids_are_path_segments_and_odd_answers_are_errors(
     front.rewrite = lambda method, path, body: {"unexpected": True}
     with Client(front.url, token=admin_token) as c, pytest.raises(Unknown, match="unexpected"):
         c.get_key(key.id)
+
+
+def test_both_clients_have_the_same_methods() -> None:
+    sync, asyn = Client("http://127.0.0.1:9"), AsyncClient("http://127.0.0.1:9")
+    try:
+        for name in API_METHODS:
+            s, a = getattr(sync, name), getattr(asyn, name)
+            assert inspect.signature(s) == inspect.signature(a).replace(
+                return_annotation=inspect.signature(s).return_annotation
+            ), name
+            assert s.__doc__ and s.__doc__ == a.__doc__, name
+            assert inspect.iscoroutinefunction(a) or inspect.isasyncgenfunction(a), name
+        assert str(inspect.signature(sync.iter_keys).return_annotation) == "Iterator[SymmetricKey]"
+        assert inspect.signature(sync.create_key).return_annotation == "SymmetricKey"
+        assert inspect.signature(sync.create_key_operation).return_annotation == "Operation"
+        assert Client.encrypt.__doc__ == calls.encrypt.__doc__
+    finally:
+        sync.close()
+        asyncio.run(asyn.aclose())
