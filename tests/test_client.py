@@ -300,6 +300,21 @@ def test_internal_retried_only_when_safe(front: _Front, admin_token: str, client
             c.rotate_key(key.id)
 
 
+def test_async_retries(front: _Front, admin_token: str, client: Client) -> None:
+    key = client.create_key(FOLDER)
+    front.script = [_status(14, 503, "token busy"), _status(8, 429, "slow", retry_after="1")]
+
+    async def scenario() -> bytes:
+        async with AsyncClient(front.url, token=admin_token) as c:
+            sealed = await c.encrypt(key.id, b"async retry")
+            return (await c.decrypt(key.id, sealed.ciphertext)).plaintext
+
+    started = time.monotonic()
+    assert asyncio.run(scenario()) == b"async retry"
+    assert time.monotonic() - started >= 1.0
+    assert len(front.hits) == 4
+
+
 def test_retry_gives_up_with_server_error(front: _Front, admin_token: str) -> None:
     front.script = [_status(14, 503, "token busy")] * 10
     with (
@@ -426,6 +441,14 @@ def test_unfinished_operation_is_polled(front: _Front, admin_token: str) -> None
     assert key.name == "polled"
     assert [m for m, _ in front.hits] == ["POST", "GET"]
     assert front.hits[1][1].startswith("/operations/")
+
+    async def polled() -> SymmetricKey:
+        async with AsyncClient(front.url, token=admin_token) as c:
+            return await c.create_key(FOLDER, name="polled async")
+
+    front.hits.clear()
+    assert asyncio.run(polled()).name == "polled async"
+    assert [m for m, _ in front.hits] == ["POST", "GET"]
 
     # An Operation that never finishes: DeadlineExceeded at the deadline, not later.
     front.hits.clear()
