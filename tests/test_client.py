@@ -5,13 +5,17 @@ Operation, for the retry, deadline and polling rules."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import inspect
 import json
+import logging
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -29,6 +33,7 @@ from kms_hsm.client import (
     Client,
     DeadlineExceeded,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
     Operation,
@@ -37,6 +42,7 @@ from kms_hsm.client import (
     SymmetricKey,
     Unauthenticated,
     Unimplemented,
+    Unknown,
     calls,
 )
 from kms_hsm.client._api import _Api, _Method, _operation_result, _Pages
@@ -127,6 +133,32 @@ def test_token_never_shown(base_url: str, admin_token: str) -> None:
         with pytest.raises(BackendUnavailable) as down:
             c.get_key("k")
         assert secret not in str(down.value) and secret not in repr(down.value)
+
+
+def test_token_and_plaintext_not_in_logs(
+    client: Client, admin_token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = client.create_key(FOLDER)
+    with caplog.at_level(logging.DEBUG):
+        sealed = client.encrypt(key.id, b"plaintext-marker-7731", aad_context=b"aad-marker-5521")
+        client.decrypt(key.id, sealed.ciphertext, aad_context=b"aad-marker-5521")
+    assert caplog.records  # httpx and httpcore did log, at DEBUG
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    for secret in (admin_token, "plaintext-marker-7731", "aad-marker-5521"):
+        assert secret not in text
+        assert base64.b64encode(secret.encode()).decode() not in text
+
+
+def test_one_client_many_threads(client: Client) -> None:
+    key = client.create_key(FOLDER)
+
+    def round_trip(i: int) -> bytes:
+        sealed = client.encrypt(key.id, i.to_bytes(4, "big"))
+        return client.decrypt(key.id, sealed.ciphertext).plaintext
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(round_trip, range(64)))
+    assert results == [i.to_bytes(4, "big") for i in range(64)]
 
 
 # --- async --------------------------------------------------------------------------------
@@ -258,6 +290,31 @@ def test_retries_503_then_succeeds(front: _Front, admin_token: str, client: Clie
     assert len(front.hits) == 2
 
 
+def test_internal_retried_only_when_safe(front: _Front, admin_token: str, client: Client) -> None:
+    key = client.create_key(FOLDER)
+    front.script = [_status(13, 500, "internal error")]
+    with Client(front.url, token=admin_token) as c:
+        assert c.encrypt(key.id, b"x").key_id == key.id
+        front.script = [_status(13, 500, "internal error")]
+        with pytest.raises(Internal, match="internal error"):
+            c.rotate_key(key.id)
+
+
+def test_async_retries(front: _Front, admin_token: str, client: Client) -> None:
+    key = client.create_key(FOLDER)
+    front.script = [_status(14, 503, "token busy"), _status(8, 429, "slow", retry_after="1")]
+
+    async def scenario() -> bytes:
+        async with AsyncClient(front.url, token=admin_token) as c:
+            sealed = await c.encrypt(key.id, b"async retry")
+            return (await c.decrypt(key.id, sealed.ciphertext)).plaintext
+
+    started = time.monotonic()
+    assert asyncio.run(scenario()) == b"async retry"
+    assert time.monotonic() - started >= 1.0
+    assert len(front.hits) == 4
+
+
 def test_retry_gives_up_with_server_error(front: _Front, admin_token: str) -> None:
     front.script = [_status(14, 503, "token busy")] * 10
     with (
@@ -384,6 +441,14 @@ def test_unfinished_operation_is_polled(front: _Front, admin_token: str) -> None
     assert key.name == "polled"
     assert [m for m, _ in front.hits] == ["POST", "GET"]
     assert front.hits[1][1].startswith("/operations/")
+
+    async def polled() -> SymmetricKey:
+        async with AsyncClient(front.url, token=admin_token) as c:
+            return await c.create_key(FOLDER, name="polled async")
+
+    front.hits.clear()
+    assert asyncio.run(polled()).name == "polled async"
+    assert [m for m, _ in front.hits] == ["POST", "GET"]
 
     # An Operation that never finishes: DeadlineExceeded at the deadline, not later.
     front.hits.clear()
@@ -592,3 +657,44 @@ def test_every_method_async(base_url: str, admin_token: str) -> None:
         finally:
             runner.run(aclient.aclose())
     assert caller.called == API_METHODS
+
+
+def test_ids_are_path_segments_and_odd_answers_are_errors(
+    client: Client, front: _Front, admin_token: str
+) -> None:
+    # An id with "/", "?" or "#" is sent percent-encoded, as one path segment: the server
+    # refuses it rather than serving another route. (The server decodes "%3A" before
+    # routing, so "abj:rotate" meets the :rotate route, which has no GET: 405.)
+    expected = {
+        "abj/../../iam/v1/tokens": NotFound,
+        "abj?folderId=x": InvalidArgument,
+        "abj#x": InvalidArgument,
+        "abj:rotate": Unimplemented,
+    }
+    for odd, error in expected.items():
+        with pytest.raises(error):
+            client.get_key(odd)
+    # A 200 of the wrong shape is an error, not a half-filled result.
+    key = client.create_key(FOLDER)
+    front.rewrite = lambda method, path, body: {"unexpected": True}
+    with Client(front.url, token=admin_token) as c, pytest.raises(Unknown, match="unexpected"):
+        c.get_key(key.id)
+
+
+def test_both_clients_have_the_same_methods() -> None:
+    sync, asyn = Client("http://127.0.0.1:9"), AsyncClient("http://127.0.0.1:9")
+    try:
+        for name in API_METHODS:
+            s, a = getattr(sync, name), getattr(asyn, name)
+            assert inspect.signature(s) == inspect.signature(a).replace(
+                return_annotation=inspect.signature(s).return_annotation
+            ), name
+            assert s.__doc__ and s.__doc__ == a.__doc__, name
+            assert inspect.iscoroutinefunction(a) or inspect.isasyncgenfunction(a), name
+        assert str(inspect.signature(sync.iter_keys).return_annotation) == "Iterator[SymmetricKey]"
+        assert inspect.signature(sync.create_key).return_annotation == "SymmetricKey"
+        assert inspect.signature(sync.create_key_operation).return_annotation == "Operation"
+        assert Client.encrypt.__doc__ == calls.encrypt.__doc__
+    finally:
+        sync.close()
+        asyncio.run(asyn.aclose())

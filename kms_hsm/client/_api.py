@@ -9,10 +9,12 @@ The two classes differ only in how they send a request and sleep (``_execute``).
 from __future__ import annotations
 
 import functools
+import inspect
 import random
 import socket
 import ssl
 import time
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, Self, TypeVar, final, overload
@@ -20,10 +22,10 @@ from typing import Any, Generic, ParamSpec, Self, TypeVar, final, overload
 import anyio
 import httpx
 
-from kms_hsm.client import calls
+from kms_hsm.client import calls, models
 from kms_hsm.client._retry import Attempts, Retry, poll_delay
 from kms_hsm.client.calls import Call
-from kms_hsm.client.errors import error_for
+from kms_hsm.client.errors import Unknown, error_for
 from kms_hsm.client.models import Operation, Page
 
 P = ParamSpec("P")
@@ -42,11 +44,30 @@ def _ssl(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
     return verify
 
 
+def _parse(call: Call[T], data: Any) -> T:
+    """The typed result of an answer; an answer of the wrong shape is ``Unknown``."""
+    try:
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON object was expected, not {type(data).__name__}")
+        return call.parse(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise Unknown(
+            f"unexpected answer to {call.method} {call.path}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def _operation_result(call: Call[T], op: Operation) -> T:
     """The typed response of a done Operation, or its error raised."""
     if op.error is not None:
         raise error_for(op.error.code, op.error.message, details=op.error.details)
-    return call.parse(op.response or {})
+    return _parse(call, op.response or {})
+
+
+_AN_OPERATION = Call("GET", "/operations/{operationId}", Operation.from_json)
+
+
+def _operation(data: Any) -> Operation:
+    return _parse(_AN_OPERATION, data)
 
 
 def _raw(build: Callable[P, Call[Any]]) -> Callable[P, Call[Operation]]:
@@ -56,8 +77,25 @@ def _raw(build: Callable[P, Call[Any]]) -> Callable[P, Call[Operation]]:
     def raw(*args: P.args, **kwargs: P.kwargs) -> Call[Operation]:
         return build(*args, **kwargs).raw_operation()
 
-    raw.__doc__ = f"{(build.__doc__ or '').splitlines()[0]} Returns the Operation as sent."
+    what = (build.__doc__ or build.__name__).split(";")[0].split(":")[0].rstrip(".")
+    raw.__doc__ = f"{what}, answered with its Operation as the server sent it (not waited for)."
+    del raw.__wrapped__
+    raw.__signature__ = inspect.signature(build).replace(  # type: ignore[attr-defined]
+        return_annotation="Call[Operation]"
+    )
     return raw
+
+
+def _signature(build: Callable[..., Any], returns: str, *, item: bool = False) -> inspect.Signature:
+    """``build``'s parameters with the return a client method has (for help() and IDEs):
+    ``returns`` formatted with the Call's result type, or with a page's item type."""
+    signature = inspect.signature(build)
+    name = str(signature.return_annotation).removeprefix("Call[").removesuffix("]")
+    if item:
+        page = getattr(models, name, None)
+        bases = [b for b in getattr(page, "__orig_bases__", ()) if typing.get_args(b)]
+        name = typing.get_args(bases[0])[0].__name__ if bases else "Any"
+    return signature.replace(return_annotation=returns.format(name))
 
 
 class _Method(Generic[P, T]):
@@ -67,6 +105,7 @@ class _Method(Generic[P, T]):
         self.build = build
         self.name = build.__name__
         self.__doc__ = build.__doc__
+        self.signature = _signature(build, "{}")
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -81,7 +120,7 @@ class _Method(Generic[P, T]):
         if obj is None:
             return self
         assert isinstance(obj, Client | AsyncClient)
-        return obj._bind(self.build, self.name)
+        return obj._bind(self.build, self.name, self.signature)
 
 
 class _Pages(Generic[P, T]):
@@ -91,6 +130,7 @@ class _Pages(Generic[P, T]):
         self.build = build
         self.name = build.__name__
         self.__doc__ = f"Every item of {build.__name__}, fetching page after page."
+        self.signature = _signature(build, "Iterator[{}]", item=True)
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -107,7 +147,7 @@ class _Pages(Generic[P, T]):
         if obj is None:
             return self
         assert isinstance(obj, Client | AsyncClient)
-        return obj._bind_pages(self.build, self.name)
+        return obj._bind_pages(self.build, self.name, self.signature)
 
 
 class _Api:
@@ -302,24 +342,29 @@ class Client(_Api):
         deadline = time.monotonic() + self.timeout
         data = self._send(call, deadline)
         if not call.operation:
-            return call.parse(data)
-        op = Operation.from_json(data)
+            return _parse(call, data)
+        op = _operation(data)
         polls = 0
         while not op.done:
             time.sleep(poll_delay(polls, deadline, op.id, self.timeout))
             polls += 1
-            op = Operation.from_json(self._send(calls.get_operation(op.id), deadline))
+            op = _operation(self._send(calls.get_operation(op.id), deadline))
         return _operation_result(call, op)
 
-    def _bind(self, build: Callable[P, Call[T]], name: str) -> Callable[P, T]:
+    def _bind(
+        self, build: Callable[P, Call[T]], name: str, signature: inspect.Signature
+    ) -> Callable[P, T]:
         @functools.wraps(build)
         def method(*args: P.args, **kwargs: P.kwargs) -> T:
             return self._execute(build(*args, **kwargs))
 
         method.__name__ = name
+        method.__signature__ = signature  # type: ignore[attr-defined]
         return method
 
-    def _bind_pages(self, build: Callable[P, Call[Page[T]]], name: str) -> Callable[P, Iterator[T]]:
+    def _bind_pages(
+        self, build: Callable[P, Call[Page[T]]], name: str, signature: inspect.Signature
+    ) -> Callable[P, Iterator[T]]:
         def method(*args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
             while True:
                 page = self._execute(build(*args, **kwargs))
@@ -330,6 +375,7 @@ class Client(_Api):
 
         method.__name__ = name
         method.__doc__ = f"Every item of {build.__name__}, page after page."
+        method.__signature__ = signature  # type: ignore[attr-defined]
         return method
 
 
@@ -397,25 +443,28 @@ class AsyncClient(_Api):
         deadline = time.monotonic() + self.timeout
         data = await self._send(call, deadline)
         if not call.operation:
-            return call.parse(data)
-        op = Operation.from_json(data)
+            return _parse(call, data)
+        op = _operation(data)
         polls = 0
         while not op.done:
             await anyio.sleep(poll_delay(polls, deadline, op.id, self.timeout))
             polls += 1
-            op = Operation.from_json(await self._send(calls.get_operation(op.id), deadline))
+            op = _operation(await self._send(calls.get_operation(op.id), deadline))
         return _operation_result(call, op)
 
-    def _bind(self, build: Callable[P, Call[T]], name: str) -> Callable[P, Awaitable[T]]:
+    def _bind(
+        self, build: Callable[P, Call[T]], name: str, signature: inspect.Signature
+    ) -> Callable[P, Awaitable[T]]:
         @functools.wraps(build)
         async def method(*args: P.args, **kwargs: P.kwargs) -> T:
             return await self._execute(build(*args, **kwargs))
 
         method.__name__ = name
+        method.__signature__ = signature  # type: ignore[attr-defined]
         return method
 
     def _bind_pages(
-        self, build: Callable[P, Call[Page[T]]], name: str
+        self, build: Callable[P, Call[Page[T]]], name: str, signature: inspect.Signature
     ) -> Callable[P, AsyncIterator[T]]:
         async def method(*args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
             while True:
@@ -428,4 +477,7 @@ class AsyncClient(_Api):
 
         method.__name__ = name
         method.__doc__ = f"Every item of {build.__name__}, page after page."
+        method.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            return_annotation="Async" + str(signature.return_annotation)
+        )
         return method

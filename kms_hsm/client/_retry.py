@@ -9,8 +9,9 @@ What is retried:
 - 503 (UNAVAILABLE), every method: the server did not do the work;
 - 429 (RESOURCE_EXHAUSTED) when the server sent ``Retry-After``, every method;
 - connect failures (refused, connect timeout, no route), every method: nothing was sent;
-- a connection reset or a broken answer, an attempt timeout, 502 and 504, only for calls
-  that are safe to repeat (GETs and the crypto methods): the server may have done the work.
+- a connection reset or a broken answer, an attempt timeout, 502, 504, INTERNAL and
+  DEADLINE_EXCEEDED, only for calls that are safe to repeat (GETs and the crypto methods):
+  the server may have done the work (Yandex's KMS providers retry these codes too).
 Not retried: a TLS handshake failure (the same certificate fails again) and every other
 error. Sleeps are exponential with full jitter (0.05 s doubling, at most 2 s), at least
 ``Retry-After``, and never past the deadline: when the next sleep would end past it, the
@@ -31,7 +32,7 @@ import httpx
 
 from kms_hsm.client.calls import Call
 from kms_hsm.client.errors import DeadlineExceeded, error_from_response, retry_after_seconds
-from kms_hsm.errors import BackendUnavailable, KmsError
+from kms_hsm.errors import BackendUnavailable, KmsError, StatusCode
 
 BASE_DELAY = 0.05
 MAX_DELAY = 2.0
@@ -119,7 +120,13 @@ class Attempts:
             return self._backoff(error, retry_after)
         if status == 429 and retry_after is not None:
             return self._backoff(error, retry_after)
-        if status in (502, 504) and self.call.idempotent:
+        if self.call.idempotent and (
+            status in (502, 504)
+            or error.code in (StatusCode.INTERNAL, StatusCode.DEADLINE_EXCEEDED)
+        ):
+            # As Yandex's own KMS providers do for Encrypt/Decrypt: INTERNAL and
+            # DEADLINE_EXCEEDED may pass, and repeating a call that is safe to repeat costs
+            # nothing but time.
             return self._backoff(error, retry_after)
         raise error
 

@@ -43,6 +43,7 @@ from kms_hsm.client.models import (
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
+PageT = TypeVar("PageT")
 
 KEYS = "/kms/v1/keys"
 SIGNATURE_KEYS = "/kms/v1/asymmetricSignatureKeys"
@@ -99,9 +100,9 @@ def _compact(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _page_parser(
-    cls: Callable[[list[T], str], Any], field: str, item: Callable[[Json], T]
-) -> Callable[[Json], Any]:
-    def parse(j: Json) -> Any:
+    cls: Callable[[list[T], str], PageT], field: str, item: Callable[[Json], T]
+) -> Callable[[Json], PageT]:
+    def parse(j: Json) -> PageT:
         return cls([item(x) for x in j.get(field) or ()], j.get("nextPageToken", ""))
 
     return parse
