@@ -36,7 +36,7 @@ EXIT_USAGE = 2
 EXIT_AUTH = 3
 EXIT_NOT_FOUND = 4
 EXIT_UNAVAILABLE = 5
-EXIT_INTERRUPTED = 130  # the shell's own code for SIGINT (128 + 2)
+EXIT_INTERRUPTED = 130  # main() answers Ctrl-C so, as the shell does for SIGINT (128 + 2)
 
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}  success
@@ -599,13 +599,6 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
             request_id = getattr(exc, "request_id", None)
             suffix = f" (request id {request_id})" if request_id else ""
             return _fail(exc.message + suffix, exit_code(exc))
-        except KeyboardInterrupt:
-            return _fail("interrupted", EXIT_INTERRUPTED)
-        except BrokenPipeError:
-            # `kms-hsm encrypt … | head -c 10`: the reader left; not an error of ours.
-            with contextlib.suppress(OSError):
-                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps exit from re-raising
-            return EXIT_OK
 
     return run
 
