@@ -11,7 +11,7 @@ import ssl
 import sys
 from typing import Any
 
-from kms_hsm.cli import hsm
+from kms_hsm.cli import envelope, hsm
 from kms_hsm.cli.admin import add_commands
 from kms_hsm.config import Settings, read_secret_file
 from kms_hsm.errors import InvalidArgument, KmsError
@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     openapi.set_defaults(handler=_openapi)
     add_commands(sub)
     hsm.add_commands(sub)
+    envelope.add_commands(sub)
     return parser
 
 

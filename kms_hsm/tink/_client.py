@@ -141,7 +141,8 @@ class _GrpcTransport:
                 code = exc.code()
                 details = exc.details() or ""
                 if code in _RETRYABLE and attempt < self._retries:
-                    pause = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt))
+                    ceiling = min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt)
+                    pause = random.uniform(0, ceiling)  # noqa: S311 (jitter, not a secret)
                     if time.monotonic() + pause < deadline:
                         attempt += 1
                         time.sleep(pause)
@@ -181,7 +182,9 @@ class _RestTransport:
 
         self._endpoint = endpoint
         self._token = token
-        self._client = Client(endpoint, token=token, timeout=timeout, retries=retries, verify=verify)
+        self._client = Client(
+            endpoint, token=token, timeout=timeout, retries=retries, verify=verify
+        )
 
     def encrypt(self, key_id: str, plaintext: bytes, aad: bytes) -> bytes:
         try:
@@ -242,9 +245,7 @@ class KmsClient(tink.KmsClient):  # type: ignore[misc]
             )
         else:
             if "://" in endpoint or ":" not in endpoint:
-                raise tink.TinkError(
-                    "endpoint must be an http(s):// REST base or a gRPC host:port"
-                )
+                raise tink.TinkError("endpoint must be an http(s):// REST base or a gRPC host:port")
             roots = Path(ca_file).read_bytes() if ca_file is not None else None
             self._transport = _GrpcTransport(
                 endpoint,

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 import tink  # type: ignore[import-untyped]
 from tink import aead, streaming_aead
 
-from kms_hsm.errors import DecryptionFailed, KmsError, NotFound, StatusCode
+from kms_hsm.errors import DecryptionFailed, KmsError, StatusCode
 from kms_hsm.tink._client import KmsCallError, key_id_of
 
 MAGIC = b"KHSMENV"
@@ -44,8 +44,8 @@ class EnvelopeInvalid(DecryptionFailed):
     """Every way an envelope can fail to decrypt, told with one message (no oracle)."""
 
     default_message = (
-        "not a valid kms-hsm envelope: it was modified, truncated, extended or "
-        "damaged, or it is not an envelope file"
+        "not a valid kms-hsm envelope: it was modified, truncated or extended, "
+        "or its key does not exist"
     )
 
 
@@ -137,13 +137,34 @@ class _Borrowed(io.RawIOBase):
         super().close()
 
 
-def _kms_failure(exc: Exception, key_uri: str) -> KmsError:
+class _EncryptOnce:
+    """The KMS AEAD as Tink's keyset encryption sees it. Tink decrypts what it has just
+    encrypted, as a self-check (``_keyset_handle._encrypt``): that would be a second KMS
+    call per file, so the decrypt of exactly that ciphertext is answered from memory."""
+
+    def __init__(self, remote: Any) -> None:
+        self._remote = remote
+        self._last: tuple[bytes, bytes, bytes] | None = None
+
+    def encrypt(self, plaintext: bytes, associated_data: bytes) -> bytes:
+        ciphertext = bytes(self._remote.encrypt(plaintext, associated_data))
+        self._last = (ciphertext, bytes(associated_data), bytes(plaintext))
+        return ciphertext
+
+    def decrypt(self, ciphertext: bytes, associated_data: bytes) -> bytes:
+        if self._last is not None and self._last[:2] == (ciphertext, associated_data):
+            return self._last[2]
+        return bytes(self._remote.decrypt(ciphertext, associated_data))
+
+
+def _kms_failure(exc: Exception) -> KmsError:
     """What a failed KMS call becomes: a refused keyset is the one envelope error."""
     if isinstance(exc, KmsCallError):
         if exc.code is StatusCode.INVALID_ARGUMENT:
             return EnvelopeInvalid(log_detail=str(exc))
         if exc.code is StatusCode.NOT_FOUND:
-            return NotFound(f"key {key_id_of(key_uri)} of the envelope was not found")
+            # A changed key URI names a key that does not exist: the same one message.
+            return EnvelopeInvalid(log_detail=str(exc))
         return EnvelopeKmsError(str(exc))
     # Tink's own checks of the decrypted keyset, or a keyset that does not parse.
     return EnvelopeInvalid(log_detail=type(exc).__name__)
@@ -160,13 +181,11 @@ def encrypt(
     (``kms`` is a tink.KmsClient); returns the plaintext size. One KMS Encrypt."""
     _register()
     key_id_of(key_uri)
-    handle = tink.new_keyset_handle(
-        streaming_aead.streaming_aead_key_templates.AES256_GCM_HKDF_1MB
-    )
+    handle = tink.new_keyset_handle(streaming_aead.streaming_aead_key_templates.AES256_GCM_HKDF_1MB)
     draft = Header(key_uri, b"")
     try:
         keyset = tink.proto_keyset_format.serialize_encrypted(
-            handle, kms.get_aead(key_uri), draft.keyset_associated_data()
+            handle, _EncryptOnce(kms.get_aead(key_uri)), draft.keyset_associated_data()
         )
     except KmsCallError as exc:
         raise EnvelopeKmsError(str(exc)) from None
@@ -204,7 +223,7 @@ def decrypt(
             header.encrypted_keyset, remote, header.keyset_associated_data()
         )
     except (tink.TinkError, ValueError) as exc:
-        raise _kms_failure(exc, header.key_uri) from None
+        raise _kms_failure(exc) from None
     types = {info.type_url for info in handle.keyset_info().key_info}
     if types != {_STREAMING_KEY}:
         raise EnvelopeInvalid(log_detail="keyset type")
