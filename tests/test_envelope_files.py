@@ -267,9 +267,7 @@ def test_tampering_refused(
     assert piped.stderr.decode() == MESSAGE + "\n"
 
 
-def test_every_header_byte_is_bound(
-    server: KmsServer, sealed: tuple[bytes, bytes, int]
-) -> None:
+def test_every_header_byte_is_bound(server: KmsServer, sealed: tuple[bytes, bytes, int]) -> None:
     """Each single-bit change anywhere in the header is refused (in-process, over gRPC)."""
     data, blob, header = sealed
     short = blob[: header + 200]  # the stream is cut, but every flip must fail before that

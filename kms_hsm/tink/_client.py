@@ -30,6 +30,13 @@ DEFAULT_RETRIES = 4
 _BACKOFF_BASE = 0.1
 _BACKOFF_CAP = 2.0
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+# gRPC waits 1 s (then longer) before it dials a failed server again, and fails calls at
+# once meanwhile: shorter first waits let the retries above reach a server that is back.
+# (Not grpc.min_reconnect_backoff_ms: it is also the connect timeout of each attempt.)
+_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
 
 
 def key_uri(key_id: str) -> str:
@@ -105,10 +112,10 @@ class _GrpcTransport:
         self._retries = retries
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         if plaintext:
-            self._channel = grpc.insecure_channel(endpoint)
+            self._channel = grpc.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
         else:
             credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self._channel = grpc.secure_channel(endpoint, credentials)
+            self._channel = grpc.secure_channel(endpoint, credentials, options=_CHANNEL_OPTIONS)
         self._stub = crypto_grpc.SymmetricCryptoServiceStub(self._channel)
 
     def encrypt(self, key_id: str, plaintext: bytes, aad: bytes) -> bytes:
