@@ -281,10 +281,12 @@ def test_retries_on_unavailable(server: KmsServer, key_id: str, transport: str) 
             remote = client.get_aead(key_uri(key_id))
             assert remote.decrypt(remote.encrypt(b"x", b"a"), b"a") == b"x"
         assert proxy.accepted >= 3
-    with proxied(server, transport, refuse=1000) as (proxy, endpoint):
-        with KmsClient(endpoint, token=token, ca_file=server.pki.ca, retries=2) as client:
-            with pytest.raises(KmsCallError) as failed:
-                client.get_aead(key_uri(key_id)).encrypt(b"x", b"")
+    with (
+        proxied(server, transport, refuse=1000) as (proxy, endpoint),
+        KmsClient(endpoint, token=token, ca_file=server.pki.ca, retries=2) as client,
+        pytest.raises(KmsCallError) as failed,
+    ):
+        client.get_aead(key_uri(key_id)).encrypt(b"x", b"")
         assert failed.value.code is StatusCode.UNAVAILABLE
         assert "(after 3 attempts)" in str(failed.value)
         assert 1 <= proxy.accepted <= 3, proxy.accepted
@@ -292,12 +294,14 @@ def test_retries_on_unavailable(server: KmsServer, key_id: str, transport: str) 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_deadline(server: KmsServer, key_id: str, transport: str) -> None:
-    with proxied(server, transport, hold=True) as (_, endpoint):
-        with KmsClient(endpoint, token=server.admin_token, ca_file=server.pki.ca, timeout=1.0) as c:
-            started = time.monotonic()
-            with pytest.raises(tink.TinkError) as failed:
-                c.get_aead(key_uri(key_id)).encrypt(b"x", b"")
-            elapsed = time.monotonic() - started
+    with (
+        proxied(server, transport, hold=True) as (_, endpoint),
+        KmsClient(endpoint, token=server.admin_token, ca_file=server.pki.ca, timeout=1.0) as c,
+    ):
+        started = time.monotonic()
+        with pytest.raises(tink.TinkError) as failed:
+            c.get_aead(key_uri(key_id)).encrypt(b"x", b"")
+        elapsed = time.monotonic() - started
     assert 0.9 <= elapsed < 8, (elapsed, failed.value)
     assert isinstance(failed.value, KmsCallError)
     assert failed.value.code in (StatusCode.DEADLINE_EXCEEDED, StatusCode.UNAVAILABLE)
@@ -312,15 +316,16 @@ def _whole(error: BaseException) -> str:
 def test_token_never_in_an_error(server: KmsServer, key_id: str, transport: str) -> None:
     secret = "t1.9euelZqSECRET" + os.urandom(8).hex()
     plaintext = b"plaintext-" + os.urandom(8).hex().encode()
-    with ours(server, transport, token=secret) as client:
-        with pytest.raises(KmsCallError) as refused:
-            client.get_aead(key_uri(key_id)).encrypt(plaintext, b"")
+    with ours(server, transport, token=secret) as client, pytest.raises(KmsCallError) as refused:
+        client.get_aead(key_uri(key_id)).encrypt(plaintext, b"")
     assert refused.value.code is StatusCode.UNAUTHENTICATED
     assert key_id in str(refused.value)
     for needle in (secret, plaintext.decode()):
         assert needle not in _whole(refused.value)
-    with proxied(server, transport, refuse=1000) as (_, endpoint):
-        with KmsClient(endpoint, token=secret, ca_file=server.pki.ca, retries=0) as client:
-            with pytest.raises(KmsCallError) as down:
-                client.get_aead(key_uri(key_id)).encrypt(plaintext, b"")
+    with (
+        proxied(server, transport, refuse=1000) as (_, endpoint),
+        KmsClient(endpoint, token=secret, ca_file=server.pki.ca, retries=0) as client,
+        pytest.raises(KmsCallError) as down,
+    ):
+        client.get_aead(key_uri(key_id)).encrypt(plaintext, b"")
     assert secret not in _whole(down.value)
