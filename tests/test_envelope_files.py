@@ -8,6 +8,7 @@ otherwise import the main checkout's package); `test_cli_runs_this_checkout` che
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -182,8 +183,8 @@ def tampered(case: str, blob: bytes, header: int, other_key: str) -> bytes:
         return _flip(blob, keyset_at - 1)
     if case == "keyset-ciphertext":
         return _flip(blob, keyset_at + 20)
-    if case == "keyset-info":
-        return _flip(blob, header - 3)  # Tink's unauthenticated KeysetInfo: the stream's AD
+    if case == "keyset-last-byte":
+        return _flip(blob, header - 1)
     if case == "stream-header":
         return _flip(blob, header + 5)
     if case == "flipped-segment":
@@ -218,7 +219,7 @@ CASES = [
     "uri-other-key",
     "keyset-length",
     "keyset-ciphertext",
-    "keyset-info",
+    "keyset-last-byte",
     "stream-header",
     "flipped-segment",
     "flipped-tag",
@@ -413,3 +414,37 @@ def test_one_gib_stream_constant_memory(server: KmsServer, key_id: str, tmp_path
     assert size == total * MiB
     assert back.hexdigest() == digest.hexdigest()
     assert peak_holder[0] - small_peak < 64 * MiB
+
+
+def test_old_envelopes_open_after_rotation(server: KmsServer, tmp_path: Path) -> None:
+    key = _key(server)
+    before = ok(run(server, "encrypt", "--key", key, "-", "-", data=b"before"))
+    with server.rest(server.admin_token) as api:
+        assert api.post(f"/kms/v1/keys/{key}:rotate").status_code == 200
+    after = ok(run(server, "encrypt", "--key", key, "-", "-", data=b"after"))
+    assert ok(run(server, "decrypt", "-", "-", data=before)) == b"before"
+    assert ok(run(server, "decrypt", "-", "-", data=after)) == b"after"
+
+
+def test_progress_only_on_a_terminal(server: KmsServer, key_id: str, tmp_path: Path) -> None:
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(os.urandom(3 * MiB))
+    master, slave = os.openpty()
+    try:
+        args = ["encrypt", "--key", key_id, str(plain), str(tmp_path / "s")]
+        result = subprocess.run(
+            [KMS_HSM, "envelope", *args, "--ca-file", str(server.pki.ca)],
+            stderr=slave,
+            env=cli_env(server),
+            timeout=120,
+        )
+        assert result.returncode == 0
+        os.close(slave)
+        shown = b""
+        with contextlib.suppress(OSError):
+            while chunk := os.read(master, 4096):
+                shown += chunk
+    finally:
+        os.close(master)
+    assert b"encrypted 3.0 / 3.0 MiB (100%)" in shown, shown
+    assert b"MiB/s" in shown
