@@ -62,6 +62,12 @@ def _token(args: argparse.Namespace) -> str:
     return token
 
 
+def _quiet_grpc() -> None:
+    """Before grpc is imported: its core would log each failed TLS handshake on stderr,
+    where the CLI's one error line already says what failed."""
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
 def _client(args: argparse.Namespace) -> Any:
     import tink  # type: ignore[import-untyped]
 
@@ -154,7 +160,11 @@ def _run(args: argparse.Namespace, work: Callable[..., int], verb: str) -> int:
                 with _output(args.output) as destination:
                     work(source, destination, client, progress)
             except OSError as exc:
-                raise InvalidArgument(f"{verb}: {exc.strerror or exc}") from None
+                # A closed pipe, a full disk: one line, like every other CLI error.
+                if isinstance(exc, BrokenPipeError):
+                    # Else Python's flush of stdout at exit prints a traceback of its own.
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise InvalidArgument(f"input/output error: {exc.strerror or exc}") from None
             finally:
                 _finish(progress)
     finally:
@@ -163,6 +173,7 @@ def _run(args: argparse.Namespace, work: Callable[..., int], verb: str) -> int:
 
 
 def _encrypt(args: argparse.Namespace) -> int:
+    _quiet_grpc()
     from kms_hsm.tink import envelope, key_id_of, key_uri
 
     uri = key_uri(args.key)
@@ -178,6 +189,7 @@ def _encrypt(args: argparse.Namespace) -> int:
 
 
 def _decrypt(args: argparse.Namespace) -> int:
+    _quiet_grpc()
     from kms_hsm.tink import envelope
 
     def work(source: BinaryIO, destination: BinaryIO, client: Any, progress: Any) -> int:
