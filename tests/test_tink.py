@@ -329,3 +329,25 @@ def test_token_never_in_an_error(server: KmsServer, key_id: str, transport: str)
     ):
         client.get_aead(key_uri(key_id)).encrypt(plaintext, b"")
     assert secret not in _whole(down.value)
+
+
+def test_registered_client_serves_tink_kms_key_templates(server: KmsServer, key_id: str) -> None:
+    """Registered with Tink, the client serves keysets that name a yc-kms URI: KmsAead and
+    KmsEnvelopeAead keys (the DEK encrypted with empty associated data, as in Java and Go)."""
+    aead.register()
+    uri = key_uri(key_id)
+    client = ours(server, "grpc", key_uri=uri)
+    tink.register_kms_client(client)
+    try:
+        assert tink.kms_client_from_uri(uri) is client
+        for template in (
+            aead.aead_key_templates.create_kms_aead_key_template(uri),
+            aead.aead_key_templates.create_kms_envelope_aead_key_template(
+                uri, aead.aead_key_templates.AES256_GCM
+            ),
+        ):
+            primitive = tink.new_keyset_handle(template).primitive(aead.Aead)
+            assert primitive.decrypt(primitive.encrypt(b"row", b"id=7"), b"id=7") == b"row"
+    finally:
+        tink._kms_clients.reset_kms_clients()
+        client.close()
