@@ -45,7 +45,7 @@ class EnvelopeInvalid(DecryptionFailed):
 
     default_message = (
         "not a valid kms-hsm envelope: it was modified, truncated or extended, "
-        "or its key does not exist"
+        "or its key does not exist or this token may not use it"
     )
 
 
@@ -163,7 +163,8 @@ def _kms_failure(exc: Exception) -> KmsError:
         if exc.code is StatusCode.INVALID_ARGUMENT:
             return EnvelopeInvalid(log_detail=str(exc))
         if exc.code is StatusCode.NOT_FOUND:
-            # A changed key URI names a key that does not exist: the same one message.
+            # A changed key URI names a key that does not exist, and the server answers
+            # NOT_FOUND also for a key the caller may not see: one message for both.
             return EnvelopeInvalid(log_detail=str(exc))
         return EnvelopeKmsError(str(exc))
     # Tink's own checks of the decrypted keyset, or a keyset that does not parse.
