@@ -448,3 +448,23 @@ def test_progress_only_on_a_terminal(server: KmsServer, key_id: str, tmp_path: P
         os.close(master)
     assert b"encrypted 3.0 / 3.0 MiB (100%)" in shown, shown
     assert b"MiB/s" in shown
+
+
+def test_errors_that_are_not_the_file(server: KmsServer, key_id: str) -> None:
+    sealed = ok(run(server, "encrypt", "--key", key_id, "-", "-", data=b"data"))
+    _, stranger, _ = server.principal_with_token("envelope-stranger")
+    # The server answers NOT_FOUND for a key the caller may not see: the one message.
+    hidden = run(server, "decrypt", "-", "-", data=sealed, KMS_HSM_TOKEN=stranger)
+    assert hidden.returncode == 1
+    assert hidden.stderr.decode() == MESSAGE + "\n"
+    # A token that is not valid is said to be so, and is not repeated.
+    bad_token = "not-a-token-" + os.urandom(6).hex()
+    refused = run(server, "decrypt", "-", "-", data=sealed, KMS_HSM_TOKEN=bad_token)
+    assert refused.returncode == 1
+    assert b"UNAUTHENTICATED" in refused.stderr
+    assert bad_token.encode() not in refused.stderr
+    assert len(refused.stderr.splitlines()) == 1
+    encrypt = run(server, "encrypt", "--key", key_id, "-", "-", data=b"x", KMS_HSM_TOKEN=bad_token)
+    assert encrypt.returncode == 1
+    assert b"UNAUTHENTICATED" in encrypt.stderr
+    assert encrypt.stdout == b""
