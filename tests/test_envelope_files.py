@@ -50,7 +50,7 @@ def cli_env(server: KmsServer, **extra: str) -> dict[str, str]:
     env.update(
         PYTHONPATH=str(REPO),
         KMS_HSM_TOKEN=server.admin_token,
-        KMS_HSM_ENDPOINT=server.endpoint,  # TEMP until h/client
+        KMS_HSM_ENDPOINT=server.rest_url,
     )
     env.update(extra)
     return env
