@@ -5,6 +5,7 @@
     .venv/bin/python bench/run.py --asymmetric    # only sign / OAEP decrypt vs the raw token
     .venv/bin/python bench/run.py --scale         # 10,000 + 10,000 keys; many minutes
     .venv/bin/python bench/run.py --memory        # worker RSS over 1,000,000 requests
+    .venv/bin/python bench/run.py --envelope      # envelope MiB/s beside raw AES-GCM (issue 18)
 
 REST load comes from wrk, gRPC load from several Python client processes (grpc_load.py).
 Prints a table with every measurement, the ratios against the baselines measured in the
@@ -33,6 +34,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import envelope
 import grpc
 import memory
 import report
@@ -112,6 +114,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--memory-requests", type=int, default=1_000_000, help="requests for --memory"
+    )
+    parser.add_argument(
+        "--envelope", action="store_true", help="envelope MiB/s beside raw AES-GCM, one core"
     )
     parser.add_argument("--json", type=Path, help="results file (bench/results/latest.json)")
     return parser.parse_args(argv)
@@ -686,7 +691,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     ensure_wrk()
-    default_name = "scale.json" if args.scale else "memory.json" if args.memory else "latest.json"
+    default_name = (
+        "scale.json"
+        if args.scale
+        else "memory.json"
+        if args.memory
+        else "envelope.json"
+        if args.envelope
+        else "latest.json"
+    )
     json_path: Path = args.json or RESULTS_DIR / default_name
     with tempfile.TemporaryDirectory(prefix="kms-bench-") as tmp:
         work_dir = Path(tmp)
@@ -694,8 +707,14 @@ def main(argv: list[str] | None = None) -> int:
             data, failed = scale.run_scale(args, work_dir)
         elif args.memory:
             data, failed = memory.run_memory(args, work_dir)
+        elif args.envelope:
+            data, failed = envelope.run_envelope(args, work_dir)
         else:
             data, failed = run_bench(args, work_dir)
+            if args.smoke:
+                more, more_failed = envelope.run_envelope(args, work_dir)
+                data.update(more)
+                failed = failed or more_failed
         data["meta"] = meta(started)
         write_json(json_path, data)
         if failed and (work_dir / "logs").is_dir():

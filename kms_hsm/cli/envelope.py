@@ -1,0 +1,198 @@
+"""``kms-hsm envelope encrypt|decrypt``: files of any size under a kms-hsm key (Tink's
+streaming AEAD, its keyset encrypted by the KMS key in the file's header; docs/envelope.md).
+
+The token comes from ``KMS_HSM_TOKEN`` or ``--token-file`` (mode 0600), never from argv.
+A file output is written to a temporary file beside it and renamed only on success, so no
+partial plaintext is ever left under the output's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from kms_hsm.config import read_secret_file
+from kms_hsm.errors import InvalidArgument
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
+_MIB = 1 << 20
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``envelope encrypt`` and ``envelope decrypt``."""
+    envelope = sub.add_parser("envelope", help="encrypt or decrypt files with a KMS key")
+    commands = envelope.add_subparsers(dest="envelope_command", required=True)
+    encrypt = commands.add_parser(
+        "encrypt", help="encrypt IN into OUT under a fresh data key wrapped by --key"
+    )
+    encrypt.add_argument("--key", required=True, metavar="KEY_ID", help="symmetric key id")
+    decrypt = commands.add_parser("decrypt", help="decrypt an envelope IN into OUT")
+    for parser, handler in ((encrypt, _encrypt), (decrypt, _decrypt)):
+        parser.add_argument("input", metavar="IN", help="input file, or - for stdin")
+        parser.add_argument("output", metavar="OUT", help="output file, or - for stdout")
+        parser.add_argument(
+            "--endpoint",
+            default=os.environ.get("KMS_HSM_ENDPOINT", DEFAULT_ENDPOINT),
+            help="REST base http(s)://host:port or gRPC host:port "
+            f"(default: $KMS_HSM_ENDPOINT, else {DEFAULT_ENDPOINT})",
+        )
+        parser.add_argument("--ca-file", help="PEM CA bundle to trust for TLS")
+        parser.add_argument(
+            "--token-file", help="file (mode 0600) holding the bearer token (else $KMS_HSM_TOKEN)"
+        )
+        parser.add_argument(
+            "--timeout", type=float, default=10.0, help="deadline of the KMS call, seconds"
+        )
+        parser.set_defaults(handler=handler)
+
+
+def _token(args: argparse.Namespace) -> str:
+    if args.token_file:
+        return read_secret_file(Path(args.token_file), "token file")
+    token = os.environ.get("KMS_HSM_TOKEN", "").strip()
+    if not token:
+        raise InvalidArgument("no token: set KMS_HSM_TOKEN or give --token-file (mode 0600)")
+    return token
+
+
+def _quiet_grpc() -> None:
+    """Before grpc is imported: its core would log each failed TLS handshake on stderr,
+    where the CLI's one error line already says what failed."""
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+def _client(args: argparse.Namespace) -> Any:
+    import tink  # type: ignore[import-untyped]
+
+    from kms_hsm.tink import KmsClient
+
+    if args.ca_file is not None and not Path(args.ca_file).is_file():
+        raise InvalidArgument(f"--ca-file {args.ca_file} is not a readable file")
+    try:
+        return KmsClient(
+            args.endpoint, token=_token(args), timeout=args.timeout, ca_file=args.ca_file
+        )
+    except tink.TinkError as exc:
+        raise InvalidArgument(f"--endpoint {args.endpoint}: {exc}") from None
+
+
+@contextlib.contextmanager
+def _input(name: str) -> Iterator[tuple[BinaryIO, int | None]]:
+    """The input stream and its size when it is a regular file (for the progress line)."""
+    if name == "-":
+        yield sys.stdin.buffer, None
+        return
+    try:
+        stream = open(name, "rb")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {name}: {exc.strerror}") from None
+    with stream:
+        size = os.fstat(stream.fileno()).st_size
+        yield stream, size
+
+
+@contextlib.contextmanager
+def _output(name: str) -> Iterator[BinaryIO]:
+    """stdout, or a 0600 temporary file beside ``name`` renamed onto it only on success."""
+    if name == "-":
+        yield sys.stdout.buffer
+        return
+    target = Path(name)
+    try:
+        fd, temporary = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=".partial"
+        )
+    except OSError as exc:
+        raise InvalidArgument(f"cannot write in {target.parent}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _progress(verb: str, size: int | None) -> Callable[[int], None] | None:
+    """A progress line on stderr, only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    started = time.monotonic()
+    last = [0.0]
+
+    def show(done: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.2 and done != size:
+            return
+        last[0] = now
+        rate = done / _MIB / max(now - started, 1e-6)
+        if size:
+            line = f"{verb} {done / _MIB:,.1f} / {size / _MIB:,.1f} MiB ({100 * done // size}%)"
+        else:
+            line = f"{verb} {done / _MIB:,.1f} MiB"
+        sys.stderr.write(f"\r{line}, {rate:,.1f} MiB/s ")
+        sys.stderr.flush()
+
+    return show
+
+
+def _finish(progress: Callable[[int], None] | None) -> None:
+    if progress is not None:
+        sys.stderr.write("\n")
+
+
+def _run(args: argparse.Namespace, work: Callable[..., int], verb: str) -> int:
+    client = _client(args)
+    try:
+        with _input(args.input) as (source, size):
+            progress = _progress(verb, size)
+            try:
+                with _output(args.output) as destination:
+                    work(source, destination, client, progress)
+            except OSError as exc:
+                # A closed pipe, a full disk: one line, like every other CLI error.
+                if isinstance(exc, BrokenPipeError):
+                    # Else Python's flush of stdout at exit prints a traceback of its own.
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise InvalidArgument(f"input/output error: {exc.strerror or exc}") from None
+            finally:
+                _finish(progress)
+    finally:
+        client.close()
+    return 0
+
+
+def _encrypt(args: argparse.Namespace) -> int:
+    _quiet_grpc()
+    from kms_hsm.tink import envelope, key_id_of, key_uri
+
+    uri = key_uri(args.key)
+
+    def work(source: BinaryIO, destination: BinaryIO, client: Any, progress: Any) -> int:
+        return envelope.encrypt(source, destination, client, uri, progress)
+
+    try:
+        key_id_of(uri)
+    except Exception:
+        raise InvalidArgument(f"--key {args.key!r} is not a key id") from None
+    return _run(args, work, "encrypted")
+
+
+def _decrypt(args: argparse.Namespace) -> int:
+    _quiet_grpc()
+    from kms_hsm.tink import envelope
+
+    def work(source: BinaryIO, destination: BinaryIO, client: Any, progress: Any) -> int:
+        return envelope.decrypt(source, destination, client, progress)
+
+    return _run(args, work, "decrypted")
