@@ -12,23 +12,25 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import contextlib
 import json
 import os
 import re
 import ssl
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from kms_hsm.cli.remote import (
+    AuthMissing,
+    UsageError,
+    add_connection_options,
+    atomic_file,
+    read_token,
+)
 from kms_hsm.client import Client, DataKeyResult, SymmetricKey, SymmetricKeyVersion
-from kms_hsm.config import read_secret_file
 from kms_hsm.errors import KmsError, StatusCode
-
-DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -64,14 +66,6 @@ _DATA_KEY_SPECS = ("AES_128", "AES_192", "AES_256")
 _ALGORITHMS = ("AES_128", "AES_192", "AES_256", "AES_256_HSM")
 
 
-class UsageError(Exception):
-    """A mistake on the command line or in a local file: exit code 2."""
-
-
-class AuthMissing(Exception):
-    """No token was given: exit code 3, before any request is sent."""
-
-
 # --- arguments ---------------------------------------------------------------------------
 
 
@@ -93,62 +87,18 @@ def _label(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return value
-
-
 def _common() -> argparse.ArgumentParser:
     """The options every client command takes (a parent parser)."""
     common = argparse.ArgumentParser(add_help=False)
-    group = common.add_argument_group("connection")
-    group.add_argument(
-        "--endpoint",
-        default=os.environ.get("KMS_HSM_ENDPOINT") or DEFAULT_ENDPOINT,
-        help=f"REST base URL (default $KMS_HSM_ENDPOINT, else {DEFAULT_ENDPOINT})",
-    )
-    group.add_argument(
-        "--ca-file",
-        default=os.environ.get("KMS_HSM_CA_FILE") or None,
-        help="PEM CA bundle that signed the server's certificate (default $KMS_HSM_CA_FILE)",
-    )
-    group.add_argument(
-        "--token-file",
-        help="file (mode 0600) holding the bearer token (else $KMS_HSM_TOKEN)",
-    )
-    group.add_argument(
-        "--timeout",
-        type=_positive,
-        default=10.0,
-        help="seconds for the whole call, retries included (default 10)",
-    )
+    add_connection_options(common.add_argument_group("connection"), endpoint_help="REST base URL")
     common.add_argument(
         "--json", action="store_true", help="print JSON (the REST API's camelCase fields)"
     )
     return common
 
 
-def _token(args: argparse.Namespace) -> str:
-    if args.token_file:
-        try:
-            return read_secret_file(Path(args.token_file), "token file")
-        except KmsError as exc:
-            raise UsageError(exc.message) from None
-        except OSError as exc:
-            raise UsageError(f"token file {args.token_file}: {exc.strerror or exc}") from None
-    token = os.environ.get("KMS_HSM_TOKEN", "").strip()
-    if not token:
-        raise AuthMissing("no token: set KMS_HSM_TOKEN or give --token-file (mode 0600)")
-    return token
-
-
 def _client(args: argparse.Namespace) -> Client:
-    token = _token(args)
+    token = read_token(args)
     verify: bool | ssl.SSLContext = True
     if args.ca_file:
         try:
@@ -448,26 +398,10 @@ def write_output(path: str, data: bytes, *, secret: bool) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    target = Path(path)
-    directory = target.parent
     try:
-        # mkstemp creates the file 0600: a secret is never readable by others, not even briefly.
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as out:
+        with atomic_file(path, secret=secret) as out:
             out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        if not secret:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temp, 0o666 & ~umask)
-        os.replace(temp, target)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 

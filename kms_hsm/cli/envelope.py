@@ -12,16 +12,20 @@ import argparse
 import contextlib
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from kms_hsm.config import read_secret_file
+from kms_hsm.cli.remote import (
+    AuthMissing,
+    UsageError,
+    add_connection_options,
+    atomic_file,
+    read_token,
+)
 from kms_hsm.errors import InvalidArgument
 
-DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
 _MIB = 1 << 20
 
 
@@ -37,29 +41,18 @@ def add_commands(sub: Any) -> None:
     for parser, handler in ((encrypt, _encrypt), (decrypt, _decrypt)):
         parser.add_argument("input", metavar="IN", help="input file, or - for stdin")
         parser.add_argument("output", metavar="OUT", help="output file, or - for stdout")
-        parser.add_argument(
-            "--endpoint",
-            default=os.environ.get("KMS_HSM_ENDPOINT", DEFAULT_ENDPOINT),
-            help="REST base http(s)://host:port or gRPC host:port "
-            f"(default: $KMS_HSM_ENDPOINT, else {DEFAULT_ENDPOINT})",
-        )
-        parser.add_argument("--ca-file", help="PEM CA bundle to trust for TLS")
-        parser.add_argument(
-            "--token-file", help="file (mode 0600) holding the bearer token (else $KMS_HSM_TOKEN)"
-        )
-        parser.add_argument(
-            "--timeout", type=float, default=10.0, help="deadline of the KMS call, seconds"
+        add_connection_options(
+            parser, endpoint_help="REST base http(s)://host:port or gRPC host:port"
         )
         parser.set_defaults(handler=handler)
 
 
 def _token(args: argparse.Namespace) -> str:
-    if args.token_file:
-        return read_secret_file(Path(args.token_file), "token file")
-    token = os.environ.get("KMS_HSM_TOKEN", "").strip()
-    if not token:
-        raise InvalidArgument("no token: set KMS_HSM_TOKEN or give --token-file (mode 0600)")
-    return token
+    # One exit status for every failure here (docs/envelope.md), usage or missing token alike.
+    try:
+        return read_token(args)
+    except (UsageError, AuthMissing) as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 def _quiet_grpc() -> None:
@@ -104,23 +97,11 @@ def _output(name: str) -> Iterator[BinaryIO]:
     if name == "-":
         yield sys.stdout.buffer
         return
-    target = Path(name)
     try:
-        fd, temporary = tempfile.mkstemp(
-            dir=target.parent, prefix=f".{target.name}.", suffix=".partial"
-        )
-    except OSError as exc:
-        raise InvalidArgument(f"cannot write in {target.parent}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as stream:
+        with atomic_file(name) as stream:
             yield stream
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    except UsageError as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 def _progress(verb: str, size: int | None) -> Callable[[int], None] | None:
