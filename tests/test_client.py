@@ -529,9 +529,16 @@ class _Caller:
 def _exercise(c: _Caller, admin_token: str) -> None:
     folder = _folder()
     # Symmetric keys.
-    key = c("create_key", folder, name="every", description="d", labels={"a": "b"},
-            default_algorithm="AES_192", rotation_period=timedelta(days=30),
-            deletion_protection=True)  # fmt: skip
+    key = c(
+        "create_key",
+        folder,
+        name="every",
+        description="d",
+        labels={"a": "b"},
+        default_algorithm="AES_192",
+        rotation_period=timedelta(days=30),
+        deletion_protection=True,
+    )
     assert key.rotation_period == timedelta(days=30) and key.deletion_protection
     assert key.default_algorithm == "AES_192" and key.description == "d"
     op = c("create_key_operation", folder, name="raw")
@@ -557,13 +564,20 @@ def _exercise(c: _Caller, admin_token: str) -> None:
     versions = c("list_versions", key.id, page_size=2)
     assert len(versions.versions) == 2 and versions.next_page_token
     assert len(c("iter_versions", key.id, page_size=2)) == 3
-    scheduled = c("schedule_version_destruction", key.id, second.id,
-                  pending_period=timedelta(days=2))  # fmt: skip
+    scheduled = c(
+        "schedule_version_destruction", key.id, second.id, pending_period=timedelta(days=2)
+    )
     assert scheduled.status == "SCHEDULED_FOR_DESTRUCTION" and scheduled.destroy_at is not None
     assert c("cancel_version_destruction", key.id, second.id).status == "ACTIVE"
     enc = c("encrypt", key.id, b"data", aad_context=b"a1")
-    re = c("re_encrypt", other.id, enc.ciphertext, source_key_id=key.id, source_aad_context=b"a1",
-           aad_context=b"a2")  # fmt: skip
+    re = c(
+        "re_encrypt",
+        other.id,
+        enc.ciphertext,
+        source_key_id=key.id,
+        source_aad_context=b"a1",
+        aad_context=b"a2",
+    )
     assert re.key_id == other.id and re.source_key_id == key.id
     assert re.source_version_id == first.id
     assert c("decrypt", other.id, re.ciphertext, aad_context=b"a2").plaintext == b"data"

@@ -41,8 +41,8 @@ def test_types_seen_by_mypy(tmp_path: Path) -> None:
         text=True,
         timeout=300,
     )
-    revealed = [line.split('Revealed type is "')[1].rstrip('"') for line in
-                run.stdout.splitlines() if "Revealed type" in line]  # fmt: skip
+    lines = [line for line in run.stdout.splitlines() if "Revealed type" in line]
+    revealed = [line.split('Revealed type is "')[1].rstrip('"') for line in lines]
     assert revealed == [
         "kms_hsm.client.models.EncryptResult",
         "kms_hsm.client.models.SymmetricKey",
