@@ -110,7 +110,7 @@ def test_errors_by_code(client: Client, base_url: str) -> None:
         client.decrypt(key.id, enc.ciphertext, aad_context=b"b")
     with pytest.raises(InvalidArgument) as bad:
         client.create_key(FOLDER, default_algorithm="AES_1024")
-    assert bad.value.message
+    assert bad.value.message and getattr(bad.value, "field", None) == "defaultAlgorithm"
     client.update_key(key.id, status="INACTIVE")
     with pytest.raises(FailedPrecondition):
         client.encrypt(key.id, b"x")
