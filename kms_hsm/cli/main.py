@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kms_hsm.cli import hsm
+from kms_hsm.cli import data, hsm
 from kms_hsm.cli.admin import add_commands
 from kms_hsm.config import Settings, read_secret_file
 from kms_hsm.errors import InvalidArgument, KmsError
@@ -234,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     openapi.set_defaults(handler=_openapi)
     add_commands(sub)
     hsm.add_commands(sub)
+    data.add_commands(sub)
     return parser
 
 
