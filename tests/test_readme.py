@@ -67,3 +67,68 @@ def test_every_setting_is_documented() -> None:
 
     for name in Settings.model_fields:
         assert f"`KMS_HSM_{name.upper()}`" in README, name
+
+
+def _python_block(start: str) -> str:
+    section = README.split(start, 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match, "no python block"
+    return match.group(1)
+
+
+def test_use_it_from_your_application_runs_as_written(tmp_path: Path) -> None:
+    """Every block of "Use it from your application": the CLI, Tink, kms_hsm.client, the SDK."""
+    import os
+    import sys
+
+    from kms_hsm.client import Client
+
+    port, grpc_port = free_port(), free_port()
+    data_dir = tmp_path / ".kms-hsm"
+    env = serve_env(data_dir, port, KMS_HSM_GRPC_PORT=str(grpc_port))
+    # The block puts ./.venv/bin first, as from a checkout; here the tests' own venv stands in.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.Popen([KMS_HSM, "serve"], env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        wait_until_serving(proc, endpoint)
+        shell = subprocess.run(
+            [
+                "bash",
+                "-euo",
+                "pipefail",
+                "-c",
+                _block("<!-- apps-cli:start -->", "<!-- apps-cli:end -->"),
+            ],
+            env={**env, "KMS_HSM_ENDPOINT": endpoint},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert shell.returncode == 0, shell.stderr
+        assert "db password" in shell.stdout
+        assert shell.stdout.rstrip().endswith("envelope round trip OK")
+        assert (tmp_path / "datakey.kms").stat().st_size > 0
+
+        token = (data_dir / "admin-token").read_text().strip()
+        with Client(endpoint, token=token) as kms:
+            key_id = kms.create_key("b1g-apps", name="readme").id
+        for marker in ("apps-tink", "apps-client", "apps-sdk"):
+            program = subprocess.run(
+                [sys.executable, "-c", _python_block(f"<!-- {marker}:start -->")],
+                env={
+                    **env,
+                    "KMS_HSM_ENDPOINT": endpoint,
+                    "KMS_HSM_TOKEN": token,
+                    "KEY_ID": key_id,
+                    "KMS_HSM_GRPC": f"127.0.0.1:{grpc_port}",
+                },
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert program.returncode == 0, (marker, program.stderr)
+    finally:
+        stop(proc)

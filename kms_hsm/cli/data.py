@@ -62,7 +62,8 @@ _BY_CODE: Mapping[StatusCode, int] = {
 
 _DURATION = re.compile(r"(\d+)([dhms])")
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_DATA_KEY_SPECS = ("AES_128", "AES_192", "AES_256")
+# AES_256_HSM: the data key is generated and wrapped in the token (README, walk-through).
+_DATA_KEY_SPECS = ("AES_128", "AES_192", "AES_256", "AES_256_HSM")
 _ALGORITHMS = ("AES_128", "AES_192", "AES_256", "AES_256_HSM")
 
 
