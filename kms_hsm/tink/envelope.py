@@ -18,6 +18,7 @@ any change of the header fails the stream. One KMS call per file in either direc
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 from collections.abc import Callable
@@ -114,6 +115,11 @@ class _Borrowed(io.RawIOBase):
     def __init__(self, stream: BinaryIO) -> None:
         super().__init__()
         self._stream = stream
+        self._abandoned = False
+
+    def abandon(self) -> None:
+        """Drop every later write: what Tink writes when it closes is the final segment."""
+        self._abandoned = True
 
     def readable(self) -> bool:
         return True
@@ -128,7 +134,8 @@ class _Borrowed(io.RawIOBase):
         return n
 
     def write(self, data: Any) -> int:
-        self._stream.write(data)
+        if not self._abandoned:
+            self._stream.write(data)
         return len(data)
 
     def close(self) -> None:
@@ -194,12 +201,23 @@ def encrypt(
     destination.write(header)
     primitive = handle.primitive(streaming_aead.StreamingAead)
     total = 0
-    with primitive.new_encrypting_stream(_Borrowed(destination), header) as stream:
+    sink = _Borrowed(destination)
+    stream = primitive.new_encrypting_stream(sink, header)
+    try:
         while chunk := source.read(CHUNK):
             stream.write(chunk)
             total += len(chunk)
             if progress is not None:
                 progress(total)
+    except BaseException:
+        # Closing Tink's stream writes the segment marked last, which would make what is
+        # already out (stdout, a caller's stream) a valid envelope of a cut-off input. Without
+        # it the output stays a truncated stream, which decrypt refuses.
+        sink.abandon()
+        with contextlib.suppress(Exception):
+            stream.close()
+        raise
+    stream.close()
     destination.flush()
     return total
 
