@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 from types import TracebackType
 
 # Request paths, ids and other client strings reach log messages. Each control character
@@ -46,15 +48,102 @@ def _indented(text: str) -> str:
     return "\n".join("  " + line for line in text.translate(_ESCAPES_KEEPING_NEWLINES).split("\n"))
 
 
-def configure_logging(level: str) -> None:
-    """Log lines to stderr with the process id, so that workers can be told apart."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, pid, message, and a call's fields.
+
+    JSON escapes every control character (and, ASCII only, U+2028/U+2029 and C1); DEL is
+    escaped here too, so a record is always exactly one line. A traceback is a string
+    field of the same object.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON line."""
+        entry: dict[str, object] = {
+            "time": _utc(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "call", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=True, default=str).replace("\x7f", "\\u007f")
+
+
+def _utc(created: float) -> str:
+    seconds = int(created)
+    millis = int((created - seconds) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+# One record per finished API call. In JSON it is the access log (INFO); in text, where a
+# line per call would crowd out everything else, it appears only at DEBUG.
+CALLS = logging.getLogger("kms_hsm.calls")
+_call_level = logging.DEBUG
+
+
+def log_call(
+    *,
+    request_id: str,
+    principal: str,
+    method: str,
+    transport: str,
+    key_id: str,
+    outcome: str,
+    seconds: float,
+) -> None:
+    """The record of one finished API call: ids, outcome (gRPC code name) and duration.
+
+    Never a request's payload: no plaintext, ciphertext, AAD, data key or credential.
+    """
+    level = _call_level
+    if not CALLS.isEnabledFor(level):
+        return
+    duration_ms = round(seconds * 1000, 3)
+    CALLS.log(
+        level,
+        "%s %s %s %.3fms key=%s principal=%s request=%s",
+        method,
+        transport or "direct",
+        outcome,
+        duration_ms,
+        key_id or "-",
+        principal or "-",
+        request_id,
+        extra={
+            "call": {
+                "request_id": request_id,
+                "principal": principal,
+                "method": method,
+                "transport": transport or "direct",
+                "key_id": key_id,
+                "outcome": outcome,
+                "duration_ms": duration_ms,
+            }
+        },
+    )
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Log to stderr, one record a line with the process id (workers told apart):
+    escaped text, or with ``log_format="json"`` one JSON object a line."""
+    global _call_level
     root = logging.getLogger()
     if any(getattr(h, "_kms_hsm", False) for h in root.handlers):
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        EscapingFormatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
-    )
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+        _call_level = logging.INFO
+    else:
+        handler.setFormatter(
+            EscapingFormatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+        )
     handler._kms_hsm = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())

@@ -11,7 +11,7 @@ import ssl
 import sys
 from typing import Any
 
-from kms_hsm.cli import hsm
+from kms_hsm.cli import hsm, metrics_endpoint
 from kms_hsm.cli.admin import add_commands
 from kms_hsm.config import Settings, read_secret_file
 from kms_hsm.errors import InvalidArgument, KmsError
@@ -41,10 +41,12 @@ def _serve(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[f"KMS_HSM_{name}"] = str(value)
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    metrics_endpoint.prepare(settings)  # before any metric exists, here or in a worker
     try:
         tls = tls_options(settings)
         grpc_port = _grpc_preflight(settings)
+        metrics_endpoint.start(settings)
     except KmsError as exc:
         log.critical("cannot start: %s", exc.message)
         return 1
@@ -77,6 +79,9 @@ def _serve(args: argparse.Namespace) -> int:
         "h11_max_incomplete_event_size": settings.max_header_bytes,
         **tls,
     }
+    if settings.log_format == "json":
+        # uvicorn's own loggers then reach the root logger and its JSON lines.
+        options["log_config"] = None
     if settings.workers == 1:
         apply_limits(settings)  # workers apply their own (kms_hsm.api.asgi.build)
         try:

@@ -20,6 +20,7 @@ import socket
 import sys
 from typing import Any
 
+from kms_hsm import metrics
 from kms_hsm.crypto.agent.protocol import (
     TOKEN_METHODS,
     AgentConfig,
@@ -44,6 +45,9 @@ def serve(sock: socket.socket) -> None:
     from kms_hsm.crypto.pkcs11.sessions import SessionManager
 
     config: AgentConfig = read_frame(sock)
+    # Counts PKCS#11 reinitialisations when the worker that started it counts (its
+    # environment names the metrics directory).
+    metrics.enable()
     logging.basicConfig(
         level=config.log_level,
         format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
