@@ -29,6 +29,7 @@ from kms_hsm.crypto.agent.protocol import (
     read_frame,
 )
 from kms_hsm.errors import BackendUnavailable, LoginRefused
+from kms_hsm.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,7 @@ def serve(sock: socket.socket) -> None:
     # Counts PKCS#11 reinitialisations when the worker that started it counts (its
     # environment names the metrics directory).
     metrics.enable()
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-    )
+    configure_logging(config.log_level, config.log_format)
     sessions = SessionManager(
         config.library,
         config.token_label,
