@@ -8,6 +8,8 @@ import sys
 import time
 from types import TracebackType
 
+import orjson
+
 # Request paths, ids and other client strings reach log messages. Each control character
 # (C0, DEL, C1 and Unicode's line and paragraph separators) is written as an escape, and
 # so is the backslash, so that no client can end a line, forge the next one or recolour a
@@ -72,19 +74,31 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, ensure_ascii=True, default=str).replace("\x7f", "\\u007f")
+        try:
+            text = orjson.dumps(entry, default=str).decode()
+        except TypeError:  # what orjson cannot write (a huge int, a non-str key)
+            text = ""
+        if not text.isascii():  # orjson writes UTF-8 as is: U+2028, C1 and the rest
+            text = json.dumps(entry, ensure_ascii=True, default=str)
+        return text.replace("\x7f", "\\u007f")
+
+
+_second: tuple[int, str] = (-1, "")
 
 
 def _utc(created: float) -> str:
+    global _second
     seconds = int(created)
-    millis = int((created - seconds) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    if _second[0] != seconds:  # formatted once a second
+        _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{_second[1]}.{int((created - seconds) * 1000):03d}Z"
 
 
 # One record per finished API call. In JSON it is the access log (INFO); in text, where a
 # line per call would crowd out everything else, it appears only at DEBUG.
 CALLS = logging.getLogger("kms_hsm.calls")
 _call_level = logging.DEBUG
+_json_calls = False
 
 
 def log_call(
@@ -105,34 +119,41 @@ def log_call(
     if not CALLS.isEnabledFor(level):
         return
     duration_ms = round(seconds * 1000, 3)
-    CALLS.log(
-        level,
-        "%s %s %s %.3fms key=%s principal=%s request=%s",
-        method,
-        transport or "direct",
-        outcome,
-        duration_ms,
-        key_id or "-",
-        principal or "-",
-        request_id,
-        extra={
-            "call": {
-                "request_id": request_id,
-                "principal": principal,
-                "method": method,
-                "transport": transport or "direct",
-                "key_id": key_id,
-                "outcome": outcome,
-                "duration_ms": duration_ms,
-            }
-        },
-    )
+    transport = transport or "direct"
+    args: tuple[object, ...]
+    if _json_calls:
+        # The fields carry the facts; the message only names the call.
+        message, args = "%s %s", (method, outcome)
+    else:
+        message = "%s %s %s %.3fms key=%s principal=%s request=%s"
+        args = (
+            method,
+            transport,
+            outcome,
+            duration_ms,
+            key_id or "-",
+            principal or "-",
+            request_id,
+        )
+    # Built directly: Logger.log would walk the stack for a caller nobody prints (one call
+    # record per request: this is the hot path of the JSON format).
+    record = logging.LogRecord(CALLS.name, level, __file__, 0, message, args, None)
+    record.call = {
+        "request_id": request_id,
+        "principal": principal,
+        "method": method,
+        "transport": transport,
+        "key_id": key_id,
+        "outcome": outcome,
+        "duration_ms": duration_ms,
+    }
+    CALLS.handle(record)
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:
     """Log to stderr, one record a line with the process id (workers told apart):
     escaped text, or with ``log_format="json"`` one JSON object a line."""
-    global _call_level
+    global _call_level, _json_calls
     root = logging.getLogger()
     if any(getattr(h, "_kms_hsm", False) for h in root.handlers):
         return
@@ -140,6 +161,7 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
         _call_level = logging.INFO
+        _json_calls = True
     else:
         handler.setFormatter(
             EscapingFormatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
