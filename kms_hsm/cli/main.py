@@ -11,7 +11,7 @@ import ssl
 import sys
 from typing import Any
 
-from kms_hsm.cli import hsm, metrics_endpoint
+from kms_hsm.cli import hsm
 from kms_hsm.cli.admin import add_commands
 from kms_hsm.config import Settings, read_secret_file
 from kms_hsm.errors import InvalidArgument, KmsError
@@ -25,6 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from kms_hsm.api.app import create_app
     from kms_hsm.api.protocol import HTTP_PROTOCOL, LOOP, apply_limits, freeze_heap
+    from kms_hsm.cli import metrics_endpoint
     from kms_hsm.cli.asgi import services
     from kms_hsm.service.runtime import Runtime, prepare
 
