@@ -351,3 +351,58 @@ def test_off_by_default(tmp_path: Path) -> None:
         assert not (tmp_path / "data" / "metrics").exists()
     finally:
         stop(proc)
+
+
+def test_one_worker_counts_and_any_host_can_be_given(tmp_path: Path) -> None:
+    port, metrics_port = free_port(), free_port()
+    env = serve_env(
+        tmp_path / "data",
+        port,
+        KMS_HSM_METRICS_PORT=str(metrics_port),
+        KMS_HSM_METRICS_HOST="0.0.0.0",
+    )
+    proc = subprocess.Popen([KMS_HSM, "serve"], env=env)
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        wait_until_serving(proc, base_url)
+        assert ("0.0.0.0", metrics_port) in listening(process_tree(proc.pid))
+        token = (tmp_path / "data" / "admin-token").read_text().strip()
+        with httpx.Client(
+            base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ) as api:
+            key = create_key(api, "AES_256")["id"]
+            for _ in range(5):
+                r = api.post(f"/kms/v1/keys/{key}:encrypt", json={"plaintext": b64(b"one")})
+                assert r.status_code == 200
+        deadline = time.monotonic() + 10
+        while True:  # the serving process is the scraped one: same counts, same files
+            _, samples = scrape(metrics_port)
+            got = value(
+                samples,
+                "kms_hsm_requests_total",
+                method="SymmetricCrypto.Encrypt",
+                transport="rest",
+                code="OK",
+            )
+            if got == 5 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert got == 5
+        assert value(samples, "kms_hsm_objects", kind="symmetric_key", state="ACTIVE") == 1
+    finally:
+        stop(proc)
+
+
+def test_a_taken_metrics_port_refuses_to_start(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        metrics_port = taken.getsockname()[1]
+        env = serve_env(tmp_path / "data", free_port(), KMS_HSM_METRICS_PORT=str(metrics_port))
+        done = subprocess.run(
+            [KMS_HSM, "serve"], env=env, capture_output=True, text=True, timeout=120
+        )
+    assert done.returncode == 1
+    problem = [line for line in done.stderr.splitlines() if "cannot start" in line]
+    assert len(problem) == 1 and f"metrics port {metrics_port}" in problem[0], done.stderr
+    assert "Traceback" not in done.stderr
