@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -140,6 +141,7 @@ def test_requests_add_up_across_workers_and_hsm_counters_move(
     with server.rest(server.admin_token) as api:
         hsm_key = create_key(api, "AES_256_HSM")["id"]
         soft_key = create_key(api, "AES_256")["id"]
+    time.sleep(0.3)  # workers write their counts every 50 ms: these calls are in `before`
     _, before = scrape(metrics_port)
     records_before = len(call_records(server))
 
@@ -351,6 +353,38 @@ def test_off_by_default(tmp_path: Path) -> None:
         assert not (tmp_path / "data" / "metrics").exists()
     finally:
         stop(proc)
+
+
+def test_a_killed_agent_is_counted_as_restarted(server: KmsServer, metrics_port: int) -> None:
+    agents = [
+        pid
+        for pid in process_tree(server.proc.pid)
+        if b"kms_hsm.crypto.pkcs11.agent" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(agents) >= 2  # one per worker
+    with server.rest(server.admin_token) as api:
+        key = create_key(api, "AES_256_HSM")["id"]
+    time.sleep(0.3)
+    _, before = scrape(metrics_port)
+    for pid in agents:
+        os.kill(pid, signal.SIGKILL)
+    with server.rest(server.admin_token) as api:  # 503s until the workers start new agents
+        deadline = time.monotonic() + 30
+        answered = 0
+        while answered < 10 and time.monotonic() < deadline:
+            r = api.post(f"/kms/v1/keys/{key}:encrypt", json={"plaintext": b64(b"again")})
+            answered += r.status_code == 200
+    assert answered == 10
+    deadline = time.monotonic() + 10
+    while True:
+        _, after = scrape(metrics_port)
+        restarts = value(after, "kms_hsm_hsm_agent_starts_total", kind="restart") - value(
+            before, "kms_hsm_hsm_agent_starts_total", kind="restart"
+        )
+        if restarts >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert restarts >= 1
 
 
 def test_one_worker_counts_and_any_host_can_be_given(tmp_path: Path) -> None:
