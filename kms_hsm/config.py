@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     grpc_advertise: str | None = None
     # Lifetime of an IAM token made by IamTokenService.Create (never past its source token).
     iam_token_ttl: float = Field(default=12 * 3600.0, gt=0)
+    # /docs (Swagger UI) and /redoc: off, because their pages load scripts from a CDN
+    # (they do not work offline, and an admin's browser would run third-party code).
+    # /openapi.json is always served.
+    docs: bool = False
 
     @field_validator("min_rotation_period", mode="before")
     @classmethod

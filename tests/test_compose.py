@@ -340,3 +340,72 @@ def test_dockerignore_keeps_local_secrets_and_the_venv_out_of_the_image() -> Non
     assert {".git", ".venv", ".kms-hsm", "**/so-pin", "**/user-pin"} <= ignored
     for needed in ("kms_hsm", "softhsm", "pyproject.toml", "README.md"):
         assert needed not in ignored and f"/{needed}" not in ignored, needed
+
+
+# --------------------------------------------- (e) health, start order, the image's contents
+
+
+@pytest.mark.parametrize("name", KMS_SERVICES)
+def test_kms_services_are_healthy_only_when_ready(name: str) -> None:
+    """The healthcheck asks /readyz (database and a token round-trip), not "port open"."""
+    service = services()[name]
+    test = service["healthcheck"]["test"]
+    assert test[0] == "CMD", test  # no shell: the image's python3 does the request
+    probe = " ".join(map(str, test[1:]))
+    env = environment(service)
+    assert f"http://127.0.0.1:{env['KMS_HSM_PORT']}/readyz" in probe, probe
+    assert "urlopen" in test[test.index("-c") + 1]  # run for real in the next test
+
+
+def test_the_healthcheck_program_fails_unless_readyz_answers_200(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    program = services()["kms"]["healthcheck"]["test"][-1]
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        status = 200
+
+        def do_GET(self) -> None:
+            self.send_response(Ready.status if self.path == "/readyz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    def probe(port: int) -> int:
+        text = program.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+        return subprocess.run(
+            [sys.executable, "-c", text], capture_output=True, timeout=30
+        ).returncode
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Ready)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        assert probe(port) == 0
+        Ready.status = 503
+        assert probe(port) != 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert probe(port) != 0  # nothing listens
+
+
+def test_replicas_start_after_kms_and_postgres_are_healthy() -> None:
+    svc = services()
+    depends = svc["kms-replica"]["depends_on"]
+    assert depends["kms"]["condition"] == "service_healthy"
+    assert depends["postgres"]["condition"] == "service_healthy"
+    assert depends["softhsm-init"]["condition"] == "service_completed_successfully"
+    assert "healthcheck" in svc["postgres"]
+
+
+def test_dockerignore_keeps_tests_and_benchmarks_out_of_the_image() -> None:
+    ignored = {
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {"tests", "bench"} <= ignored

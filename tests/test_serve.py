@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import logging
 import os
+import socket
 import stat
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
+from kms_hsm.config import Settings
+from kms_hsm.service.runtime import Runtime
 from tests.conftest import KMS_HSM, free_port, init_token, serve_env, stop, wait_until_serving
 
 
@@ -129,3 +138,109 @@ def _pin_file(path: Path, pin: str, mode: int = 0o600) -> Path:
     path.write_text(pin + "\n")
     path.chmod(mode)
     return path
+
+
+def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """No "serving on" for a port another process holds; nothing is created either."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        for workers in ("1", "2"):
+            env = serve_env(tmp_path / "data", port, KMS_HSM_WORKERS=workers)
+            result = subprocess.run(
+                [KMS_HSM, "serve"], env=env, capture_output=True, text=True, timeout=60
+            )
+            assert result.returncode != 0
+            output = result.stdout + result.stderr
+            assert "serving on" not in output
+            assert f"cannot start: port {port} on 127.0.0.1 cannot be bound" in output
+            assert "Traceback" not in output
+    assert not (tmp_path / "data").exists()
+
+
+def test_serving_on_is_said_only_once_the_port_is_bound(caplog: pytest.LogCaptureFixture) -> None:
+    """The port taken after the pre-flight (a race): uvicorn's bind fails, no "serving on"."""
+    import uvicorn
+
+    from kms_hsm.cli.main import _announcing_server
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def config(port: int) -> uvicorn.Config:
+        return uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_config=None)
+
+    caplog.set_level(logging.INFO, logger="kms_hsm")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        server = _announcing_server(config(taken), lambda p: f"http://127.0.0.1:{p}")
+        with pytest.raises(SystemExit):
+            server.run()
+    assert not server.started
+    assert "serving on" not in caplog.text
+
+    port = free_port()
+    server = _announcing_server(config(port), lambda p: f"http://127.0.0.1:{p}")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 15
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.started
+        assert f"serving on http://127.0.0.1:{port}" in caplog.text
+        assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 204
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def _served(app: Any) -> Iterator[str]:
+    """``app`` on uvicorn in a thread, over real HTTP."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("docs", [False, True], ids=["default", "KMS_HSM_DOCS=1"])
+def test_docs_pages_are_off_unless_asked_for_and_the_openapi_document_stays(
+    runtime: Runtime, docs: bool
+) -> None:
+    """Swagger UI and ReDoc load their scripts from a CDN: off by default (issue 18 §7)."""
+    from kms_hsm.api.app import create_app
+
+    settings = runtime.settings.model_copy(update={"docs": docs})
+    with _served(create_app(settings, runtime)) as url:
+        for page in ("/docs", "/redoc"):
+            answer = httpx.get(f"{url}{page}", timeout=10)
+            assert answer.status_code == (200 if docs else 404), page
+        document = httpx.get(f"{url}/openapi.json", timeout=10)
+        assert document.status_code == 200
+        assert "/kms/v1/keys" in document.json()["paths"]
+
+
+def test_kms_hsm_docs_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KMS_HSM_DOCS", "1")
+    assert Settings().docs is True
+    monkeypatch.delenv("KMS_HSM_DOCS")
+    assert Settings().docs is False

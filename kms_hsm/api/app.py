@@ -235,6 +235,8 @@ def create_app(
             if owned:
                 rt.close()
 
+    # KMS_HSM_DOCS=1 turns on /docs and /redoc (see Settings.docs); /openapi.json stays.
+    docs = (settings or (runtime.settings if runtime else None) or Settings()).docs
     app = FastAPI(
         title="kms-hsm",
         version=__version__,
@@ -242,6 +244,8 @@ def create_app(
             "Yandex Cloud KMS v1 (symmetric and asymmetric keys) on premises, keys in a PKCS#11 HSM"
         ),
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
     )
     install_error_handlers(app)
 

@@ -11,32 +11,134 @@ import asyncio
 import contextlib
 import getpass
 import json
+import logging
 import os
+import re
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import Engine
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from kms_hsm.audit.chain import Checkpoint
 from kms_hsm.audit.checkpoints import file_checkpoints, worth_checking
 from kms_hsm.audit.store import AuditLog
 from kms_hsm.config import Settings, write_secret_file
-from kms_hsm.errors import InvalidArgument, NotFound
+from kms_hsm.errors import BackendUnavailable, FailedPrecondition, InvalidArgument, NotFound
+from kms_hsm.logs import configure_logging
 from kms_hsm.service.access import AccessService, Binding, Resource
 from kms_hsm.service.auth import AuthService
 from kms_hsm.service.context import CallContext
 from kms_hsm.service.runtime import Runtime
-from kms_hsm.store.engine import Database, make_engine, upgrade_schema
+from kms_hsm.store.engine import (
+    Database,
+    SchemaState,
+    make_engine,
+    read_schema_state,
+    redacted_url,
+    schema_state,
+    sqlite_file,
+    upgrade_schema,
+)
+
+# Seconds a command waits for the token (unless KMS_HSM_HSM_STARTUP_TIMEOUT says): serve
+# waits longer for a token still being set up, a person at a prompt should not.
+CLI_HSM_WAIT = 5.0
+# Seconds to wait for a PostgreSQL server before saying it cannot be reached.
+CLI_DB_CONNECT_TIMEOUT = 5
+
+
+def command_settings() -> Settings:
+    """Settings for an admin command: the agent's start-up lines off, a short token wait."""
+    settings = Settings()
+    update: dict[str, Any] = {}
+    if "KMS_HSM_LOG_LEVEL" in os.environ:
+        configure_logging(settings.log_level)
+    else:
+        # A command says what went wrong in one line of its own: the agent's retries and
+        # the service's log lines would only be noise on its stderr (and Python would
+        # print the service's warnings without a handler of ours).
+        update["log_level"] = "ERROR"
+        logging.getLogger("kms_hsm").addHandler(logging.NullHandler())
+    if "KMS_HSM_HSM_STARTUP_TIMEOUT" not in os.environ:
+        update["hsm_startup_timeout"] = min(settings.hsm_startup_timeout, CLI_HSM_WAIT)
+    return settings.model_copy(update=update)
+
+
+def _where(settings: Settings) -> str:
+    """Which setting named the database, for messages."""
+    if settings.database_url:
+        return "KMS_HSM_DATABASE_URL"
+    if "KMS_HSM_DATA_DIR" in os.environ:
+        return f"KMS_HSM_DATA_DIR={os.environ['KMS_HSM_DATA_DIR']}"
+    return f"KMS_HSM_DATA_DIR unset: default {settings.data_dir} in {Path.cwd()}"
+
+
+def open_database(settings: Settings) -> Engine:
+    """An engine on the existing database, its schema this version's; never creates one.
+
+    Only ``serve`` (or ``db upgrade``, for a schema behind) creates or migrates: an admin
+    command pointed at the wrong place must say so, not leave an empty database there.
+    """
+    url = settings.effective_database_url()
+    shown = redacted_url(url)
+    state = _existing_schema(settings)
+    _refuse_other_schemas(state, shown, settings)
+    return make_engine(url, connect_timeout=CLI_DB_CONNECT_TIMEOUT)
+
+
+def _existing_schema(settings: Settings) -> SchemaState:
+    """The schema state of the configured database; one line if there is none to read."""
+    url = settings.effective_database_url()
+    shown = redacted_url(url)
+    path = sqlite_file(url)
+    if path is not None and not path.is_file():
+        raise FailedPrecondition(
+            f"no database at {path.resolve()} ({_where(settings)}); `kms-hsm serve` creates it"
+        )
+    try:
+        return read_schema_state(url, connect_timeout=CLI_DB_CONNECT_TIMEOUT)
+    except (ArgumentError, ImportError) as exc:  # no such dialect or driver
+        raise InvalidArgument(f"cannot use the database URL {shown}: {_first_line(exc)}") from None
+    except SQLAlchemyError as exc:
+        raise BackendUnavailable(f"cannot read the database {shown}: {_first_line(exc)}") from None
+
+
+def _refuse_other_schemas(state: SchemaState, shown: str, settings: Settings) -> None:
+    """One line for a database without this version's schema; nothing when it has it."""
+    if state.revision is None:
+        raise FailedPrecondition(
+            f"the database {shown} holds no kms-hsm schema ({_where(settings)}); "
+            "`kms-hsm serve` creates it"
+        )
+    if not state.known:
+        raise FailedPrecondition(
+            f"the database {shown} is at schema revision {state.revision}, which this "
+            f"kms-hsm does not know (its newest is {state.head}): a newer kms-hsm wrote it"
+        )
+    if not state.current:
+        raise FailedPrecondition(
+            f"the database {shown} is at schema revision {state.revision}, this kms-hsm "
+            f"needs {state.head}: run `kms-hsm db upgrade` (or `kms-hsm serve`, which "
+            "migrates at start)"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    """A driver error's own first line (SQLAlchemy adds SQL and a link after it)."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _database() -> Database:
-    engine = make_engine(Settings().effective_database_url())
-    upgrade_schema(engine)
-    return Database(engine)
+    return Database(open_database(command_settings()))
 
 
 @contextlib.contextmanager
@@ -48,13 +150,10 @@ def _with_token(*, checkpoint: bool = True) -> Iterator[tuple[Runtime, asyncio.R
     After a change the head is checkpointed in the token (and the audit log file), so that
     the change cannot be cut off the end unnoticed even if no server runs.
     """
-    # The agent's start-up lines would only be noise on a command's stderr.
-    settings = Settings()
-    if "KMS_HSM_LOG_LEVEL" not in os.environ:
-        settings = settings.model_copy(update={"log_level": "WARNING"})
+    settings = command_settings()
+    open_database(settings).dispose()  # exists, reachable, schema current: or one line
     runtime = Runtime.start(settings)
     try:
-        upgrade_schema(runtime.engine)
         with asyncio.Runner() as runner:
             runner.run(runtime.open())
             yield runtime, runner
@@ -103,6 +202,9 @@ def tokens_create(args: argparse.Namespace) -> int:
     expires = None
     if args.expires_in is not None:
         expires = datetime.now().astimezone() + timedelta(seconds=args.expires_in)
+    if args.output:
+        # Checked before the token is issued: one that could not be written would be lost.
+        _check_writable(Path(args.output))
     with _with_token() as (rt, _):
         token, token_id = rt.auth.issue_token(
             args.principal_id, expires, by=_caller("Token.Create")
@@ -116,12 +218,81 @@ def tokens_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_writable(path: Path) -> None:
+    """Refuse an output file that cannot be written, in one line, before any change."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InvalidArgument(f"{path} is a directory")
+    target = path if path.exists() else parent
+    if not target.exists():
+        raise InvalidArgument(f"cannot write {path}: no directory {parent}")
+    if not os.access(target, os.W_OK):
+        raise InvalidArgument(f"cannot write {path}: permission denied")
+
+
 def tokens_revoke(args: argparse.Namespace) -> int:
     """Revoke one token by its id."""
     with _with_token() as (rt, _):
         rt.auth.revoke_token(args.token_id, by=_caller("Token.Revoke"))
     print(f"revoked {args.token_id}")
     return 0
+
+
+def tokens_list(args: argparse.Namespace) -> int:
+    """Every token's id, principal, times and state; never the token itself."""
+    now = datetime.now(UTC)
+    rows: list[dict[str, Any]] = []
+    principals = AuthService(_database()).list_principals()
+    if args.principal and args.principal not in {p.id for p in principals}:
+        raise NotFound(f"principal {args.principal} not found")
+    for p in principals:
+        if args.principal and p.id != args.principal:
+            continue
+        for t in p.tokens:
+            if t.revoked:
+                state = "revoked"
+            elif t.expires_at is not None and t.expires_at <= now:
+                state = "expired"
+            else:
+                state = "active"
+            rows.append(
+                {
+                    "id": t.id,
+                    "principalId": p.id,
+                    "principalName": p.name,
+                    "createdAt": _rfc3339(t.created_at),
+                    "expiresAt": _rfc3339(t.expires_at) if t.expires_at else None,
+                    "state": state,
+                }
+            )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [
+        [
+            r["id"],
+            f"{r['principalId']} ({r['principalName']})",
+            r["createdAt"],
+            r["expiresAt"] or "never",
+            r["state"],
+        ]
+        for r in rows
+    ]
+    print(_table(["TOKEN ID", "PRINCIPAL", "CREATED", "EXPIRES", "STATE"], table))
+    return 0
+
+
+def _rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell."""
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, *rows]
+    )
 
 
 def keys_create(args: argparse.Namespace) -> int:
@@ -180,7 +351,10 @@ def keys_create(args: argparse.Namespace) -> int:
 
 def keys_list(args: argparse.Namespace) -> int:
     """One line per authorized key of a principal: id, created, state."""
-    for k in AuthService(_database()).list_authorized_keys(args.principal_id):
+    auth = AuthService(_database())
+    if args.principal_id not in {p.id for p in auth.list_principals()}:
+        raise NotFound(f"principal {args.principal_id} not found")
+    for k in auth.list_authorized_keys(args.principal_id):
         state = "revoked" if k.revoked else "active"
         print(f"{k.id}\t{k.algorithm}\t{k.created_at.isoformat()}\t{state}")
     return 0
@@ -231,7 +405,18 @@ def bindings_change(args: argparse.Namespace) -> int:
 
 def bindings_list(args: argparse.Namespace) -> int:
     """The bindings on one resource."""
-    for b in AccessService(_database()).list_bindings(_resource(args)):
+    db = _database()
+    resource = _resource(args)
+    if resource.type == "key":
+        # Folders are only names, but a key is a thing: a mistyped id must not read as
+        # "no bindings".
+        from kms_hsm.store.tables import KeyRow
+
+        with db.read() as session:
+            row = session.get(KeyRow, resource.id)
+        if row is None or row.deleted_at is not None:
+            raise NotFound(f"key {resource.id} not found")
+    for b in AccessService(db).list_bindings(resource):
         print(f"{b.role_id}\t{b.subject_type}:{b.subject_id}")
     return 0
 
@@ -286,15 +471,290 @@ def audit_verify(args: argparse.Namespace) -> int:
 
 def audit_export(args: argparse.Namespace) -> int:
     """Events as JSON lines, from ``--since`` on."""
-    since = datetime.fromisoformat(args.since.replace("Z", "+00:00")) if args.since else None
     log = AuditLog(_database())
     if args.output:
         with open(args.output, "w", encoding="utf-8") as out:
-            count = log.export(out, since)
+            count = log.export(out, args.since)
         print(f"{count} events written to {args.output}", file=sys.stderr)
     else:
-        log.export(sys.stdout, since)
+        log.export(sys.stdout, args.since)
     return 0
+
+
+_AGE = re.compile(r"([0-9]{1,5})([smhdw])", re.ASCII)
+_AGE_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+SINCE_FORMS = (
+    "an ISO 8601 date or time (2026-01-31, 2026-01-31T12:00:00Z, 2026-01-31 12:00+03:00; "
+    "UTC unless an offset is given) or an age (90s, 30m, 24h, 7d, 2w)"
+)
+
+
+def since_time(value: str, now: datetime | None = None) -> datetime:
+    """``--since``: an ISO 8601 date or time (UTC unless it has an offset), or an age."""
+    text = value.strip()
+    age = _AGE.fullmatch(text)
+    if age is not None:
+        seconds = int(age[1]) * _AGE_SECONDS[age[2]]
+        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {value!r}; give {SINCE_FORMS}") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def db_upgrade(args: argparse.Namespace) -> int:
+    """Migrate an existing database's schema to this version's (``serve`` does it too)."""
+    settings = command_settings()
+    url = settings.effective_database_url()
+    shown = redacted_url(url)
+    before = _existing_schema(settings)
+    if before.revision is None or not before.known:
+        # Creating a schema is serve's: it also makes the first admin and its token.
+        _refuse_other_schemas(before, shown, settings)
+    if before.current:
+        print(f"schema already at revision {before.head}: nothing to do")
+        return 0
+    engine = make_engine(url, connect_timeout=CLI_DB_CONNECT_TIMEOUT)
+    try:
+        upgrade_schema(engine)
+        print(f"schema upgraded from revision {before.revision} to {schema_state(engine).revision}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+EXIT_NOT_READY = 3
+
+
+def status(args: argparse.Namespace) -> int:
+    """What a new user wants to know: where things are and whether they answer.
+
+    Exit 0 when the database is there with this version's schema and the token answers a
+    real round-trip under the root key; 3 when either is not so (the output says which).
+    Whether a server is running is reported but does not change the exit status.
+    """
+    settings = command_settings()
+    report: dict[str, Any] = {
+        "version": _version(),
+        "dataDir": {
+            "path": str(settings.data_dir.resolve()),
+            "exists": settings.data_dir.is_dir(),
+            "setting": _where(settings) if not settings.database_url else None,
+        },
+    }
+    url = settings.effective_database_url()
+    database: dict[str, Any] = {"url": redacted_url(url), "ok": False}
+    report["database"] = database
+    token: dict[str, Any] = {
+        "label": settings.token_label,
+        "library": settings.pkcs11_library,
+        "embedded": settings.embedded_token,
+        "reachable": False,
+        "checked": False,
+    }
+    report["token"] = token
+    try:
+        engine = open_database(settings)
+    except (BackendUnavailable, FailedPrecondition, InvalidArgument) as exc:
+        database["problem"] = exc.message
+        # The root key it would round-trip under is named in the database.
+        token.update(checked=False, problem="not checked: it needs the database")
+    else:
+        try:
+            database.update(ok=True, schema=schema_state(engine).revision)
+            report.update(_contents(Database(engine)))
+        finally:
+            engine.dispose()
+        token.update(checked=True, **_token_check(settings))
+    report["server"] = _server(settings)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_render_status(report))
+    return 0 if database["ok"] and token["reachable"] else EXIT_NOT_READY
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("kms-hsm")
+
+
+def _contents(db: Database) -> dict[str, Any]:
+    """Keys by family and state, principals, tokens, the audit head: counts, no secrets."""
+    from sqlalchemy import func, select
+
+    from kms_hsm.domain.asymmetric import KeyFamily
+    from kms_hsm.domain.model import KeyStatus, VersionStatus
+    from kms_hsm.store.tables import (
+        AuditEventRow,
+        KeyRow,
+        KeyVersionRow,
+        PrincipalRow,
+        TokenRow,
+    )
+
+    keys: dict[str, dict[str, int]] = {}
+    versions: dict[str, int] = {}
+    now = datetime.now(UTC)
+    with db.read() as session:
+        grouped = session.execute(
+            select(
+                KeyRow.family, KeyRow.status, KeyRow.deleted_at.is_(None), func.count()
+            ).group_by(KeyRow.family, KeyRow.status, KeyRow.deleted_at.is_(None))
+        ).all()
+        for family, key_status, live, count in grouped:
+            name = (
+                KeyFamily(family).service if family in KeyFamily._value2member_map_ else str(family)
+            )
+            state = (
+                KeyStatus(key_status).name
+                if key_status in KeyStatus._value2member_map_
+                else str(key_status)
+            )
+            by_state = keys.setdefault(name, {})
+            label = state if live else "DELETED"
+            by_state[label] = by_state.get(label, 0) + int(count)
+        for version_status, count in session.execute(
+            select(KeyVersionRow.status, func.count()).group_by(KeyVersionRow.status)
+        ).all():
+            label = (
+                VersionStatus(version_status).name
+                if version_status in VersionStatus._value2member_map_
+                else str(version_status)
+            )
+            versions[label] = int(count)
+        principals = session.scalar(select(func.count()).select_from(PrincipalRow)) or 0
+        live_tokens = (
+            session.scalar(
+                select(func.count())
+                .select_from(TokenRow)
+                .where(TokenRow.revoked_at.is_(None))
+                .where((TokenRow.expires_at.is_(None)) | (TokenRow.expires_at > now))
+            )
+            or 0
+        )
+        last_time = session.scalar(select(func.max(AuditEventRow.time)))
+    head = AuditLog(db).head()
+    return {
+        "keys": keys,
+        "symmetricKeyVersions": versions,
+        "principals": int(principals),
+        "activeTokens": int(live_tokens),
+        "audit": {
+            "events": head.seq,
+            "headHash": head.hash,
+            "lastEventAt": _rfc3339(last_time) if last_time else None,
+        },
+    }
+
+
+def _token_check(settings: Settings) -> dict[str, Any]:
+    """Log in with the configured PIN and do one AES-GCM round-trip under the root key."""
+    from kms_hsm.errors import KmsError
+
+    try:
+        runtime = Runtime.start(settings)
+    except KmsError as exc:  # no PIN file, a PIN file others can read...
+        return {"reachable": False, "problem": exc.message}
+    try:
+        with asyncio.Runner() as runner:
+            runner.run(runtime.open())
+            runner.run(runtime.check_hsm())
+    except KmsError as exc:
+        return {"reachable": False, "problem": exc.message}
+    finally:
+        runtime.close()
+    return {"reachable": True}
+
+
+def _server(settings: Settings) -> dict[str, Any]:
+    """The listening configuration, and whether something answers /healthz there now."""
+    import httpx
+
+    tls = settings.tls_cert is not None
+    scheme = "https" if tls else "http"
+    # A wildcard address is reached on loopback from here.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host, settings.host)
+    shown_host = f"[{host}]" if ":" in host else host
+    url = f"{scheme}://{shown_host}:{settings.port}"
+    server: dict[str, Any] = {
+        "url": f"{scheme}://{settings.host}:{settings.port}",
+        "workers": settings.workers,
+        "tls": tls,
+        "mutualTls": settings.tls_client_ca is not None,
+        "grpcPort": settings.grpc_serving_port,
+    }
+    metrics_port = getattr(settings, "metrics_port", None)
+    if metrics_port is not None:
+        server["metricsPort"] = metrics_port
+    try:
+        # Only a liveness probe: nothing is sent that a server must authenticate.
+        answer = httpx.get(f"{url}/healthz", timeout=2.0, verify=False)  # noqa: S501
+        server["answering"] = answer.status_code == 200
+    except httpx.HTTPError as exc:
+        server["answering"] = False
+        server["problem"] = type(exc).__name__
+    return server
+
+
+def _render_status(report: dict[str, Any]) -> str:
+    data_dir = report["dataDir"]
+    database = report["database"]
+    token = report["token"]
+    server = report["server"]
+    lines = [f"kms-hsm {report['version']}"]
+    where = f" ({data_dir['setting']})" if data_dir["setting"] else ""
+    lines.append(
+        f"data directory  {data_dir['path']}{where}"
+        + (
+            ""
+            if data_dir["exists"]
+            else (": not a directory" if Path(data_dir["path"]).exists() else ": does not exist")
+        )
+    )
+    if database["ok"]:
+        lines.append(f"database        {database['url']}: ok, schema revision {database['schema']}")
+    else:
+        lines.append(f"database        {database['problem']}")
+    kind = "embedded SoftHSM2 " if token["embedded"] else ""
+    if token["reachable"]:
+        state = "reachable (login and an AES-GCM round-trip)"
+    elif token["checked"]:
+        state = f"NOT reachable: {token['problem']}"
+    else:
+        state = token["problem"]
+    lines.append(f"token           {kind}{token['label']!r} via {token['library']}: {state}")
+    if "keys" in report:
+        families = [
+            f"{family} " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
+            for family, states in sorted(report["keys"].items())
+        ]
+        lines.append("keys            " + ("; ".join(families) or "none"))
+        versions = report["symmetricKeyVersions"]
+        if versions:
+            lines.append(
+                "key versions    "
+                + ", ".join(f"{n} {s.lower()}" for s, n in sorted(versions.items()))
+            )
+        lines.append(
+            f"principals      {report['principals']}, with {report['activeTokens']} active tokens"
+        )
+        audit = report["audit"]
+        last = f", last at {audit['lastEventAt']}" if audit["lastEventAt"] else ""
+        lines.append(
+            f"audit           {audit['events']} events, head {audit['headHash'][:16]}…{last}"
+        )
+    grpc = "off" if server["grpcPort"] is None else f"port {server['grpcPort']}"
+    tls = "mutual TLS" if server["mutualTls"] else ("TLS" if server["tls"] else "no TLS")
+    metrics = f", metrics port {server['metricsPort']}" if "metricsPort" in server else ""
+    answering = "answering" if server["answering"] else "not answering"
+    lines.append(
+        f"server          {server['url']} ({tls}, {server['workers']} worker(s), "
+        f"gRPC {grpc}{metrics}): {answering}"
+    )
+    return "\n".join(lines)
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -336,6 +796,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = tokens.add_parser("revoke", help="revoke a token by id")
     p.add_argument("token_id")
     p.set_defaults(handler=tokens_revoke)
+    p = tokens.add_parser(
+        "list", help="token ids, principal, created, expires, state (never the tokens)"
+    )
+    p.add_argument("--principal", metavar="PRINCIPAL_ID", help="only this principal's tokens")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=tokens_list)
 
     bindings = sub.add_parser("bindings", help="access bindings").add_subparsers(
         dest="bindings_command", required=True
@@ -365,9 +831,26 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.set_defaults(handler=audit_verify)
     p = audit.add_parser("export", help="write events as JSON lines")
-    p.add_argument("--since", help="RFC 3339 time, e.g. 2026-01-01T00:00:00Z")
-    p.add_argument("--output")
+    p.add_argument("--since", type=since_time, help=f"events from this time on: {SINCE_FORMS}")
+    p.add_argument("--output", help="write to this file instead of standard output")
     p.set_defaults(handler=audit_export)
+
+    db = sub.add_parser("db", help="the metadata database").add_subparsers(
+        dest="db_command", required=True
+    )
+    p = db.add_parser(
+        "upgrade",
+        help="migrate an existing database to this version's schema (serve does it at start)",
+    )
+    p.set_defaults(handler=db_upgrade)
+
+    p = sub.add_parser(
+        "status",
+        help="data directory, database, token, keys, audit head, server "
+        "(exit 3 when the database or the token is not ready)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=status)
 
 
 def _resource_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:

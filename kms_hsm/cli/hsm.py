@@ -11,26 +11,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 
-from kms_hsm.config import Settings
+from kms_hsm.cli.admin import command_settings, open_database
 from kms_hsm.crypto.agent import AgentToken
 from kms_hsm.service.attest import REQUIRED, KeyAttestation, attest_key
 from kms_hsm.service.runtime import Runtime
-from kms_hsm.store.engine import upgrade_schema
 
 EXIT_NOT_AS_REQUIRED = 3
 
 
 def attest(args: argparse.Namespace) -> int:
     """Print a key's custody attestation (table, or ``--json``)."""
-    settings = Settings()
-    if "KMS_HSM_LOG_LEVEL" not in os.environ:
-        # The agent's start-up lines would only be noise on the command's stderr.
-        settings = settings.model_copy(update={"log_level": "WARNING"})
+    settings = command_settings()
+    open_database(settings).dispose()  # never created or migrated here: one line instead
     runtime = Runtime.start(settings)
     try:
-        upgrade_schema(runtime.engine)
         token = AgentToken(runtime.agents)
         result = asyncio.run(attest_key(runtime.keyring.database, token, args.key_id))
     finally:

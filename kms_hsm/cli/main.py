@@ -7,11 +7,16 @@ import importlib.metadata
 import logging
 import os
 import re
+import socket
 import ssl
 import sys
+import traceback
+from collections.abc import Callable
 from typing import Any
 
-from kms_hsm.cli import hsm
+from pydantic import ValidationError
+
+from kms_hsm.cli import data, hsm
 from kms_hsm.cli.admin import add_commands
 from kms_hsm.config import Settings, read_secret_file
 from kms_hsm.errors import InvalidArgument, KmsError
@@ -22,6 +27,7 @@ log = logging.getLogger("kms_hsm")
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
 
     from kms_hsm.api.app import create_app
     from kms_hsm.api.protocol import HTTP_PROTOCOL, LOOP, apply_limits, freeze_heap
@@ -46,6 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
     metrics_endpoint.prepare(settings)  # before any metric exists, here or in a worker
     try:
         tls = tls_options(settings)
+        _rest_preflight(settings)
         grpc_port = _grpc_preflight(settings)
         metrics_endpoint.start(settings)
     except KmsError as exc:
@@ -60,15 +67,24 @@ def _serve(args: argparse.Namespace) -> int:
     except KmsError as exc:
         log.critical("cannot start: %s", exc.message)
         return 1
-    log.info(
-        "serving on %s://%s:%d with %d worker(s), gRPC %s; data directory %s",
-        "https" if tls else "http",
-        settings.host,
-        settings.port,
-        settings.workers,
-        "off" if grpc_port is None else f"on port {grpc_port}",
-        settings.data_dir.resolve(),
-    )
+    except SQLAlchemyError as exc:  # the schema migration meets the database first
+        from kms_hsm.store.engine import redacted_url
+
+        orig = getattr(exc, "orig", None) or exc
+        log.critical(
+            "cannot start: the database %s: %s",
+            redacted_url(settings.effective_database_url()),
+            (str(orig).strip().splitlines() or [type(exc).__name__])[0],
+        )
+        return 1
+
+    def listening(port: int) -> str:
+        return (
+            f"{'https' if tls else 'http'}://{settings.host}:{port} with {settings.workers} "
+            f"worker(s), gRPC {'off' if grpc_port is None else f'on port {grpc_port}'}; "
+            f"data directory {settings.data_dir.resolve()}"
+        )
+
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -87,16 +103,68 @@ def _serve(args: argparse.Namespace) -> int:
         apply_limits(settings)  # workers apply their own (kms_hsm.api.asgi.build)
         try:
             app = create_app(settings, runtime, services=services(settings))
-            server = uvicorn.Server(uvicorn.Config(app, **options))
+            server = _announcing_server(uvicorn.Config(app, **options), listening)
             freeze_heap()
             server.run()
+        except SystemExit:
+            # uvicorn exits on a failed start-up (the port taken since the check); the
+            # reason is logged above and "serving on" was never said.
+            return 1
         finally:
             runtime.close()
         # A failed start-up (a gRPC port taken since the check) is not a clean exit.
         return 0 if server.started else 1
     runtime.close()
-    uvicorn.run("kms_hsm.cli.asgi:build", factory=True, workers=settings.workers, **options)
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(
+        "kms_hsm.cli.asgi:build", factory=True, workers=settings.workers, **options
+    )
+    try:
+        # Bound here, in the parent, and handed to every worker (as uvicorn.run does).
+        sock = config.bind_socket()
+    except SystemExit:
+        return 1
+    log.info("serving on %s", listening(sock.getsockname()[1]))
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        sock.close()
     return 0
+
+
+def _announcing_server(config: Any, listening: Callable[[int], str]) -> Any:
+    """A uvicorn server that says "serving on" once it has bound its port, not before."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                log.info("serving on %s", listening(self.servers[0].sockets[0].getsockname()[1]))
+
+    return Server(config)
+
+
+def _rest_preflight(settings: Settings) -> None:
+    """Refuse a REST port that cannot be bound before the token and workers are started.
+
+    Bound as uvicorn binds it (SO_REUSEADDR), so that connections of a server just stopped,
+    still in TIME_WAIT, do not make a free port look taken.
+    """
+    if settings.port == 0:
+        return
+    host = settings.host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, settings.port))
+        except OSError as exc:
+            raise InvalidArgument(
+                f"port {settings.port} on {settings.host} cannot be bound: "
+                f"{exc.strerror or exc} (KMS_HSM_PORT / --port)"
+            ) from None
 
 
 def _grpc_preflight(settings: Settings) -> int | None:
@@ -172,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     openapi.set_defaults(handler=_openapi)
     add_commands(sub)
     hsm.add_commands(sub)
+    data.add_commands(sub)
     return parser
 
 
@@ -196,8 +265,51 @@ def main(argv: list[str] | None = None) -> int:
         result: int = handler(args)
     except KmsError as exc:
         print(f"kms-hsm: {exc.message}", file=sys.stderr)
+        _debug_detail(exc)
+        return 1
+    except ValidationError as exc:
+        print(f"kms-hsm: {_settings_problem(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("kms-hsm: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (| head): nothing more to say, and no one to say it to.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"kms-hsm: {where}{exc.strerror or exc}", file=sys.stderr)
+        _debug_detail(exc)
+        return 1
+    except Exception as exc:
+        # The last resort: one line, the traceback only when asked for (KMS_HSM_DEBUG=1).
+        # Only the type is named: an unexpected error's text may quote anything.
+        print(
+            f"kms-hsm: unexpected error ({type(exc).__name__}); run again with KMS_HSM_DEBUG=1 "
+            "for the traceback",
+            file=sys.stderr,
+        )
+        _debug_detail(exc)
         return 1
     return result
+
+
+def _debug_detail(exc: BaseException) -> None:
+    """The traceback, on stderr with KMS_HSM_DEBUG=1, else in the log at DEBUG."""
+    if os.environ.get("KMS_HSM_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(exc, file=sys.stderr)
+    else:
+        log.debug("%s", "".join(traceback.format_exception(exc)))
+
+
+def _settings_problem(exc: ValidationError) -> str:
+    """A bad setting named by its environment variable; the value itself is not repeated."""
+    problems = []
+    for error in exc.errors():
+        name = "_".join(str(part) for part in error["loc"][:1]).upper()
+        problems.append(f"KMS_HSM_{name}: {error['msg']}")
+    return "bad setting " + "; ".join(problems)
 
 
 if __name__ == "__main__":

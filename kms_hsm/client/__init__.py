@@ -1,1 +1,105 @@
-"""A Python client of kms-hsm's REST API (httpx, sync and async); see issue 18 §4."""
+"""A Python client of kms-hsm's REST API (httpx, sync and async); see issue 18 §4.
+
+``Client`` and ``AsyncClient`` have the same methods (one per REST method, declared once in
+``kms_hsm.client.calls``), return frozen dataclasses (``kms_hsm.client.models``) with bytes
+for every base64 field, and raise the server's errors by their gRPC code
+(``kms_hsm.errors``, plus ``kms_hsm.client.errors`` for the codes the server has no class
+for). User guide: docs/client.md.
+"""
+
+from kms_hsm.client._api import AsyncClient, Client
+from kms_hsm.client.calls import Call
+from kms_hsm.client.errors import (
+    Cancelled,
+    DataLoss,
+    DeadlineExceeded,
+    OutOfRange,
+    Unimplemented,
+    Unknown,
+)
+from kms_hsm.client.models import (
+    AccessBinding,
+    AccessBindingDelta,
+    AsymmetricDecryptResult,
+    AsymmetricEncryptionKey,
+    AsymmetricSignatureKey,
+    BindingPage,
+    DataKeyResult,
+    DecryptResult,
+    EncryptionKeyPage,
+    EncryptResult,
+    IamToken,
+    KeyPage,
+    Operation,
+    OperationPage,
+    Page,
+    PublicKey,
+    ReEncryptResult,
+    SignatureKeyPage,
+    SignResult,
+    Status,
+    Subject,
+    SymmetricKey,
+    SymmetricKeyVersion,
+    VersionPage,
+)
+from kms_hsm.errors import (
+    Aborted,
+    AlreadyExists,
+    BackendUnavailable,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    KmsError,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
+
+__all__ = [
+    "Aborted",
+    "AccessBinding",
+    "AccessBindingDelta",
+    "AlreadyExists",
+    "AsymmetricDecryptResult",
+    "AsymmetricEncryptionKey",
+    "AsymmetricSignatureKey",
+    "AsyncClient",
+    "BackendUnavailable",
+    "BindingPage",
+    "Call",
+    "Cancelled",
+    "Client",
+    "DataKeyResult",
+    "DataLoss",
+    "DeadlineExceeded",
+    "DecryptResult",
+    "EncryptResult",
+    "EncryptionKeyPage",
+    "FailedPrecondition",
+    "IamToken",
+    "Internal",
+    "InvalidArgument",
+    "KeyPage",
+    "KmsError",
+    "NotFound",
+    "Operation",
+    "OperationPage",
+    "OutOfRange",
+    "Page",
+    "PermissionDenied",
+    "PublicKey",
+    "ReEncryptResult",
+    "ResourceExhausted",
+    "SignResult",
+    "SignatureKeyPage",
+    "Status",
+    "Subject",
+    "SymmetricKey",
+    "SymmetricKeyVersion",
+    "Unauthenticated",
+    "Unimplemented",
+    "Unknown",
+    "VersionPage",
+]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import DataError, InterfaceError, OperationalError
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import ArgumentError, DataError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from kms_hsm.errors import BackendUnavailable, InvalidArgument
 
@@ -22,7 +24,7 @@ _IMMEDIATE = "kms_hsm_immediate"
 _MIGRATION_LOCK = 0x6B6D7368736D
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, connect_timeout: int | None = None) -> Engine:
     """An engine for ``url``; SQLite files get WAL, foreign keys and a 30 s busy timeout.
 
     SQLite transactions are begun by us, not by the driver, so that write transactions can
@@ -48,7 +50,64 @@ def make_engine(url: str) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # A command-line tool asks for a bound: libpq would otherwise wait for the OS (minutes).
+    extra: dict[str, Any] = {}
+    if connect_timeout is not None and url.startswith("postgresql"):
+        extra["connect_args"] = {"connect_timeout": connect_timeout}
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **extra)
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages and ``kms-hsm status``)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(an unparsable database URL)"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other databases and in-memory SQLite."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaState:
+    """Which migration a database is at, against the newest this version knows."""
+
+    revision: str | None  # None: no kms-hsm schema (no alembic_version row)
+    head: str
+    known: bool  # the revision is one of this version's migrations
+
+    @property
+    def current(self) -> bool:
+        """True when the schema is exactly what this version expects."""
+        return self.revision == self.head
+
+
+def _scripts() -> Any:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return ScriptDirectory.from_config(config)
+
+
+def schema_state(engine: Engine) -> SchemaState:
+    """Read the schema revision without changing anything (SQLAlchemy errors propagate)."""
+    from alembic.runtime.migration import MigrationContext
+
+    scripts = _scripts()
+    with engine.connect() as connection:
+        revision = MigrationContext.configure(connection).get_current_revision()
+    known = revision in {script.revision for script in scripts.walk_revisions()}
+    return SchemaState(revision, str(scripts.get_current_head()), known)
 
 
 @contextmanager
@@ -115,3 +174,19 @@ def serialize_with_migrations(session: Session) -> None:
     """Inside a write transaction: wait for (and exclude) a concurrent schema migration."""
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         session.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
+
+
+def read_schema_state(url: str, *, connect_timeout: int | None = None) -> SchemaState:
+    """``schema_state`` through a connection of its own that writes nothing.
+
+    Not ``make_engine``'s: its SQLite set-up switches the file to WAL, which writes even
+    to a file that is no kms-hsm database at all (SQLAlchemy errors propagate).
+    """
+    extra: dict[str, Any] = {}
+    if connect_timeout is not None and url.startswith("postgresql"):
+        extra["connect_args"] = {"connect_timeout": connect_timeout}
+    engine = create_engine(url, poolclass=NullPool, **extra)
+    try:
+        return schema_state(engine)
+    finally:
+        engine.dispose()
