@@ -7,11 +7,14 @@ when scraped, not kept in any process.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from kms_hsm import metrics
 from kms_hsm.config import Settings
@@ -19,6 +22,8 @@ from kms_hsm.domain.asymmetric import KeyFamily
 from kms_hsm.domain.model import KeyStatus, VersionStatus
 from kms_hsm.errors import InvalidArgument
 from kms_hsm.store.tables import KeyRow, KeyVersionRow
+
+log = logging.getLogger(__name__)
 
 _KINDS: dict[int, str] = {
     KeyFamily.SYMMETRIC: "symmetric_key",
@@ -70,6 +75,9 @@ class _StateCounts:
         """Rows (kind, state, count), read in one short transaction."""
         from kms_hsm.store.engine import make_engine
 
+        sqlite_file = self._url.removeprefix("sqlite:///")
+        if sqlite_file != self._url and not Path(sqlite_file).exists():
+            return  # not made yet (the first start): connecting would create it empty
         with self._lock:
             if self._engine is None:
                 # Made at the first scrape: the first start creates the database after
@@ -77,15 +85,21 @@ class _StateCounts:
                 self._engine = make_engine(self._url)
             engine = self._engine
         deleted = KeyRow.deleted_at.is_not(None)
-        with engine.connect() as connection:
-            keys = connection.execute(
-                select(KeyRow.family, KeyRow.status, deleted, func.count()).group_by(
-                    KeyRow.family, KeyRow.status, deleted
-                )
-            ).all()
-            versions = connection.execute(
-                select(KeyVersionRow.status, func.count()).group_by(KeyVersionRow.status)
-            ).all()
+        try:
+            with engine.connect() as connection:
+                keys = connection.execute(
+                    select(KeyRow.family, KeyRow.status, deleted, func.count()).group_by(
+                        KeyRow.family, KeyRow.status, deleted
+                    )
+                ).all()
+                versions = connection.execute(
+                    select(KeyVersionRow.status, func.count()).group_by(KeyVersionRow.status)
+                ).all()
+        except SQLAlchemyError as exc:
+            # The database is down, or not made yet (a scrape during the first start):
+            # the other metrics are still worth answering with.
+            log.warning("metrics: keys not counted: %s", type(exc).__name__)
+            return
         by_state: dict[tuple[str, str], int] = {}
         for family, status, is_deleted, count in keys:
             kind = _KINDS.get(family, "other_key")
