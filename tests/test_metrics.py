@@ -24,7 +24,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from yandex.cloud.kms.v1 import symmetric_crypto_service_pb2 as crypto_pb2
 from yandex.cloud.kms.v1.symmetric_crypto_service_pb2_grpc import SymmetricCryptoServiceStub
 
-from tests.conftest import KMS_HSM, create_key, free_port, serve_env, stop, wait_until_serving
+from tests.conftest import (
+    KMS_HSM,
+    SOFTHSM_MODULE,
+    create_key,
+    free_port,
+    init_token,
+    serve_env,
+    stop,
+    wait_until_serving,
+)
 from tests.grpc_support import KmsServer, running_server
 
 FOLDER = "b1gtestfolder"
@@ -440,3 +449,63 @@ def test_a_taken_metrics_port_refuses_to_start(tmp_path: Path) -> None:
     problem = [line for line in done.stderr.splitlines() if "cannot start" in line]
     assert len(problem) == 1 and f"metrics port {metrics_port}" in problem[0], done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_hsm_outage_shows_as_failures_and_a_reinitialisation(
+    fault_shim: Path, tmp_path: Path
+) -> None:
+    """Through the fault-injecting PKCS#11 module of tests/test_outage.py."""
+    init_token(tmp_path / "token")
+    fault = tmp_path / "fault"
+    port, metrics_port = free_port(), free_port()
+    env = serve_env(
+        tmp_path / "data",
+        port,
+        KMS_HSM_PKCS11_LIBRARY=str(fault_shim),
+        KMS_HSM_FAULT_REAL_MODULE=SOFTHSM_MODULE,
+        KMS_HSM_FAULT_FILE=str(fault),
+        KMS_HSM_PIN_FILE=str(tmp_path / "token" / "user-pin"),
+        KMS_HSM_CALL_TIMEOUT="2",
+        SOFTHSM2_CONF=str(tmp_path / "token" / "softhsm2.conf"),
+        KMS_HSM_METRICS_PORT=str(metrics_port),
+    )
+    proc = subprocess.Popen([KMS_HSM, "serve"], env=env)
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        wait_until_serving(proc, base_url)
+        token = (tmp_path / "data" / "admin-token").read_text().strip()
+        with httpx.Client(
+            base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ) as api:
+            key = create_key(api, "AES_256_HSM")["id"]
+
+            def encrypt() -> int:
+                body = {"plaintext": b64(b"outage")}
+                return api.post(f"/kms/v1/keys/{key}:encrypt", json=body).status_code
+
+            assert encrypt() == 200
+            fault.write_text("0x32")  # CKR_DEVICE_REMOVED
+            try:
+                assert encrypt() == 503
+            finally:
+                fault.unlink()
+            deadline = time.monotonic() + 10
+            while encrypt() != 200:
+                assert time.monotonic() < deadline, "not recovered"
+                time.sleep(0.05)
+        time.sleep(0.3)
+        _, samples = scrape(metrics_port)
+        assert value(samples, "kms_hsm_pkcs11_reinitialisations_total", result="ok") >= 1
+        assert total(samples, "kms_hsm_hsm_call_failures_total", operation="encrypt") >= 1
+        assert (
+            value(
+                samples,
+                "kms_hsm_requests_total",
+                method="SymmetricCrypto.Encrypt",
+                transport="rest",
+                code="UNAVAILABLE",
+            )
+            >= 1
+        )
+    finally:
+        stop(proc)
