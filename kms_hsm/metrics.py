@@ -160,11 +160,6 @@ def enable() -> bool:
     return _metrics is not None
 
 
-def enabled() -> bool:
-    """True when this process counts."""
-    return _metrics is not None
-
-
 # --- what the layers call; each returns at once when metrics are off ---
 
 
