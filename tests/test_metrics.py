@@ -219,7 +219,12 @@ def test_requests_add_up_across_workers_and_hsm_counters_move(
     made = threads * connections * per_connection
     encrypt = "SymmetricCrypto.Encrypt"
     deadline = time.monotonic() + 10
-    while True:  # each worker writes its counts at the end of an event-loop turn
+    failed = {
+        ("SymmetricCrypto.Encrypt", "NOT_FOUND"),
+        ("SymmetricCrypto.Encrypt", "UNAUTHENTICATED"),
+        ("SymmetricCrypto.Decrypt", "INVALID_ARGUMENT"),
+    }
+    while True:  # each worker writes its counts every 50 ms: either may still be due
         text, after = scrape(metrics_port)
         got = value(after, "kms_hsm_requests_total", method=encrypt, transport="rest", code="OK")
         grpc_got = value(
@@ -228,7 +233,11 @@ def test_requests_add_up_across_workers_and_hsm_counters_move(
         delta = got - value(
             before, "kms_hsm_requests_total", method=encrypt, transport="rest", code="OK"
         )
-        if (delta, grpc_got) == (made, 3) or time.monotonic() > deadline:
+        failures_seen = all(
+            value(after, "kms_hsm_requests_total", method=m, transport="rest", code=c) == 1
+            for m, c in failed
+        )
+        if (delta, grpc_got, failures_seen) == (made, 3, True) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     assert delta == made
