@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     # Seconds a token object must stay without a database row before it is destroyed.
     orphan_grace: float = Field(default=60.0, ge=0)
     log_level: str = "INFO"
+    # "text" (one escaped line a record) or "json" (one JSON object a line, and one record
+    # per API call at INFO; docs/operations.md).
+    log_format: Literal["text", "json"] = "text"
+    # Prometheus /metrics (docs/operations.md): off unless a port is given; plain HTTP on
+    # loopback unless a host is given. One endpoint adds up every worker.
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    metrics_host: str = "127.0.0.1"
     # --- Limits on hostile clients (issue 15; README "Security") ---
     # Largest request head (request line and headers) a connection may send: 431 beyond it.
     max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
@@ -107,6 +114,12 @@ class Settings(BaseSettings):
         if match is None:
             raise ValueError('a whole number of seconds, or with a unit: "86400", "24h", "1d"')
         return int(match[1]) * _UNIT_SECONDS[match[2]]
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _format_any_case(cls, value: object) -> object:
+        """ "json" or "text", in any case."""
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("grpc_port", mode="before")
     @classmethod

@@ -1,19 +1,23 @@
 """A full workload at DEBUG logging: no PIN, token, plaintext, data key, AAD or key material
-may appear in the logs, the SQLite file or the audit trail."""
+may appear in the logs (text, and KMS_HSM_LOG_FORMAT=json with its per-call records), the
+SQLite file or the audit trail."""
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import secrets
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from kms_hsm.crypto.pkcs11.hsm import HsmCrypto
 from kms_hsm.crypto.token import ROOT_KEY_PREFIX
+from kms_hsm.logs import JsonFormatter
 from kms_hsm.service.keyring import _material_aad
 from kms_hsm.store.tables import KeyVersionRow
 from tests.conftest import create_key
@@ -30,12 +34,17 @@ def forms(secret: bytes) -> list[bytes]:
     ]
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
 def test_no_secret_anywhere(
-    api, runtime, settings, token_dir, admin_token, tmp_path, wait, token_sessions
+    api, runtime, settings, token_dir, admin_token, tmp_path, wait, token_sessions, log_format
 ) -> None:
     log_file = tmp_path / "debug.log"
     handler = logging.FileHandler(log_file)
-    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s %(args)s"))
+    if log_format == "json":
+        # The service's JSON lines: every field of every record, the calls' own included.
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s %(args)s"))
     root = logging.getLogger()
     old_level = root.level
     root.addHandler(handler)
@@ -117,6 +126,17 @@ def test_no_secret_anywhere(
         "audit export": export.getvalue().encode(),
     }
     assert len(places["log"]) > 1000  # DEBUG really was on
+    # The per-call records were written (at DEBUG in text, where the JSON ones are INFO).
+    if log_format == "json":
+        records = [json.loads(line) for line in places["log"].splitlines()]
+        assert any(
+            r["logger"] == "kms_hsm.calls"
+            and r["method"] == "SymmetricCrypto.GenerateDataKey"
+            and r["outcome"] == "OK"
+            for r in records
+        )
+    else:
+        assert b"kms_hsm.calls DEBUG SymmetricCrypto.GenerateDataKey rest OK" in places["log"]
     for where, data in places.items():
         for secret in secrets_seen:
             for form in forms(secret):

@@ -11,7 +11,7 @@ from kms_hsm.logs import configure_logging
 def build() -> KmsApp:
     """An app configured from the environment; PKCS#11 starts in its lifespan."""
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     apply_limits(settings)
     app = create_app(settings)
     freeze_heap()

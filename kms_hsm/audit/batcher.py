@@ -14,6 +14,7 @@ import sqlite3
 import time
 from typing import Any, NamedTuple
 
+from kms_hsm import metrics
 from kms_hsm.audit.chain import AuditEvent
 from kms_hsm.audit.store import AuditLog
 from kms_hsm.errors import BackendUnavailable
@@ -86,6 +87,7 @@ class AuditBatcher:
             self._pending.pop(loop, None)
             return
         failure: BaseException | None = None
+        started = time.perf_counter()
         try:
             if self._db.is_sqlite:
                 if not self._write_sqlite(loop, batch):
@@ -93,6 +95,7 @@ class AuditBatcher:
             else:
                 with self._db.write() as session:
                     self._audit.append_many(session, [p.event for p in batch])
+            metrics.audit_commit(len(batch), time.perf_counter() - started)
         except BackendUnavailable as exc:
             failure = exc
         except Exception as exc:  # a database error: fail closed

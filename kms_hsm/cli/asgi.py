@@ -6,6 +6,7 @@ the two transports, which do not know each other (``kms_hsm.api.asgi`` serves RE
 
 from __future__ import annotations
 
+from kms_hsm import metrics
 from kms_hsm.api.app import KmsApp, Service, create_app
 from kms_hsm.api.protocol import apply_limits, freeze_heap
 from kms_hsm.config import Settings
@@ -24,7 +25,8 @@ def services(settings: Settings) -> list[Service]:
 def build() -> KmsApp:
     """An app configured from the environment; PKCS#11 and gRPC start in its lifespan."""
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    metrics.enable()  # when `serve` set up the metrics directory (cli.metrics_endpoint)
     apply_limits(settings)
     app = create_app(settings, services=services(settings))
     freeze_heap()

@@ -31,6 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from kms_hsm.api.app import create_app
     from kms_hsm.api.protocol import HTTP_PROTOCOL, LOOP, apply_limits, freeze_heap
+    from kms_hsm.cli import metrics_endpoint
     from kms_hsm.cli.asgi import services
     from kms_hsm.service.runtime import Runtime, prepare
 
@@ -47,11 +48,13 @@ def _serve(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[f"KMS_HSM_{name}"] = str(value)
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    metrics_endpoint.prepare(settings)  # before any metric exists, here or in a worker
     try:
         tls = tls_options(settings)
         _rest_preflight(settings)
         grpc_port = _grpc_preflight(settings)
+        metrics_endpoint.start(settings)
     except KmsError as exc:
         log.critical("cannot start: %s", exc.message)
         return 1
@@ -93,6 +96,9 @@ def _serve(args: argparse.Namespace) -> int:
         "h11_max_incomplete_event_size": settings.max_header_bytes,
         **tls,
     }
+    if settings.log_format == "json":
+        # uvicorn's own loggers then reach the root logger and its JSON lines.
+        options["log_config"] = None
     if settings.workers == 1:
         apply_limits(settings)  # workers apply their own (kms_hsm.api.asgi.build)
         try:

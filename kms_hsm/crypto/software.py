@@ -15,6 +15,7 @@ from collections.abc import Callable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from kms_hsm import metrics
 from kms_hsm.errors import DecryptionFailed, InvalidArgument
 
 NONCE_BYTES = 12
@@ -74,7 +75,9 @@ class MaterialCache:
             hit = self._entries.get(version_id)
             if hit is not None and hit[0] > now:
                 self._entries.move_to_end(version_id)
+                metrics.material_cache(hit=True)
                 return hit[1]
+        metrics.material_cache(hit=False)
         return None
 
     def put(self, version_id: str, material: bytes) -> SoftwareKey:

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from kms_hsm import metrics
 from kms_hsm.audit.chain import AuditEvent
 from kms_hsm.errors import Internal, KmsError
+from kms_hsm.logs import log_call
 from kms_hsm.service.access import Permission
 from kms_hsm.service.auth import Principal
 from kms_hsm.service.context import CallContext
@@ -103,36 +106,68 @@ async def run(
         KmsError: the call failed (the transport renders it by its ``code``); if even the
             audit event of the failure cannot be written, BackendUnavailable instead.
     """
+    started = time.perf_counter()
     call: Call | None = None
-    pinned = rt.watch.pin()
+    outcome = "INTERNAL"  # unless the call ends in one of the ways named below
     try:
-        principal = (
-            ANONYMOUS
-            if method.public
-            else rt.auth.authenticate(transport.authorization, transport.source)
-        )
-        call = Call(method, rt, transport, principal, key_id=key_id)
-        result = await work(call)
-    except KmsError as exc:
-        # Fail closed: if the denial cannot be recorded, the caller sees 503 instead.
-        await rt.audit_batcher.record(_event(rt, method, transport, call, exc.code.name, key_id))
-        raise
-    except asyncio.CancelledError:
-        # The client went away or its deadline passed (gRPC cancels the handler): the
-        # attempt is still on record, unless the work's own transaction recorded it.
-        if call is None or not call.audited:
-            event = _event(rt, method, transport, call, "CANCELLED", key_id)
-            # Queued now; shielded so that the cancellation being delivered cannot
-            # cancel the wait, and nobody is left to answer if the write fails.
-            with contextlib.suppress(KmsError):
-                await asyncio.shield(rt.audit_batcher.record(event))
+        pinned = rt.watch.pin()
+        try:
+            principal = (
+                ANONYMOUS
+                if method.public
+                else rt.auth.authenticate(transport.authorization, transport.source)
+            )
+            call = Call(method, rt, transport, principal, key_id=key_id)
+            result = await work(call)
+        except KmsError as exc:
+            outcome = exc.code.name
+            # Fail closed: if the denial cannot be recorded, the caller sees 503 instead.
+            await rt.audit_batcher.record(_event(rt, method, transport, call, outcome, key_id))
+            raise
+        except asyncio.CancelledError:
+            outcome = "CANCELLED"
+            # The client went away or its deadline passed (gRPC cancels the handler): the
+            # attempt is still on record, unless the work's own transaction recorded it.
+            if call is None or not call.audited:
+                event = _event(rt, method, transport, call, "CANCELLED", key_id)
+                # Queued now; shielded so that the cancellation being delivered cannot
+                # cancel the wait, and nobody is left to answer if the write fails.
+                with contextlib.suppress(KmsError):
+                    await asyncio.shield(rt.audit_batcher.record(event))
+            raise
+        finally:
+            rt.watch.unpin(pinned)
+        if not call.audited:
+            # Fail closed: no event, no answer (BackendUnavailable -> 503, result discarded).
+            await rt.audit_batcher.record(_event(rt, method, transport, call, "OK"))
+        outcome = "OK"
+        return result
+    except KmsError as exc:  # the audit write of an outcome failed: what the caller sees
+        outcome = exc.code.name
         raise
     finally:
-        rt.watch.unpin(pinned)
-    if not call.audited:
-        # Fail closed: no event, no answer (BackendUnavailable -> 503, result discarded).
-        await rt.audit_batcher.record(_event(rt, method, transport, call, "OK"))
-    return result
+        _finished(method, transport, call, key_id, outcome, time.perf_counter() - started)
+
+
+def _finished(
+    method: Method,
+    transport: Transport,
+    call: Call | None,
+    key_id: str,
+    outcome: str,
+    seconds: float,
+) -> None:
+    """Count the call and write its log record (never its payload)."""
+    metrics.request(method.name, transport.protocol, outcome, seconds)
+    log_call(
+        request_id=transport.request_id,
+        principal=call.principal.id if call else "",
+        method=method.name,
+        transport=transport.protocol,
+        key_id=_storable((call.key_id if call else "") or key_id),
+        outcome=outcome,
+        seconds=seconds,
+    )
 
 
 def _storable(value: str) -> str:

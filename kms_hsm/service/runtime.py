@@ -189,6 +189,7 @@ class Runtime:
                 startup_timeout=settings.call_timeout / 2,
                 log_level=settings.log_level.upper(),
                 session_cache_size=settings.session_cache_size,
+                log_format=settings.log_format,
             ),
             settings.call_timeout,
             keygen_timeout=settings.keygen_timeout,

@@ -25,13 +25,14 @@ import time
 from collections.abc import Awaitable
 from typing import Any, cast
 
+from kms_hsm import metrics
 from kms_hsm.crypto.agent.protocol import AgentConfig, decode_error, frame, read_message
 from kms_hsm.domain.asymmetric import PairSpec
 from kms_hsm.errors import BackendUnavailable, LoginRefused
 
 log = logging.getLogger(__name__)
 
-_SETTLED: tuple[None, float] = (None, 0.0)
+_SETTLED: tuple[None, float, str] = (None, 0.0, "")
 _RESTART_SPACING = 0.5
 _RESTART_SPACING_MAX = 5.0
 AGENT_MODULE = "kms_hsm.crypto.pkcs11.agent"
@@ -74,10 +75,11 @@ class AgentClient:
         # start in progress. False: they fail at once until an agent is up again.
         self._healthy = True
         self._ids = itertools.count()
-        # In flight, oldest first: (future, monotonic time sent).
-        self._calls: dict[int, tuple[asyncio.Future[Any], float]] = {}
+        # In flight, oldest first: (future, monotonic time sent, token method).
+        self._calls: dict[int, tuple[asyncio.Future[Any], float, str]] = {}
         self._watchdog: asyncio.TimerHandle | None = None
         self._outbox: list[tuple[int, str, tuple[Any, ...], dict[str, Any]]] = []
+        self._unanswered = 0  # calls sent to the agent, not yet answered (a metric)
         self.starts = 0  # agents that opened the token: one PKCS#11 login each
         self._last_failure = "the HSM agent could not start"
         # Set when the token refused the PIN: no agent is started again (see LoginRefused).
@@ -98,12 +100,15 @@ class AgentClient:
         if self._refused is not None:
             raise LoginRefused(self._refused)
         if not self._healthy or self._starting is None:
+            metrics.hsm_failure(method, "unavailable")
             raise BackendUnavailable(log_detail=self._last_failure)
         try:
             await asyncio.wait_for(asyncio.shield(self._starting), self._timeout)
         except TimeoutError:
+            metrics.hsm_failure(method, "unavailable")
             raise BackendUnavailable(log_detail="the HSM agent did not start in time") from None
         if self._agent is None:
+            metrics.hsm_failure(method, "unavailable")
             raise BackendUnavailable(log_detail=self._last_failure)
         return await self._send(method, args, kwargs)
 
@@ -115,7 +120,7 @@ class AgentClient:
         loop = asyncio.get_running_loop()
         call_id = next(self._ids)
         future: asyncio.Future[Any] = loop.create_future()
-        self._calls[call_id] = (future, time.monotonic())
+        self._calls[call_id] = (future, time.monotonic(), method)
         if not self._outbox:
             loop.call_soon(self._flush)
         self._outbox.append((call_id, method, args, kwargs))
@@ -135,6 +140,8 @@ class AgentClient:
             self._fail_all("the HSM agent stopped")
             return
         self._agent.writer.write(frame(outbox))
+        self._unanswered += len(outbox)
+        _in_flight(len(outbox))
 
     def _ensure_starting(self) -> None:
         if self._refused is not None:
@@ -156,18 +163,21 @@ class AgentClient:
             self._healthy = False
             self._refused = self._last_failure = exc.message
             log.critical("HSM agent not restarted: %s; fix the PIN and restart", exc.message)
+            metrics.agent_start_failed()
             return
         except Exception as exc:
             self._healthy = False
             self._failed_starts += 1
             self._last_failure = str(getattr(exc, "log_detail", None) or exc)
             log.warning("HSM agent did not start: %s", self._last_failure)
+            metrics.agent_start_failed()
             return
         self._failed_starts = 0
         agent.reader_task = asyncio.get_running_loop().create_task(self._read(reader, agent))
         self._agent = agent
         self._healthy = True
         self.starts += 1
+        metrics.agent_started(restart=self.starts > 1)
         log.info(
             "HSM agent %d serving worker %d (agent start %d)",
             agent.process.pid,
@@ -212,14 +222,25 @@ class AgentClient:
     async def _read(self, reader: asyncio.StreamReader, agent: _Agent) -> None:
         try:
             while True:
-                for call_id, ok, value in await read_message(reader):
-                    future = self._calls.pop(call_id, _SETTLED)[0]
-                    if future is None or future.done():
+                answers = await read_message(reader)
+                now = time.monotonic()
+                settled = 0
+                for call_id, ok, value in answers:
+                    future, sent, method = self._calls.pop(call_id, _SETTLED)
+                    if future is None:
+                        continue
+                    settled += 1
+                    metrics.hsm_call(method, now - sent)
+                    if not ok:
+                        metrics.hsm_failure(method, "error")
+                    if future.done():
                         continue
                     if ok:
                         future.set_result(value)
                     else:
                         future.set_exception(decode_error(value))
+                self._unanswered -= settled
+                _in_flight(-settled)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         if self._agent is agent:  # it died on its own (not killed by _check_oldest/close)
@@ -230,7 +251,7 @@ class AgentClient:
         self._watchdog = None
         if not self._calls:
             return
-        _future, sent = next(iter(self._calls.values()))
+        _future, sent, _method = next(iter(self._calls.values()))
         overdue = time.monotonic() - sent - self._timeout
         if overdue >= 0:
             agent = self._agent
@@ -257,9 +278,22 @@ class AgentClient:
 
     def _fail_all(self, reason: str) -> None:
         calls, self._calls = self._calls, {}
-        for future, _sent in calls.values():
+        _in_flight(-self._unanswered)
+        self._unanswered = 0
+        for future, _sent, method in calls.values():
+            metrics.hsm_failure(method, "unavailable")
             if not future.done():
                 future.set_exception(BackendUnavailable(log_detail=reason))
+
+
+# HSM calls this process has sent to its agents and not yet had answered (every lane).
+_calls_in_flight = 0
+
+
+def _in_flight(change: int) -> None:
+    global _calls_in_flight
+    _calls_in_flight += change
+    metrics.hsm_in_flight(_calls_in_flight)
 
 
 class AgentPool:

@@ -55,6 +55,8 @@ class AgentConfig:
     log_level: str
     # Session copies of HSM keys the agent keeps (least recently used destroyed).
     session_cache_size: int = 1024
+    # The worker's log format ("text" | "json"): the agent writes to the same stderr.
+    log_format: str = "text"
 
 
 def frame(message: Any) -> bytes:

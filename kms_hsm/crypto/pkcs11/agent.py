@@ -20,6 +20,7 @@ import socket
 import sys
 from typing import Any
 
+from kms_hsm import metrics
 from kms_hsm.crypto.agent.protocol import (
     TOKEN_METHODS,
     AgentConfig,
@@ -28,6 +29,7 @@ from kms_hsm.crypto.agent.protocol import (
     read_frame,
 )
 from kms_hsm.errors import BackendUnavailable, LoginRefused
+from kms_hsm.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,10 @@ def serve(sock: socket.socket) -> None:
     from kms_hsm.crypto.pkcs11.sessions import SessionManager
 
     config: AgentConfig = read_frame(sock)
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-    )
+    # Counts PKCS#11 reinitialisations when the worker that started it counts (its
+    # environment names the metrics directory).
+    metrics.enable()
+    configure_logging(config.log_level, config.log_format)
     sessions = SessionManager(
         config.library,
         config.token_label,

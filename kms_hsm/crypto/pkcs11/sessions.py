@@ -39,6 +39,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.mechanisms import GCMParams
 
+from kms_hsm import metrics
 from kms_hsm.crypto.pkcs11 import library
 from kms_hsm.crypto.pkcs11.direct import DirectCalls
 from kms_hsm.crypto.pkcs11.errors import FailureKind, failure_kind, is_refusal, to_kms_error
@@ -409,9 +410,11 @@ class SessionManager:
         except (p11.PKCS11Error, library.ModuleError, _FatalLogin) as exc:
             self._last_failed_reinit = time.monotonic()
             self.stats.failed_reinitializations += 1
+            metrics.reinitialised(ok=False)
             log.warning("HSM reinitialisation failed: %s: %s", type(exc).__name__, exc)
             raise BackendUnavailable(log_detail=f"reinit failed: {exc}") from None
         self.stats.reinitializations += 1
+        metrics.reinitialised(ok=True)
         log.warning("HSM reinitialised (%d so far)", self.stats.reinitializations)
 
     # ----------------------------------------------------------------- calls
