@@ -189,7 +189,10 @@ def read_secret_file(path: Path, what: str) -> str:
         raise InvalidArgument(f"{what} {path} does not exist") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise InvalidArgument(f"{what} {path} must not be readable by group or others (chmod 600)")
-    value = path.read_text(encoding="utf-8").strip()
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"{what} {path} is not UTF-8 text") from None
     if not value:
         raise InvalidArgument(f"{what} {path} is empty")
     return value
@@ -198,7 +201,9 @@ def read_secret_file(path: Path, what: str) -> str:
 def write_secret_file(path: Path, value: str) -> None:
     """Create ``path`` with mode 0600 and write ``value``; never widens an existing file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Not through a symlink another user planted, and narrowed before the secret is written:
+    # an existing file of mode 0644 would otherwise be readable while it holds the secret.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(value + "\n")
-    os.chmod(path, 0o600)

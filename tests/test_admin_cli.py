@@ -7,6 +7,7 @@ and no admin command ever leaves a database where there was none.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -419,6 +420,28 @@ def test_status_exits_3_when_the_token_is_unreachable(stopped: Served) -> None:
     report = json.loads(result.stdout)
     assert report["database"]["ok"] is True
     assert report["token"]["reachable"] is False and "no-such" in report["token"]["problem"]
+
+
+def test_a_database_whose_first_serve_did_not_finish_is_left_alone(
+    stopped: Served, tmp_path: Path
+) -> None:
+    """No root key yet: status says so (exit 3) and no command makes one, unaudited."""
+    import shutil
+    import sqlite3
+
+    copy = tmp_path / "data"
+    shutil.copytree(stopped.data_dir, copy)
+    with contextlib.closing(sqlite3.connect(copy / "kms.db")) as db, db:
+        db.execute("DELETE FROM root_keys")
+        db.execute("DELETE FROM service_secrets")
+    env = {**stopped.env, "KMS_HSM_DATA_DIR": str(copy)}
+    result = run("status", "--json", **env)
+    assert result.returncode == admin.EXIT_NOT_READY, result.stderr
+    assert "no root key" in json.loads(result.stdout)["token"]["problem"]
+    one_line_error(run("principals", "create", "x", **env), "no root key")
+    with contextlib.closing(sqlite3.connect(copy / "kms.db")) as db:
+        assert db.execute("SELECT count(*) FROM root_keys").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM service_secrets").fetchone() == (0,)
 
 
 def test_status_without_a_database_says_where_and_creates_nothing(tmp_path: Path) -> None:

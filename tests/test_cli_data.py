@@ -376,6 +376,18 @@ def test_token_from_file_and_never_from_argv(server: KmsServer, tmp_path: Path) 
         refused = run(server, "keys", "get", key_id, *flag, env=env, expect=2)
         assert b"--token refused" in refused.stderr
         assert server.admin_token.encode() not in refused.stderr + refused.stdout
+    # Abbreviations are off, and a prefix of a secret's flag is refused before argparse
+    # could take it for --token-file and print the secret as a file name.
+    for flag in (["--toke", server.admin_token], [f"--tok={server.admin_token}"]):
+        refused = run(server, "keys", "get", key_id, *flag, env=env, expect=2)
+        assert b"refused" in refused.stderr
+        assert server.admin_token.encode() not in refused.stderr + refused.stdout
+    # An endpoint that is not a URL, or one with a password, is a usage error, not echoed.
+    for endpoint in ("http://[::1", "http://user:hunter2@127.0.0.1:1"):
+        bad = run(
+            server, "keys", "get", key_id, "--endpoint", endpoint, env=cli_env(server), expect=2
+        )
+        assert bad.stderr.count(b"\n") == 1 and b"hunter2" not in bad.stderr
 
 
 def test_help_lists_the_exit_codes(server: KmsServer) -> None:

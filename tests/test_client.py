@@ -284,12 +284,19 @@ def test_retries_503_then_succeeds(front: _Front, admin_token: str, client: Clie
     with Client(front.url, token=admin_token) as c:
         assert c.decrypt(key.id, c.encrypt(key.id, b"r").ciphertext).plaintext == b"r"
     assert len(front.hits) == 4  # two 503s, the encrypt, the decrypt
-    # A create (not safe to repeat) is retried on 503 too: the server did not do it.
+    # A create (not safe to repeat) is retried on a 503 only with Retry-After, the server's
+    # sign that it refused before doing anything: a 503 from a COMMIT that failed half-way
+    # may follow work that was done, and a second Create would make a second key.
     front.hits.clear()
-    front.script = [_status(14, 503, "token busy")]
+    front.script = [_status(14, 503, "token busy", retry_after="0")]
     with Client(front.url, token=admin_token) as c:
         assert c.create_key(FOLDER).status == "ACTIVE"
     assert len(front.hits) == 2
+    front.hits.clear()
+    front.script = [_status(14, 503, "database unavailable")]
+    with Client(front.url, token=admin_token) as c, pytest.raises(BackendUnavailable):
+        c.create_key(FOLDER)
+    assert len(front.hits) == 1
 
 
 def test_internal_retried_only_when_safe(front: _Front, admin_token: str, client: Client) -> None:
@@ -397,6 +404,59 @@ def test_deadline(admin_token: str) -> None:
                 return time.monotonic() - started
 
         assert 0.9 <= asyncio.run(scenario()) < 2.0
+
+
+@contextlib.contextmanager
+def _trickling_server() -> Iterator[str]:
+    """A server that answers 200 and then sends its body a byte every 0.2 s, for ever."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+            conn.sendall(b"content-length: 1000000\r\n\r\n")
+            while not stop.is_set():
+                conn.sendall(b" ")
+                time.sleep(0.2)
+
+    def accept() -> None:
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                conn = srv.accept()[0]
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        stop.set()
+        t.join()
+        srv.close()
+
+
+def test_deadline_holds_against_a_trickling_answer(admin_token: str) -> None:
+    """httpx's timeouts bound each read; the call's deadline bounds the whole answer."""
+    with _trickling_server() as url:
+        with Client(url, token=admin_token, timeout=1.0) as c:
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceeded):
+                c.get_key("abjk")
+            assert time.monotonic() - started < 2.5
+
+        async def scenario() -> float:
+            async with AsyncClient(url, token=admin_token, timeout=1.0) as c:
+                started = time.monotonic()
+                with pytest.raises(DeadlineExceeded):
+                    await c.get_key("abjk")
+                return time.monotonic() - started
+
+        assert asyncio.run(scenario()) < 2.5
 
 
 def test_attempt_timeout_retries_only_safe_calls(admin_token: str) -> None:

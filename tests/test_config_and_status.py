@@ -79,3 +79,21 @@ def test_stored_enum_values_are_pinned() -> None:
     }
     assert [s.value for s in KeyStatus] == [0, 1, 2, 3]
     assert [s.value for s in VersionStatus] == [0, 1, 2, 3]
+
+
+def test_write_secret_file_narrows_before_writing_and_follows_no_symlink(tmp_path: Path) -> None:
+    import os
+
+    from kms_hsm.config import write_secret_file
+
+    existing = tmp_path / "token"
+    existing.write_text("old")
+    existing.chmod(0o644)
+    write_secret_file(existing, "s3cret")
+    assert existing.stat().st_mode & 0o777 == 0o600 and existing.read_text() == "s3cret\n"
+    planted = tmp_path / "elsewhere"
+    link = tmp_path / "link"
+    link.symlink_to(planted)
+    with pytest.raises(OSError):
+        write_secret_file(link, "s3cret")
+    assert not planted.exists() and os.path.islink(link)

@@ -13,12 +13,14 @@ import hashlib
 import io
 import json
 import os
+import signal
 import stat
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -468,3 +470,106 @@ def test_errors_that_are_not_the_file(server: KmsServer, key_id: str) -> None:
     assert encrypt.returncode == 1
     assert b"UNAUTHENTICATED" in encrypt.stderr
     assert encrypt.stdout == b""
+
+
+# --- review fixes: interrupted encrypt, kills, outputs that are not plain files, --key ---
+
+
+class _FailingSource(io.RawIOBase):
+    """An input that breaks after ``good`` bytes, as a Ctrl-C or a read error would."""
+
+    def __init__(self, good: int) -> None:
+        super().__init__()
+        self.left = good
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.left <= 0:
+            raise KeyboardInterrupt
+        n = min(len(buffer), self.left)
+        buffer[:n] = b"\x5a" * n
+        self.left -= n
+        return n
+
+
+def test_an_interrupted_encrypt_never_leaves_a_valid_envelope(
+    server: KmsServer, key_id: str, tmp_path: Path
+) -> None:
+    """What an interrupted encrypt already wrote (stdout, a caller's stream) is refused."""
+    written = io.BytesIO()
+    with (
+        KmsClient(server.endpoint, token=server.admin_token, ca_file=server.pki.ca) as kms,
+        pytest.raises(KeyboardInterrupt),
+    ):
+        envelope.encrypt(
+            io.BufferedReader(_FailingSource(2 * MiB + 5)), written, kms, key_uri(key_id)
+        )
+    assert len(written.getvalue()) > MiB // 2  # segments did go out before the interruption
+    cut = tmp_path / "cut.khe"
+    cut.write_bytes(written.getvalue())
+    result = run(server, "decrypt", str(cut), str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert result.stderr.decode().strip() == MESSAGE
+    assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_during_decrypt_leaves_no_partial_file(
+    server: KmsServer, key_id: str, tmp_path: Path
+) -> None:
+    sealed = ok(run(server, "encrypt", "--key", key_id, "-", "-", data=b"q" * (3 * MiB)))
+    proc = subprocess.Popen(
+        [KMS_HSM, "envelope", "decrypt", "--ca-file", str(server.pki.ca), "-", str(tmp_path / "o")],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(server),
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(sealed[: 2 * MiB])  # the header and a segment: then the input stalls
+    proc.stdin.flush()
+    deadline = time.monotonic() + 60
+    while not leftovers(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert leftovers(tmp_path), "decrypt never started writing"
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=30)
+    proc.stdin.close()
+    assert proc.stderr is not None
+    assert code == 128 + signal.SIGTERM, proc.stderr.read().decode()
+    assert leftovers(tmp_path) == []
+    assert not (tmp_path / "o").exists()
+
+
+def test_outputs_that_are_not_plain_files(server: KmsServer, key_id: str, tmp_path: Path) -> None:
+    """A symlink is written through; a FIFO stays a FIFO (as /dev/null stays a device)."""
+    sealed = tmp_path / "s.khe"
+    sealed.write_bytes(ok(run(server, "encrypt", "--key", key_id, "-", "-", data=b"fifo data")))
+    target = tmp_path / "real"
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    ok(run(server, "decrypt", str(sealed), str(link)))
+    assert link.is_symlink() and target.read_bytes() == b"fifo data"
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    ok(run(server, "decrypt", str(sealed), str(fifo)))
+    reader.join(timeout=30)
+    assert got == [b"fifo data"]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    ok(run(server, "decrypt", str(sealed), os.devnull))
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+def test_decrypt_key_refuses_files_under_another_key(
+    server: KmsServer, key_id: str, tmp_path: Path
+) -> None:
+    sealed = tmp_path / "s.khe"
+    sealed.write_bytes(ok(run(server, "encrypt", "--key", key_id, "-", "-", data=b"k")))
+    other = _key(server)
+    result = run(server, "decrypt", "--key", other, str(sealed), "-")
+    assert result.returncode == 1 and result.stderr.decode().strip() == MESSAGE
+    assert ok(run(server, "decrypt", "--key", key_id, str(sealed), "-")) == b"k"

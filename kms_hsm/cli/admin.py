@@ -141,6 +141,23 @@ def _database() -> Database:
     return Database(open_database(command_settings()))
 
 
+def _initialised(engine: Engine) -> bool:
+    """Whether a ``serve`` settled the root key: until then opening the services would make
+    one (and the service secrets), which no admin command may do, unaudited, on its own."""
+    from sqlalchemy import func, select
+
+    from kms_hsm.store.tables import RootKeyRow
+
+    with engine.connect() as connection:
+        return bool(connection.scalar(select(func.count()).select_from(RootKeyRow)))
+
+
+NOT_INITIALISED = (
+    "the database has no root key yet: a first `kms-hsm serve` did not finish; start it once "
+    "(with the token reachable) before using admin commands"
+)
+
+
 @contextlib.contextmanager
 def _with_token(*, checkpoint: bool = True) -> Iterator[tuple[Runtime, asyncio.Runner]]:
     """The services with the token reached, as ``serve`` has them, on a loop of their own.
@@ -151,7 +168,12 @@ def _with_token(*, checkpoint: bool = True) -> Iterator[tuple[Runtime, asyncio.R
     the change cannot be cut off the end unnoticed even if no server runs.
     """
     settings = command_settings()
-    open_database(settings).dispose()  # exists, reachable, schema current: or one line
+    engine = open_database(settings)  # exists, reachable, schema current: or one line
+    try:
+        if not _initialised(engine):
+            raise FailedPrecondition(NOT_INITIALISED)
+    finally:
+        engine.dispose()
     runtime = Runtime.start(settings)
     try:
         with asyncio.Runner() as runner:
@@ -653,6 +675,13 @@ def _contents(db: Database) -> dict[str, Any]:
 def _token_check(settings: Settings) -> dict[str, Any]:
     """Log in with the configured PIN and do one AES-GCM round-trip under the root key."""
     from kms_hsm.errors import KmsError
+
+    engine = open_database(settings)
+    try:
+        if not _initialised(engine):
+            return {"reachable": False, "problem": NOT_INITIALISED}
+    finally:
+        engine.dispose()
 
     try:
         runtime = Runtime.start(settings)

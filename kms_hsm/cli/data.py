@@ -109,7 +109,8 @@ def _client(args: argparse.Namespace) -> Client:
     try:
         return Client(args.endpoint, token=token, timeout=args.timeout, verify=verify)
     except ValueError as exc:
-        raise UsageError(f"--endpoint {args.endpoint}: {exc}") from None
+        # Not repeated: an endpoint may carry a password (refused, but not echoed either).
+        raise UsageError(f"--endpoint: {exc}") from None
 
 
 # --- output ------------------------------------------------------------------------------

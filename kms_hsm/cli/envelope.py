@@ -38,6 +38,11 @@ def add_commands(sub: Any) -> None:
     )
     encrypt.add_argument("--key", required=True, metavar="KEY_ID", help="symmetric key id")
     decrypt = commands.add_parser("decrypt", help="decrypt an envelope IN into OUT")
+    # The header names the key; without --key any key this token may use is accepted, so
+    # whoever may encrypt under some such key can hand you a file that decrypts.
+    decrypt.add_argument(
+        "--key", metavar="KEY_ID", help="accept only files under this key (refuse any other)"
+    )
     for parser, handler in ((encrypt, _encrypt), (decrypt, _decrypt)):
         parser.add_argument("input", metavar="IN", help="input file, or - for stdin")
         parser.add_argument("output", metavar="OUT", help="output file, or - for stdout")
@@ -64,16 +69,29 @@ def _quiet_grpc() -> None:
 def _client(args: argparse.Namespace) -> Any:
     import tink  # type: ignore[import-untyped]
 
-    from kms_hsm.tink import KmsClient
+    from kms_hsm.tink import KmsClient, key_id_of, key_uri
 
     if args.ca_file is not None and not Path(args.ca_file).is_file():
         raise InvalidArgument(f"--ca-file {args.ca_file} is not a readable file")
+    bound = None
+    if args.key is not None:
+        bound = key_uri(args.key)
+        try:
+            key_id_of(bound)
+        except Exception:
+            raise InvalidArgument(f"--key {args.key!r} is not a key id") from None
     try:
+        # Bound to --key: a file under another key is refused with the one envelope message.
         return KmsClient(
-            args.endpoint, token=_token(args), timeout=args.timeout, ca_file=args.ca_file
+            args.endpoint,
+            token=_token(args),
+            timeout=args.timeout,
+            ca_file=args.ca_file,
+            key_uri=bound,
         )
-    except tink.TinkError as exc:
-        raise InvalidArgument(f"--endpoint {args.endpoint}: {exc}") from None
+    except (tink.TinkError, ValueError) as exc:
+        # Not repeated: an endpoint may carry a password.
+        raise InvalidArgument(f"--endpoint: {exc}") from None
 
 
 @contextlib.contextmanager
@@ -155,17 +173,13 @@ def _run(args: argparse.Namespace, work: Callable[..., int], verb: str) -> int:
 
 def _encrypt(args: argparse.Namespace) -> int:
     _quiet_grpc()
-    from kms_hsm.tink import envelope, key_id_of, key_uri
+    from kms_hsm.tink import envelope, key_uri
 
-    uri = key_uri(args.key)
+    uri = key_uri(args.key)  # checked by _client before anything is read
 
     def work(source: BinaryIO, destination: BinaryIO, client: Any, progress: Any) -> int:
         return envelope.encrypt(source, destination, client, uri, progress)
 
-    try:
-        key_id_of(uri)
-    except Exception:
-        raise InvalidArgument(f"--key {args.key!r} is not a key id") from None
     return _run(args, work, "encrypted")
 
 

@@ -6,7 +6,7 @@ import argparse
 import importlib.metadata
 import logging
 import os
-import re
+import signal
 import socket
 import ssl
 import sys
@@ -218,11 +218,12 @@ def _openapi(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs test)."""
-    parser = argparse.ArgumentParser(prog="kms-hsm", description=__doc__)
+    parser = _Parser(prog="kms-hsm", description=__doc__)
     parser.add_argument(
         "--version", action="version", version=f"kms-hsm {importlib.metadata.version('kms-hsm')}"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub: argparse._SubParsersAction[argparse.ArgumentParser]
+    sub = parser.add_subparsers(dest="command", required=True)  # type: ignore[assignment]
     serve = sub.add_parser("serve", help="initialise what is missing and serve the REST API")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
@@ -246,21 +247,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Secrets are never accepted on a command line, where other users can read them in /proc.
-_SECRET_FLAGS = re.compile(r"--(pin|so-pin|user-pin|token|admin-token|password)(=|$)")
+_SECRET_NAMES = ("pin", "so-pin", "user-pin", "token", "admin-token", "password")
+
+
+def _secret_flag(arg: str) -> str | None:
+    """The flag of ``arg`` when it is a secret's flag or a prefix of one (``--toke``)."""
+    name = arg.split("=", 1)[0]
+    if not name.startswith("--") or len(name) < 3:
+        return None
+    return name if any(secret.startswith(name[2:]) for secret in _SECRET_NAMES) else None
+
+
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated options: argparse would take ``--toke SECRET`` for ``--token-file`` and
+    then print the secret in its error. Sub-command parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    # Raised where the command is, so that its cleanup runs: a `decrypt --out` killed by
+    # SIGTERM or a closed terminal leaves no partial plaintext file behind.
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     argv = sys.argv[1:] if argv is None else argv
     for arg in argv:
-        if _SECRET_FLAGS.match(arg):
+        flag = _secret_flag(arg)
+        if flag is not None:
             print(
-                f"kms-hsm: {arg.split('=')[0]} refused: PINs and tokens are read from "
-                "KMS_HSM_PIN_FILE / KMS_HSM_PIN or 0600 files, never from arguments",
+                f"kms-hsm: {flag} refused: PINs and tokens are read from the environment "
+                "(KMS_HSM_TOKEN, KMS_HSM_PIN) or 0600 files (--token-file, KMS_HSM_PIN_FILE), "
+                "never from arguments",
                 file=sys.stderr,
             )
             return 2
     args = build_parser().parse_args(argv)
+    if args.command != "serve":  # serve's servers handle their signals themselves
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _terminated)
     handler = args.handler
     try:
         result: int = handler(args)

@@ -82,10 +82,21 @@ def atomic_file(path: str, *, secret: bool = True) -> Iterator[BinaryIO]:
     """A temporary file beside ``path``, renamed onto it only when the block succeeds.
 
     A reader never sees half a file and a failure leaves none (an existing ``path`` is left
-    as it was). mkstemp creates the file 0600, so a secret is never readable by others, not
-    even briefly; ``secret=False`` gives 0666 less the umask at the end.
+    as it was; SIGTERM and SIGHUP count as failures, main() turns them into exceptions; a
+    SIGKILL leaves the hidden ``.NAME.*.partial`` file). mkstemp creates the file 0600, so a
+    secret is never readable by others, not even briefly; ``secret=False`` gives 0666 less
+    the umask at the end. A symlink is followed; a device or a FIFO is written to directly.
     """
-    target = Path(path)
+    target = Path(os.path.realpath(path))  # a symlink is written through, not replaced
+    if target.exists() and not target.is_file():
+        # A device or a FIFO (/dev/null to check a file, a pipe) is written to as it is:
+        # renaming a file over it would replace it (as root, /dev/null itself).
+        try:
+            with open(target, "wb") as stream:
+                yield stream
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+        return
     try:
         fd, temporary = tempfile.mkstemp(
             dir=target.parent, prefix=f".{target.name}.", suffix=".partial"

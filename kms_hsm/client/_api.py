@@ -230,6 +230,13 @@ class _Api:
     ) -> None:
         if not endpoint.startswith(("http://", "https://")):
             raise ValueError('endpoint must be "http(s)://host:port"')
+        try:
+            url = httpx.URL(endpoint)
+        except httpx.InvalidURL:
+            raise ValueError('endpoint must be "http(s)://host:port"') from None
+        if url.userinfo:
+            # Credentials go in the token, and an endpoint is repeated in error messages.
+            raise ValueError("endpoint must not carry user:password@")
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         if retries < 0:
@@ -325,11 +332,35 @@ class Client(_Api):
     ) -> None:
         self.close()
 
+    def _attempt(self, call: Call[Any], timeout: httpx.Timeout) -> httpx.Response:
+        """One request, its answer read whole before the attempt's time is up.
+
+        httpx's timeouts bound each read, not the attempt: the body is read chunk by chunk
+        and the attempt given up once its time has passed, so a server that trickles its
+        answer cannot hold the call far past the deadline. (Headers trickled a byte at a
+        time are bounded only per read; the async client bounds the whole attempt.)
+        """
+        end = time.monotonic() + float(timeout.read or 0)
+        with self._http.stream(**_request_args(call, timeout)) as streamed:
+            body = bytearray()
+            for chunk in streamed.iter_bytes():
+                body += chunk
+                if time.monotonic() > end:
+                    raise httpx.ReadTimeout("attempt timed out", request=streamed.request)
+        headers = [
+            (name, value)
+            for name, value in streamed.headers.multi_items()
+            if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        return httpx.Response(
+            streamed.status_code, headers=headers, content=bytes(body), request=streamed.request
+        )
+
     def _send(self, call: Call[Any], deadline: float) -> Any:
         attempts = self._attempts(call, deadline)
         while True:
             try:
-                response = self._http.request(**_request_args(call, attempts.http_timeout()))
+                response = self._attempt(call, attempts.http_timeout())
             except httpx.TransportError as exc:
                 outcome: Any = attempts.on_transport_error(exc)
             else:
@@ -429,10 +460,17 @@ class AsyncClient(_Api):
     async def _send(self, call: Call[Any], deadline: float) -> Any:
         attempts = self._attempts(call, deadline)
         while True:
+            timeout = attempts.http_timeout()
+            outcome: Any
             try:
-                response = await self._http.request(**_request_args(call, attempts.http_timeout()))
+                # httpx's timeouts bound each read, not the attempt: a server that trickles
+                # a byte at a time would hold the call past its deadline.
+                with anyio.fail_after(timeout.read):
+                    response = await self._http.request(**_request_args(call, timeout))
+            except TimeoutError:
+                outcome = attempts.on_transport_error(httpx.ReadTimeout("attempt timed out"))
             except httpx.TransportError as exc:
-                outcome: Any = attempts.on_transport_error(exc)
+                outcome = attempts.on_transport_error(exc)
             else:
                 outcome = attempts.on_response(response)
             if not isinstance(outcome, Retry):

@@ -6,7 +6,10 @@ backoff sleep and every Operation poll. Each attempt may use what is left of it,
 the answer, raise, or sleep this long and send again. The clients only do the I/O.
 
 What is retried:
-- 503 (UNAVAILABLE), every method: the server did not do the work;
+- 503 (UNAVAILABLE) for calls that are safe to repeat; for the others (Create, Rotate,
+  access-binding changes...) only when the server also sent ``Retry-After``, its sign of a
+  refusal before any work (a busy or not yet ready server): a 503 from a commit that failed
+  half-way (a PostgreSQL connection lost during COMMIT) may follow work that was done;
 - 429 (RESOURCE_EXHAUSTED) when the server sent ``Retry-After``, every method;
 - connect failures (refused, connect timeout, no route), every method: nothing was sent;
 - a connection reset or a broken answer, an attempt timeout, 502, 504, INTERNAL and
@@ -116,7 +119,7 @@ class Attempts:
                 raise self._broken(f"the answer is not JSON (HTTP {status})") from exc
         error = error_from_response(status, response.headers, response.content, secret=self.secret)
         retry_after = retry_after_seconds(response.headers.get("retry-after"))
-        if status == 503:
+        if status == 503 and (self.call.idempotent or retry_after is not None):
             return self._backoff(error, retry_after)
         if status == 429 and retry_after is not None:
             return self._backoff(error, retry_after)

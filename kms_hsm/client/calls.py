@@ -9,7 +9,7 @@ methods (see ``kms_hsm.client._api``), so the sync and the async client cannot d
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -63,7 +63,8 @@ class Call(Generic[T_co]):
     method: str
     path: str
     parse: Callable[[Json], T_co]
-    body: Mapping[str, Any] | None = None
+    # Plaintext and aadContext travel in the body: never in a repr (a traceback, a debug log).
+    body: Mapping[str, Any] | None = field(default=None, repr=False)
     query: Mapping[str, str] | None = None
     idempotent: bool = False
     operation: bool = False

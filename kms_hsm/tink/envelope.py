@@ -116,6 +116,9 @@ class _Borrowed(io.RawIOBase):
         super().__init__()
         self._stream = stream
         self._abandoned = False
+        # What the caller's stream raised inside Tink (a signal, Ctrl-C, an I/O error): Tink
+        # turns it into a TinkError, which must not read as a tampered file.
+        self.failure: BaseException | None = None
 
     def abandon(self) -> None:
         """Drop every later write: what Tink writes when it closes is the final segment."""
@@ -128,14 +131,22 @@ class _Borrowed(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data = self._stream.read(len(buffer))
+        try:
+            data = self._stream.read(len(buffer))
+        except BaseException as exc:
+            self.failure = exc
+            raise
         n = len(data)
         buffer[:n] = data
         return n
 
     def write(self, data: Any) -> int:
         if not self._abandoned:
-            self._stream.write(data)
+            try:
+                self._stream.write(data)
+            except BaseException as exc:
+                self.failure = exc
+                raise
         return len(data)
 
     def close(self) -> None:
@@ -209,13 +220,15 @@ def encrypt(
             total += len(chunk)
             if progress is not None:
                 progress(total)
-    except BaseException:
+    except BaseException as exc:
         # Closing Tink's stream writes the segment marked last, which would make what is
         # already out (stdout, a caller's stream) a valid envelope of a cut-off input. Without
         # it the output stays a truncated stream, which decrypt refuses.
         sink.abandon()
         with contextlib.suppress(Exception):
             stream.close()
+        if sink.failure is not None and exc is not sink.failure:
+            raise sink.failure from None
         raise
     stream.close()
     destination.flush()
@@ -248,14 +261,17 @@ def decrypt(
         raise EnvelopeInvalid(log_detail="keyset type")
     primitive = handle.primitive(streaming_aead.StreamingAead)
     total = 0
+    borrowed = _Borrowed(source)
     try:
-        with primitive.new_decrypting_stream(_Borrowed(source), header.serialize()) as stream:
+        with primitive.new_decrypting_stream(borrowed, header.serialize()) as stream:
             while chunk := stream.read(CHUNK):
                 destination.write(chunk)
                 total += len(chunk)
                 if progress is not None:
                     progress(total)
     except tink.TinkError:
+        if borrowed.failure is not None:
+            raise borrowed.failure from None
         raise EnvelopeInvalid(log_detail="stream") from None
     destination.flush()
     return total
