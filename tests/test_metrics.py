@@ -518,3 +518,20 @@ def test_an_hsm_outage_shows_as_failures_and_a_reinitialisation(
         )
     finally:
         stop(proc)
+
+
+def test_a_dead_database_costs_a_scrape_only_its_key_counts(tmp_path: Path) -> None:
+    """The scrape-time count is the one metric that reads the database: when the database is
+    gone or refuses connections it is left out at once, never an error or a hang."""
+    import time
+
+    from kms_hsm.cli.metrics_endpoint import _StateCounts
+    from kms_hsm.config import Settings
+
+    dead_pg = f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none"
+    not_a_db = tmp_path / "kms.db"
+    not_a_db.mkdir()  # exists, but no database can be opened there
+    for url in (dead_pg, f"sqlite:///{not_a_db}"):
+        started = time.monotonic()
+        assert list(_StateCounts(Settings(database_url=url))()) == []
+        assert time.monotonic() - started < 5
