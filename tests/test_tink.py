@@ -220,7 +220,14 @@ class Proxy:
     def __init__(self, port: int, *, refuse: int = 0, hold: bool = False) -> None:
         self.target, self.refuse, self.hold = port, refuse, hold
         self.accepted = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        # Dual-stack: gRPC resolves "localhost" to ::1 as well as 127.0.0.1; an IPv4-only
+        # proxy made some attempts end in a refusal of its own, not the one counted here.
+        if socket.has_dualstack_ipv6():
+            self.listener = socket.create_server(
+                ("::", 0), family=socket.AF_INET6, dualstack_ipv6=True
+            )
+        else:
+            self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.held: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
